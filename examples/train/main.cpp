@@ -1,0 +1,148 @@
+// sgdx-train: trains the example models with LibTorch's and sgdx's optimizers,
+// writes per-epoch metrics (CSV, JSON), a markdown summary and a PNG plot.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "report.h"
+#include "sgdx/config.h"
+#include "sgdx/data/tensor_dataset.h"
+#include "sgdx/models/models.h"
+#include "trainer.h"
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "sgdx-train: error: %s\n", first_line(msg).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sgdx_train::TrainConfig cfg;
+  std::string optimizer = "sgd", compare, out_dir;
+  int64_t seed = 0;
+  int seeds = 1, threads = 0;
+  bool no_progress = false, no_plot = false;
+  double lr = -1;
+
+  CLI::App app{"sgdx-train: train an example model and compare optimizers (sgdx " SGDX_VERSION ")"};
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("sgdx-train: error: ") + e.what() + " (see --help)\n";
+  });
+  app.add_option("--dataset", cfg.dataset, "fashion-mnist (Debian package), mnist, cifar10 or teacher (synthetic)")
+      ->check(CLI::IsMember(sgdx::data::dataset_names()))
+      ->capture_default_str();
+  app.add_option("--data-dir", cfg.data_dir, "Directory with the dataset's files (default: Debian's for fashion-mnist, $SGDX_DATA_DIR/<dataset> otherwise)");
+  app.add_option("--model", cfg.model, "mlp, cnn or resnet")->check(CLI::IsMember(sgdx::models::model_names()))->capture_default_str();
+  auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam or rsgd")
+                       ->check(CLI::IsMember(sgdx_train::optimizer_names()))
+                       ->capture_default_str();
+  app.add_option("--compare", compare, "Comma-separated optimizers to train one after another and compare (e.g. sgd,sgdm,rsgd,adam)")
+      ->excludes(opt_flag);
+  app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd 0.01, adam 0.001)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--epochs", cfg.epochs, "Training epochs")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seed", seed, "First seed (model init, data order, R-SGD draws)")->capture_default_str();
+  app.add_option("--seeds", seeds, "Number of seeds per optimizer (seed, seed+1, ...)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--device", cfg.device, "auto (cuda when available), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  app.add_option("--momentum", cfg.momentum, "Momentum of sgdm and nesterov")->capture_default_str();
+  app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay for every optimizer")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--schedule", cfg.schedule, "Learning-rate schedule: constant or cosine (per step, to 0)")->check(CLI::IsMember({"constant", "cosine"}))->capture_default_str();
+  app.add_option("--rsgd-gamma", cfg.rsgd_gamma, "R-SGD: per-step decay of the non-reinforcement probability, in (0, 1)")->capture_default_str();
+  app.add_option("--rsgd-gamma0", cfg.rsgd_gamma0, "R-SGD: scale gamma0 in [0, 1]")->capture_default_str();
+  app.add_option("--rsgd-max-prob", cfg.rsgd_max_prob, "R-SGD: cap on the reinforcement probability, in [0, 1]")->capture_default_str();
+  app.add_option("--rsgd-granularity", cfg.rsgd_granularity, "R-SGD: element or tensor")->capture_default_str();
+  app.add_option("--rsgd-memory", cfg.rsgd_memory, "R-SGD: accumulated or previous")->capture_default_str();
+  app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")->check(CLI::NonNegativeNumber);
+  app.add_option("--out", out_dir, "Output directory (default: runs/<dataset>-<model>)");
+  app.add_flag("--no-progress", no_progress, "No progress display");
+  app.add_flag("--no-plot", no_plot, "Do not draw the PNG plot");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (lr >= 0) cfg.lr = lr;
+    cfg.progress = !no_progress;
+    std::vector<std::string> optimizers = compare.empty() ? std::vector<std::string>{optimizer} : split_list(compare);
+    if (optimizers.empty()) return fail("--compare needs at least one optimizer name");
+    for (const auto& name : optimizers) {
+      const auto& known = sgdx_train::optimizer_names();
+      if (std::find(known.begin(), known.end(), name) == known.end())
+        return fail(fmt::format("unknown optimizer '{}' (choose from sgd, sgdm, nesterov, adam, rsgd)", name));
+      // Every setting is validated before any data is read or file written.
+      auto probe = torch::zeros({1}, torch::requires_grad());
+      sgdx_train::make_optimizer(name, {probe}, cfg);
+    }
+    if (threads > 0) torch::set_num_threads(threads);
+    torch::Device device(torch::kCPU);
+    if (cfg.device == "cuda" || (cfg.device == "auto" && torch::cuda::is_available())) {
+      if (!torch::cuda::is_available()) return fail("--device cuda: no CUDA device is available");
+      device = torch::Device(torch::kCUDA);
+    }
+    const auto data = sgdx::data::load_dataset(cfg.dataset, cfg.data_dir);
+    if (out_dir.empty()) out_dir = fmt::format("runs/{}-{}", cfg.dataset, cfg.model);
+    std::filesystem::create_directories(out_dir);
+
+    nlohmann::json config = {{"dataset", cfg.dataset}, {"model", cfg.model}, {"device", device.str()},
+                             {"batch_size", cfg.batch_size}, {"epochs", cfg.epochs}, {"seed", seed},
+                             {"seeds", seeds}, {"optimizers", optimizers}, {"momentum", cfg.momentum},
+                             {"weight_decay", cfg.weight_decay}, {"schedule", cfg.schedule},
+                             {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, data.train.inputs().size(0)) : data.train.inputs().size(0)},
+                             {"threads", torch::get_num_threads()},
+                             {"rsgd", {{"gamma", cfg.rsgd_gamma}, {"gamma0", cfg.rsgd_gamma0}, {"max_prob", cfg.rsgd_max_prob},
+                                       {"granularity", cfg.rsgd_granularity}, {"memory", cfg.rsgd_memory}}}};
+    nlohmann::json lrs;
+    for (const auto& name : optimizers) lrs[name] = cfg.lr.value_or(sgdx_train::default_lr(name));
+    config["lr"] = lrs;
+    fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s)\n", cfg.dataset,
+               cfg.model, device.str(), config["train_examples"].get<int64_t>(), data.test.inputs().size(0),
+               cfg.batch_size, cfg.epochs, seeds);
+
+    std::vector<sgdx_train::RunResult> runs;
+    const std::string csv = out_dir + "/metrics.csv", json = out_dir + "/metrics.json";
+    for (const auto& name : optimizers) {
+      for (int s = 0; s < seeds; ++s) {
+        runs.push_back(sgdx_train::train_one(data, name, seed + s, cfg, device));
+        sgdx_train::write_atomically(csv, sgdx_train::metrics_csv(runs));
+        sgdx_train::write_atomically(json, sgdx_train::metrics_json(config, runs).dump(2));
+      }
+    }
+    const auto table = sgdx_train::summary_table(runs);
+    sgdx_train::write_atomically(out_dir + "/summary.md", table);
+    fmt::print("\n{}\n", table);
+    fmt::print("metrics: {} and {}\n", csv, json);
+    if (!no_plot) {
+      std::string why;
+      const std::string png = out_dir + "/training.png";
+      if (sgdx_train::plot_runs(runs, png, fmt::format("{} / {} (batch {}, mean of {} seed(s))", cfg.dataset, cfg.model, cfg.batch_size, seeds), why)) {
+        fmt::print("plot: {}\n", png);
+      } else {
+        std::fprintf(stderr, "sgdx-train: warning: no plot: %s\n", why.c_str());
+      }
+    }
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+  return 0;
+}

@@ -1,0 +1,168 @@
+#include "report.h"
+
+#include <fmt/core.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+
+namespace sgdx_train {
+
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error("cannot write '" + tmp + "'");
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("write to '" + tmp + "' failed");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+std::string metrics_csv(const std::vector<RunResult>& runs) {
+  std::string s = "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds\n";
+  for (const auto& r : runs)
+    for (const auto& e : r.epochs)
+      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f}\n", r.optimizer, r.seed, e.epoch,
+                       e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds);
+  return s;
+}
+
+nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunResult>& runs) {
+  nlohmann::json j;
+  j["config"] = config;
+  j["runs"] = nlohmann::json::array();
+  for (const auto& r : runs) {
+    nlohmann::json run = {{"optimizer", r.optimizer}, {"seed", r.seed}, {"epochs", nlohmann::json::array()}};
+    for (const auto& e : r.epochs)
+      run["epochs"].push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
+                               {"test_loss", e.test_loss}, {"test_accuracy", e.test_accuracy},
+                               {"seconds", e.seconds}});
+    j["runs"].push_back(run);
+  }
+  return j;
+}
+
+namespace {
+
+struct Stat {
+  double mean = 0, std = 0;
+};
+
+Stat stat(const std::vector<double>& v) {
+  Stat s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  if (v.size() > 1) {
+    for (double x : v) s.std += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(s.std / double(v.size() - 1));
+  }
+  return s;
+}
+
+// Optimizers in order of first appearance, with their runs.
+std::vector<std::pair<std::string, std::vector<const RunResult*>>> by_optimizer(
+    const std::vector<RunResult>& runs) {
+  std::vector<std::pair<std::string, std::vector<const RunResult*>>> out;
+  for (const auto& r : runs) {
+    auto it = std::find_if(out.begin(), out.end(), [&](auto& p) { return p.first == r.optimizer; });
+    if (it == out.end()) {
+      out.push_back({r.optimizer, {}});
+      it = out.end() - 1;
+    }
+    it->second.push_back(&r);
+  }
+  return out;
+}
+
+std::string pm(const Stat& s, int digits) { return fmt::format("{:.{}f} ± {:.{}f}", s.mean, digits, s.std, digits); }
+
+}  // namespace
+
+std::string summary_table(const std::vector<RunResult>& runs) {
+  std::string s =
+      "| optimizer | seeds | test accuracy (%) | test loss | train loss | seconds |\n"
+      "|---|---|---|---|---|---|\n";
+  for (const auto& [name, rs] : by_optimizer(runs)) {
+    std::vector<double> acc, tl, trl, sec;
+    for (const auto* r : rs) {
+      if (r->epochs.empty()) continue;
+      const auto& e = r->epochs.back();
+      acc.push_back(100 * e.test_accuracy);
+      tl.push_back(e.test_loss);
+      trl.push_back(e.train_loss);
+      sec.push_back(e.seconds);
+    }
+    s += fmt::format("| {} | {} | {} | {} | {} | {} |\n", name, acc.size(), pm(stat(acc), 2),
+                     pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(sec), 1));
+  }
+  return s;
+}
+
+bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const std::string& title,
+               std::string& why) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    why = "gnuplot not found (install gnuplot-nox)";
+    return false;
+  }
+  const auto groups = by_optimizer(runs);
+  const std::string data = png + ".dat";
+  std::string d;
+  for (const auto& [name, rs] : groups) {
+    d += fmt::format("# {}\n", name);
+    const size_t epochs = rs.front()->epochs.size();
+    for (size_t e = 0; e < epochs; ++e) {
+      std::vector<double> acc, loss, sec;
+      for (const auto* r : rs) {
+        if (e >= r->epochs.size()) continue;
+        acc.push_back(100 * r->epochs[e].test_accuracy);
+        loss.push_back(r->epochs[e].train_loss);
+        sec.push_back(r->epochs[e].seconds);
+      }
+      const auto a = stat(acc), l = stat(loss), t = stat(sec);
+      d += fmt::format("{} {:.4f} {:.4f} {:.6f} {:.6f} {:.3f}\n", e + 1, a.mean, a.std, l.mean, l.std, t.mean);
+    }
+    d += "\n\n";
+  }
+  write_atomically(data, d);
+  std::string gp = fmt::format(
+      "set terminal pngcairo size 1400,1000 font 'sans,11'\n"
+      "set output '{}.tmp'\n"
+      "set multiplot layout 2,2 title '{}'\n"
+      "set grid\nset key bottom right\n",
+      png, title);
+  auto panel = [&](const std::string& xlabel, const std::string& ylabel, int xcol, int ycol, bool log) {
+    gp += fmt::format("set xlabel '{}'\nset ylabel '{}'\n{}\nplot ", xlabel, ylabel,
+                      log ? "set logscale y" : "unset logscale y");
+    for (size_t i = 0; i < groups.size(); ++i)
+      gp += fmt::format("{}'{}' index {} using {}:{} with linespoints title '{}'", i ? ", " : "", data, i,
+                        xcol, ycol, groups[i].first);
+    gp += "\n";
+  };
+  panel("epoch", "test accuracy (%)", 1, 2, false);
+  panel("epoch", "train loss", 1, 4, true);
+  panel("training seconds", "test accuracy (%)", 6, 2, false);
+  panel("training seconds", "train loss", 6, 4, true);
+  gp += "unset multiplot\nset output\n";
+  const std::string script = png + ".gp";
+  write_atomically(script, gp);
+  const int rc = std::system(fmt::format("gnuplot '{}' 2>'{}.log'", script, png).c_str());
+  if (rc != 0) {
+    why = fmt::format("gnuplot failed (see {}.log)", png);
+    return false;
+  }
+  std::filesystem::rename(png + ".tmp", png);
+  std::error_code ec;
+  std::filesystem::remove(png + ".log", ec);
+  return true;
+}
+
+}  // namespace sgdx_train

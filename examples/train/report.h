@@ -1,0 +1,39 @@
+#pragma once
+// Metrics of training runs and their outputs: CSV, JSON, a markdown table and
+// a PNG plot (drawn by gnuplot when it is installed). No LibTorch here.
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace sgdx_train {
+
+struct EpochMetrics {
+  int epoch = 0;
+  long long steps = 0;
+  double train_loss = 0, test_loss = 0, test_accuracy = 0, seconds = 0;
+};
+
+struct RunResult {
+  std::string optimizer;
+  long long seed = 0;
+  std::vector<EpochMetrics> epochs;
+};
+
+/// Writes `text` to `path` through a temporary file and a rename.
+void write_atomically(const std::string& path, const std::string& text);
+
+std::string metrics_csv(const std::vector<RunResult>& runs);
+nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunResult>& runs);
+
+/// One row per optimizer: final test accuracy, test loss, train loss and
+/// seconds as mean ± std over seeds (markdown).
+std::string summary_table(const std::vector<RunResult>& runs);
+
+/// Plots test accuracy and train loss against epoch and against seconds
+/// (mean over seeds) into `png`. Returns false (and says why in `why`) when
+/// gnuplot is missing or fails.
+bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const std::string& title,
+               std::string& why);
+
+}  // namespace sgdx_train

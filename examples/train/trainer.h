@@ -1,0 +1,44 @@
+#pragma once
+#include <torch/optim/optimizer.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "report.h"
+#include "sgdx/data/tensor_dataset.h"
+
+namespace sgdx_train {
+
+struct TrainConfig {
+  std::string dataset = "fashion-mnist";
+  std::string data_dir;
+  std::string model = "mlp";
+  std::string device = "auto";
+  int64_t batch_size = 128;
+  int epochs = 5;
+  std::optional<double> lr;  ///< unset: each optimizer's default_lr
+  double momentum = 0.9;
+  double weight_decay = 0.0;
+  std::string schedule = "constant";  ///< constant | cosine (per step, to 0)
+  double rsgd_gamma = 0.999, rsgd_gamma0 = 1.0, rsgd_max_prob = 1.0;
+  std::string rsgd_granularity = "element", rsgd_memory = "accumulated";
+  int64_t train_subset = 0;  ///< 0: all training examples
+  bool progress = true;
+};
+
+const std::vector<std::string>& optimizer_names();
+double default_lr(const std::string& optimizer);
+
+/// Builds a LibTorch or sgdx optimizer by name; invalid settings throw c10::Error.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
+                                                        const std::vector<torch::Tensor>& params,
+                                                        const TrainConfig& cfg);
+
+/// Trains a fresh model (initialised from `seed`) with one optimizer and
+/// evaluates on the test split after every epoch.
+RunResult train_one(const sgdx::data::DatasetSplits& data, const std::string& optimizer, int64_t seed,
+                    const TrainConfig& cfg, const torch::Device& device);
+
+}  // namespace sgdx_train

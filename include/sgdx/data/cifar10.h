@@ -1,0 +1,24 @@
+#pragma once
+#include <string>
+
+#include "sgdx/data/idx.h"
+
+namespace sgdx::data {
+
+/// Bytes per CIFAR-10 binary record: 1 label byte + 3x32x32 pixel bytes.
+constexpr int64_t kCifar10RecordBytes = 1 + 3 * 32 * 32;
+
+/// Reads one CIFAR-10 binary batch (data_batch_N.bin / test_batch.bin, raw or
+/// gzipped). Images are uint8 [N, 3, 32, 32], labels int64 [N]. The size must
+/// be a whole number of records and every label in 0..9.
+struct Cifar10Batch {
+  at::Tensor images;
+  at::Tensor labels;
+};
+Cifar10Batch read_cifar10_batch(const std::string& path);
+
+/// Loads the training (data_batch_1..5.bin) or test (test_batch.bin) split from
+/// `dir` (or its cifar-10-batches-bin subfolder) as float32 images in [0, 1].
+ImageSet load_cifar10(const std::string& dir, bool train);
+
+}  // namespace sgdx::data

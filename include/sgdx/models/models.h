@@ -1,0 +1,61 @@
+#pragma once
+// The small models of the example trainer, benchmarks and tests. The
+// ResNet-style net uses GroupNorm rather than BatchNorm so that per-sample
+// gradients stay defined (BatchNorm couples the samples of a batch).
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sgdx::models {
+
+/// A classifier: images or feature vectors in, logits [B, classes] out.
+class Classifier : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+};
+
+/// Flatten -> (Linear -> ReLU) per hidden width -> Linear.
+class MLP : public Classifier {
+ public:
+  MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes);
+  torch::Tensor forward(torch::Tensor x) override;
+
+ private:
+  torch::nn::Sequential net_;
+};
+
+/// Two 5x5 conv + ReLU + 2x2 max-pool stages (32, 64 channels), then 128 -> classes.
+class SmallCNN : public Classifier {
+ public:
+  SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t classes);
+  torch::Tensor forward(torch::Tensor x) override;
+
+ private:
+  torch::nn::Sequential features_, head_;
+};
+
+/// ResNet-style net for 32x32 (or 28x28) images: a 3x3 stem and three stages of
+/// basic residual blocks (16, 32, 64 channels, stride 1, 2, 2) with GroupNorm,
+/// global average pooling and a linear head. blocks_per_stage=1 is ResNet-8.
+class ResNetCifar : public Classifier {
+ public:
+  ResNetCifar(int64_t channels, int64_t classes, int64_t blocks_per_stage = 1, int64_t width = 16);
+  torch::Tensor forward(torch::Tensor x) override;
+
+ private:
+  torch::nn::Sequential body_;
+  torch::nn::Linear head_{nullptr};
+};
+
+/// Names accepted by make_model.
+const std::vector<std::string>& model_names();
+
+/// Builds "mlp", "cnn" or "resnet" for inputs of `input_shape` (one example).
+std::shared_ptr<Classifier> make_model(const std::string& name,
+                                       const std::vector<int64_t>& input_shape, int64_t classes);
+
+}  // namespace sgdx::models

@@ -1,0 +1,75 @@
+#pragma once
+// R-SGD: Huang & Toyoizumi, "Reinforced stochastic gradient descent for deep
+// neural network learning", arXiv:1701.07974. Only the abstract was readable;
+// this rule is sgdx's reconstruction of it (see docs/rsgd.md):
+//   g_t = grad + wd * theta
+//   Gamma_t = min(max_prob, 1 - gamma0 * gamma^t)
+//   xi ~ Bernoulli(Gamma_t)          (per element, or one draw per tensor)
+//   h_t = g_t + xi * m,   m = h_{t-1} (accumulated) or g_{t-1} (previous)
+//   theta -= lr * h_t
+// Warning: with memory=accumulated and Gamma_t -> 1, h sums every past
+// gradient (heavy ball with momentum 1). Long runs need a decaying lr (any
+// LibTorch LR scheduler) or max_prob < 1.
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace sgdx::optim {
+
+enum class RSGDGranularity : int64_t { element = 0, tensor = 1 };
+enum class RSGDMemory : int64_t { accumulated = 0, previous = 1 };
+
+struct RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions> {
+  RSGDOptions(double lr);  // NOLINT(google-explicit-constructor): LibTorch pattern
+  TORCH_ARG(double, lr);
+  TORCH_ARG(double, gamma) = 0.999;
+  TORCH_ARG(double, gamma0) = 1.0;
+  TORCH_ARG(double, max_prob) = 1.0;
+  TORCH_ARG(RSGDGranularity, granularity) = RSGDGranularity::element;
+  TORCH_ARG(RSGDMemory, memory) = RSGDMemory::accumulated;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(uint64_t, seed) = 0;
+
+ public:
+  /// Gamma_t for optimizer step t >= 1.
+  double reinforcement_probability(int64_t step) const;
+  /// Throws c10::Error naming the first invalid option and its value.
+  void validate() const;
+
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+  friend bool operator==(const RSGDOptions& lhs, const RSGDOptions& rhs);
+};
+
+struct RSGDParamState : public torch::optim::OptimizerCloneableParamState<RSGDParamState> {
+  TORCH_ARG(int64_t, step) = 0;
+  /// h_{t-1} (memory=accumulated) or g_{t-1} (memory=previous).
+  TORCH_ARG(torch::Tensor, memory);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  friend bool operator==(const RSGDParamState& lhs, const RSGDParamState& rhs);
+};
+
+class RSGD : public torch::optim::Optimizer {
+ public:
+  explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                RSGDOptions defaults);
+  explicit RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults);
+
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+  /// Adds a group and keeps its own options. (LibTorch >= 2.8 replaces the
+  /// explicit options of a custom optimizer's group with the defaults.)
+  void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
+};
+
+}  // namespace sgdx::optim

@@ -1,0 +1,95 @@
+#include "sgdx/data/tensor_dataset.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
+#include "sgdx/data/cifar10.h"
+#include "sgdx/data/idx.h"
+
+namespace sgdx::data {
+
+TensorDataset::TensorDataset(at::Tensor inputs, at::Tensor targets)
+    : inputs_(std::move(inputs)), targets_(std::move(targets)) {
+  TORCH_CHECK(inputs_.defined() && targets_.defined(), "TensorDataset: undefined tensor");
+  TORCH_CHECK(inputs_.dim() >= 1 && targets_.dim() >= 1 && inputs_.size(0) == targets_.size(0),
+              "TensorDataset: inputs have ", inputs_.dim() ? inputs_.size(0) : 0,
+              " rows but targets have ", targets_.dim() ? targets_.size(0) : 0);
+}
+
+torch::data::Example<> TensorDataset::get_batch(c10::ArrayRef<size_t> indices) {
+  const int64_t n = inputs_.size(0);
+  auto idx = at::empty({static_cast<int64_t>(indices.size())}, at::kLong);
+  auto* p = idx.data_ptr<int64_t>();
+  for (size_t i = 0; i < indices.size(); ++i) {
+    TORCH_CHECK(indices[i] < static_cast<size_t>(n), "TensorDataset: index ", indices[i],
+                " out of range for a dataset of ", n, " examples");
+    p[i] = static_cast<int64_t>(indices[i]);
+  }
+  return {inputs_.index_select(0, idx), targets_.index_select(0, idx)};
+}
+
+std::optional<size_t> TensorDataset::size() const { return static_cast<size_t>(inputs_.size(0)); }
+
+const std::vector<std::string>& dataset_names() {
+  static const std::vector<std::string> names = {"fashion-mnist", "mnist", "cifar10", "teacher"};
+  return names;
+}
+
+std::string default_data_dir(const std::string& name) {
+  if (name == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
+  const char* env = std::getenv("SGDX_DATA_DIR");
+  const std::string root = env != nullptr ? env : "";
+  if (root.empty()) return "";
+  return (std::filesystem::path(root) / (name == "cifar10" ? "cifar10" : name)).string();
+}
+
+namespace {
+
+DatasetSplits standardised(const std::string& name, ImageSet train, ImageSet test) {
+  const auto mean = train.images.mean().item<double>();
+  const auto std = train.images.std().item<double>();
+  train.images.sub_(mean).div_(std);
+  test.images.sub_(mean).div_(std);
+  auto shape = train.images.sizes().slice(1).vec();
+  return {name, TensorDataset(train.images, train.labels), TensorDataset(test.images, test.labels),
+          10, shape};
+}
+
+DatasetSplits teacher_student() {
+  constexpr int64_t kIn = 100, kHidden = 50, kClasses = 10, kTrain = 10000, kTest = 2000;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(20170123);
+  auto w1 = at::normal(0.0, 1.0 / std::sqrt(double(kIn)), {kIn, kHidden}, gen);
+  auto w2 = at::normal(0.0, 1.0 / std::sqrt(double(kHidden)), {kHidden, kClasses}, gen);
+  auto make = [&](int64_t n) {
+    auto x = at::normal(0.0, 1.0, {n, kIn}, gen);
+    auto y = at::tanh(x.mm(w1)).mm(w2).argmax(1);
+    return TensorDataset(x, y);
+  };
+  auto train = make(kTrain);
+  auto test = make(kTest);
+  return {"teacher", train, test, kClasses, {kIn}};
+}
+
+}  // namespace
+
+DatasetSplits load_dataset(const std::string& name, const std::string& dir) {
+  const auto& names = dataset_names();
+  TORCH_CHECK(std::find(names.begin(), names.end(), name) != names.end(), "unknown dataset '",
+              name, "' (choose one of fashion-mnist, mnist, cifar10, teacher)");
+  if (name == "teacher") return teacher_student();
+  const std::string d = dir.empty() ? default_data_dir(name) : dir;
+  TORCH_CHECK(!d.empty(), "dataset '", name,
+              "' needs a directory: pass one or set SGDX_DATA_DIR (files under $SGDX_DATA_DIR/",
+              name, ")");
+  TORCH_CHECK(std::filesystem::is_directory(d), "data directory '", d, "' for dataset '", name,
+              "' does not exist",
+              name == "fashion-mnist" ? " (install Debian's dataset-fashion-mnist)" : "");
+  if (name == "cifar10") return standardised(name, load_cifar10(d, true), load_cifar10(d, false));
+  return standardised(name, load_mnist_family(d, true), load_mnist_family(d, false));
+}
+
+}  // namespace sgdx::data

@@ -1,0 +1,217 @@
+#include "sgdx/optim/rsgd.h"
+
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/irange.h>
+#include <torch/optim/serialize.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <tuple>
+
+#include "sgdx/ops/rsgd_step.h"
+
+namespace sgdx::optim {
+
+RSGDOptions::RSGDOptions(double lr) : lr_(lr) {}
+
+double RSGDOptions::reinforcement_probability(int64_t step) const {
+  const double gamma_t = 1.0 - gamma0() * std::pow(gamma(), static_cast<double>(step));
+  return std::clamp(std::min(max_prob(), gamma_t), 0.0, 1.0);
+}
+
+void RSGDOptions::validate() const {
+  TORCH_CHECK(lr() >= 0, "RSGD: lr must be >= 0, got ", lr());
+  TORCH_CHECK(gamma() > 0 && gamma() < 1, "RSGD: gamma must be in (0, 1), got ", gamma());
+  TORCH_CHECK(gamma0() >= 0 && gamma0() <= 1, "RSGD: gamma0 must be in [0, 1], got ", gamma0());
+  TORCH_CHECK(max_prob() >= 0 && max_prob() <= 1, "RSGD: max_prob must be in [0, 1], got ",
+              max_prob());
+  TORCH_CHECK(weight_decay() >= 0, "RSGD: weight_decay must be >= 0, got ", weight_decay());
+  TORCH_CHECK(granularity() == RSGDGranularity::element ||
+                  granularity() == RSGDGranularity::tensor,
+              "RSGD: unknown granularity ", static_cast<int64_t>(granularity()));
+  TORCH_CHECK(memory() == RSGDMemory::accumulated || memory() == RSGDMemory::previous,
+              "RSGD: unknown memory mode ", static_cast<int64_t>(memory()));
+}
+
+bool operator==(const RSGDOptions& a, const RSGDOptions& b) {
+  return a.lr() == b.lr() && a.gamma() == b.gamma() && a.gamma0() == b.gamma0() &&
+         a.max_prob() == b.max_prob() && a.granularity() == b.granularity() &&
+         a.memory() == b.memory() && a.weight_decay() == b.weight_decay() &&
+         a.seed() == b.seed();
+}
+
+void RSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("lr", c10::IValue(lr()));
+  archive.write("gamma", c10::IValue(gamma()));
+  archive.write("gamma0", c10::IValue(gamma0()));
+  archive.write("max_prob", c10::IValue(max_prob()));
+  archive.write("granularity", c10::IValue(static_cast<int64_t>(granularity())));
+  archive.write("memory", c10::IValue(static_cast<int64_t>(memory())));
+  archive.write("weight_decay", c10::IValue(weight_decay()));
+  archive.write("seed", c10::IValue(static_cast<int64_t>(seed())));
+}
+
+void RSGDOptions::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue v;
+  archive.read("lr", v);
+  lr(v.toDouble());
+  archive.read("gamma", v);
+  gamma(v.toDouble());
+  archive.read("gamma0", v);
+  gamma0(v.toDouble());
+  archive.read("max_prob", v);
+  max_prob(v.toDouble());
+  archive.read("granularity", v);
+  granularity(static_cast<RSGDGranularity>(v.toInt()));
+  archive.read("memory", v);
+  memory(static_cast<RSGDMemory>(v.toInt()));
+  archive.read("weight_decay", v);
+  weight_decay(v.toDouble());
+  archive.read("seed", v);
+  seed(static_cast<uint64_t>(v.toInt()));
+  validate();
+}
+
+double RSGDOptions::get_lr() const { return lr(); }
+void RSGDOptions::set_lr(const double lr) { this->lr(lr); }
+
+void RSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("step", c10::IValue(step()));
+  archive.write("memory", memory(), /*is_buffer=*/true);
+}
+
+void RSGDParamState::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue v;
+  archive.read("step", v);
+  step(v.toInt());
+  torch::Tensor m;
+  archive.read("memory", m, /*is_buffer=*/true);
+  memory(m);
+}
+
+bool operator==(const RSGDParamState& a, const RSGDParamState& b) {
+  return a.step() == b.step() && torch::equal(a.memory(), b.memory());
+}
+
+namespace {
+const RSGDOptions& as_rsgd_options(const torch::optim::OptimizerOptions& o, size_t group) {
+  const auto* r = dynamic_cast<const RSGDOptions*>(&o);
+  TORCH_CHECK(r != nullptr, "RSGD: parameter group ", group,
+              " has options of another optimizer; pass sgdx::optim::RSGDOptions");
+  return *r;
+}
+}  // namespace
+
+RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+           RSGDOptions defaults)
+    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
+                std::make_unique<RSGDOptions>(defaults)) {
+  defaults.validate();
+  for (const auto& g : param_groups) add_param_group(g);
+}
+
+RSGD::RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults)
+    : RSGD({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void RSGD::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
+  const size_t index = param_groups_.size();
+  std::unique_ptr<torch::optim::OptimizerOptions> explicit_options;
+  if (param_group.has_options()) {
+    const auto& o = as_rsgd_options(param_group.options(), index);
+    o.validate();
+    explicit_options = std::make_unique<RSGDOptions>(o);
+  }
+  Optimizer::add_param_group(param_group);
+  if (explicit_options) param_groups_.back().set_options(std::move(explicit_options));
+}
+
+torch::Tensor RSGD::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss = {};
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  int64_t tensor_id = 0;
+  for (const auto gi : c10::irange(param_groups_.size())) {
+    auto& group = param_groups_[gi];
+    const auto& options = as_rsgd_options(group.options(), gi);
+    ops::RSGDStepConfig config;
+    config.lr = options.lr();
+    config.weight_decay = options.weight_decay();
+    config.seed = options.seed();
+    config.per_element = options.granularity() == RSGDGranularity::element;
+    config.memory_previous = options.memory() == RSGDMemory::previous;
+
+    // One fused call per (device, dtype) bucket.
+    struct Bucket {
+      std::vector<torch::Tensor> params, grads, memory;
+      std::vector<std::pair<torch::Tensor, torch::Tensor>> writeback;  // (param, contiguous copy)
+      std::vector<int64_t> ids, steps;
+      std::vector<double> probs;
+    };
+    std::map<std::tuple<int, int, int>, Bucket> buckets;
+    for (auto& p : group.params()) {
+      const int64_t id = tensor_id++;
+      if (!p.grad().defined()) continue;
+      const auto& grad = p.grad();
+      TORCH_CHECK(!grad.is_sparse(), "RSGD: sparse gradients are not supported");
+      TORCH_CHECK(grad.scalar_type() == p.scalar_type(), "RSGD: gradient dtype ",
+                  grad.scalar_type(), " differs from parameter dtype ", p.scalar_type());
+      auto& slot = state_[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto st = std::make_unique<RSGDParamState>();
+        st->memory(at::zeros_like(p, at::MemoryFormat::Contiguous));
+        slot = std::move(st);
+      }
+      auto& st = static_cast<RSGDParamState&>(*slot);
+      TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD: state of parameter ", id,
+                  " has shape ", st.memory().sizes(), " but the parameter has ", p.sizes());
+      st.step(st.step() + 1);
+      auto& b = buckets[{static_cast<int>(p.device().type()), p.device().index(),
+                         static_cast<int>(p.scalar_type())}];
+      if (p.is_contiguous()) {
+        b.params.push_back(p);
+      } else {
+        b.params.push_back(p.contiguous());
+        b.writeback.emplace_back(p, b.params.back());
+      }
+      b.grads.push_back(grad.contiguous());
+      b.memory.push_back(st.memory());
+      b.ids.push_back(id);
+      b.steps.push_back(st.step());
+      b.probs.push_back(options.reinforcement_probability(st.step()));
+    }
+    for (auto& [key, b] : buckets) {
+      ops::rsgd_step_(b.params, b.grads, b.memory, b.ids, b.steps, b.probs, config);
+      for (auto& [param, copy] : b.writeback) param.copy_(copy);
+    }
+  }
+  return loss;
+}
+
+void RSGD::save(torch::serialize::OutputArchive& archive) const {
+  torch::optim::serialize<RSGDParamState, RSGDOptions>(archive, *this);
+}
+
+void RSGD::load(torch::serialize::InputArchive& archive) {
+  torch::optim::serialize<RSGDParamState, RSGDOptions>(archive, *this);
+  for (auto& group : param_groups_) {
+    for (auto& p : group.params()) {
+      auto it = state_.find(p.unsafeGetTensorImpl());
+      if (it == state_.end()) continue;
+      auto& st = static_cast<RSGDParamState&>(*it->second);
+      TORCH_CHECK(st.memory().sizes() == p.sizes(),
+                  "RSGD::load: saved state has shape ", st.memory().sizes(),
+                  " but the parameter has ", p.sizes());
+      TORCH_CHECK(st.memory().scalar_type() == p.scalar_type(),
+                  "RSGD::load: saved state has dtype ", st.memory().scalar_type(),
+                  " but the parameter has ", p.scalar_type());
+      st.memory(st.memory().to(p.device()).contiguous());
+    }
+  }
+}
+
+}  // namespace sgdx::optim

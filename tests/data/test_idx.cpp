@@ -1,0 +1,159 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "sgdx/data/idx.h"
+#include "sgdx/data/tensor_dataset.h"
+#include "test_util.h"
+
+using sgdx::testing::TempDir;
+using sgdx::testing::write_bytes;
+
+namespace {
+
+std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims, const std::vector<uint8_t>& payload) {
+  std::vector<uint8_t> b = {0, 0, type, static_cast<uint8_t>(dims.size())};
+  for (auto d : dims) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(d >> s));
+  }
+  b.insert(b.end(), payload.begin(), payload.end());
+  return b;
+}
+
+// A tiny MNIST-family split: n images of h x w with pixel (i, r, c) = (i + r * w + c) % 256.
+void write_split(const std::string& dir, const std::string& prefix, uint32_t n, uint32_t h, uint32_t w, bool gz) {
+  std::vector<uint8_t> pixels, labels;
+  for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t k = 0; k < h * w; ++k) pixels.push_back(static_cast<uint8_t>((i + k) % 256));
+    labels.push_back(static_cast<uint8_t>(i % 10));
+  }
+  const std::string sfx = gz ? ".gz" : "";
+  write_bytes(dir + "/" + prefix + "-images-idx3-ubyte" + sfx, idx_bytes(0x08, {n, h, w}, pixels), gz);
+  write_bytes(dir + "/" + prefix + "-labels-idx1-ubyte" + sfx, idx_bytes(0x08, {n}, labels), gz);
+}
+
+}  // namespace
+
+TEST(Idx, ReadsRawAndGzippedFilesOfAnyCount) {
+  TempDir dir;
+  for (bool gz : {false, true}) {
+    for (uint32_t n : {0u, 1u, 37u}) {
+      std::vector<uint8_t> payload;
+      for (uint32_t i = 0; i < n * 6; ++i) payload.push_back(static_cast<uint8_t>(i * 7));
+      const auto path = dir.file("a" + std::to_string(n) + (gz ? ".gz" : ""));
+      write_bytes(path, idx_bytes(0x08, {n, 2, 3}, payload), gz);
+      auto t = sgdx::data::read_idx(path);
+      ASSERT_EQ(t.sizes(), (std::vector<int64_t>{n, 2, 3}));
+      ASSERT_EQ(t.scalar_type(), torch::kByte);
+      for (uint32_t i = 0; i < n * 6; ++i) ASSERT_EQ(t.flatten()[i].item<int>(), payload[i]);
+    }
+  }
+}
+
+TEST(Idx, ReadsBigEndianWideTypes) {
+  TempDir dir;
+  // int32 values 1 and -2, float32 1.5, big-endian.
+  write_bytes(dir.file("i32"), idx_bytes(0x0C, {2}, {0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe}), false);
+  auto t = sgdx::data::read_idx(dir.file("i32"));
+  EXPECT_EQ(t.scalar_type(), torch::kInt);
+  EXPECT_EQ(t[0].item<int>(), 1);
+  EXPECT_EQ(t[1].item<int>(), -2);
+  write_bytes(dir.file("f32"), idx_bytes(0x0D, {1}, {0x3f, 0xc0, 0, 0}), false);
+  EXPECT_EQ(sgdx::data::read_idx(dir.file("f32")).item<float>(), 1.5f);
+}
+
+TEST(Idx, CorruptFilesGiveErrorsNamingFileAndProblem) {
+  TempDir dir;
+  const auto good = idx_bytes(0x08, {4, 2, 2}, std::vector<uint8_t>(16, 1));
+  auto truncated = good;
+  truncated.resize(good.size() - 3);
+  write_bytes(dir.file("trunc"), truncated, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("trunc")), "trunc' has 29 bytes but its header ([4, 2, 2]) implies 32 (truncated)");
+  auto trailing = good;
+  trailing.push_back(0);
+  write_bytes(dir.file("trail"), trailing, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("trail")), "(trailing data)");
+  auto magic = good;
+  magic[0] = 7;
+  write_bytes(dir.file("magic"), magic, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("magic")), "bad magic number");
+  auto type = good;
+  type[2] = 0x42;
+  write_bytes(dir.file("type"), type, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("type")), "unknown element type 0x42");
+  write_bytes(dir.file("hdr"), {0, 0, 8, 3, 0, 0}, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("hdr")), "truncated inside its header");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("none")), "cannot open");
+  // A gzip stream cut in half.
+  write_bytes(dir.file("g.gz"), idx_bytes(0x08, {1000}, std::vector<uint8_t>(1000, 3)), true);
+  auto gz = sgdx::testing::read_bytes(dir.file("g.gz"));
+  gz.resize(gz.size() / 2);
+  write_bytes(dir.file("cut.gz"), gz, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("cut.gz")), "cut.gz' is a");
+}
+
+TEST(Idx, LoadsMnistFamilySplitAndChecksCounts) {
+  TempDir dir;
+  write_split(dir.path.string(), "train", 25, 4, 5, true);
+  write_split(dir.path.string(), "t10k", 7, 4, 5, false);
+  auto train = sgdx::data::load_mnist_family(dir.path.string(), true);
+  EXPECT_EQ(train.images.sizes(), (std::vector<int64_t>{25, 1, 4, 5}));
+  EXPECT_FLOAT_EQ(train.images[3][0][1][2].item<float>(), float((3 + 1 * 5 + 2) % 256) / 255.f);
+  EXPECT_EQ(train.labels[13].item<int64_t>(), 3);
+  auto test = sgdx::data::load_mnist_family(dir.path.string(), false);
+  EXPECT_EQ(test.labels.size(0), 7);
+  // Label file with a different count.
+  write_bytes(dir.file("t10k-labels-idx1-ubyte"), idx_bytes(0x08, {6}, std::vector<uint8_t>(6, 0)), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.path.string(), false), "has 7 images but");
+  write_bytes(dir.file("t10k-labels-idx1-ubyte"), idx_bytes(0x08, {7}, std::vector<uint8_t>(7, 12)), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.path.string(), false), "label 12 outside 0..9");
+}
+
+TEST(Idx, DebianFashionMnist) {
+  const std::string dir = "/usr/share/datasets/fashion-mnist";
+  if (!std::filesystem::exists(dir)) GTEST_SKIP() << "Debian's dataset-fashion-mnist is not installed";
+  auto train = sgdx::data::load_mnist_family(dir, true);
+  auto test = sgdx::data::load_mnist_family(dir, false);
+  EXPECT_EQ(train.images.sizes(), (std::vector<int64_t>{60000, 1, 28, 28}));
+  EXPECT_EQ(test.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
+  // Fashion-MNIST is balanced: 6000 / 1000 per class.
+  EXPECT_TRUE(torch::equal(torch::bincount(train.labels), torch::full({10}, 6000, torch::kLong)));
+  EXPECT_TRUE(torch::equal(torch::bincount(test.labels), torch::full({10}, 1000, torch::kLong)));
+  auto splits = sgdx::data::load_dataset("fashion-mnist");
+  EXPECT_NEAR(splits.train.inputs().mean().item<double>(), 0.0, 1e-4);
+  EXPECT_NEAR(splits.train.inputs().std().item<double>(), 1.0, 1e-4);
+}
+
+TEST(Idx, SharedMnistWhenPresent) {
+  const auto root = sgdx::testing::data_dir();
+  if (root.empty() || !std::filesystem::exists(root + "/mnist")) GTEST_SKIP() << "SGDX_DATA_DIR/mnist absent";
+  auto train = sgdx::data::load_mnist_family(root + "/mnist", true);
+  auto test = sgdx::data::load_mnist_family(root + "/mnist", false);
+  // Class counts from shared/data/README.md.
+  const std::vector<int64_t> train_counts = {5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949};
+  const std::vector<int64_t> test_counts = {980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009};
+  EXPECT_TRUE(torch::equal(torch::bincount(train.labels), torch::tensor(train_counts)));
+  EXPECT_TRUE(torch::equal(torch::bincount(test.labels), torch::tensor(test_counts)));
+}
+
+TEST(TensorDataset, GetBatchAndErrors) {
+  sgdx::data::TensorDataset ds(torch::arange(10).reshape({5, 2}), torch::arange(5));
+  auto b = ds.get_batch(std::vector<size_t>{4, 0});
+  EXPECT_TRUE(torch::equal(b.target, torch::tensor({4, 0}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(b.data, torch::tensor({8, 9, 0, 1}, torch::kLong).reshape({2, 2})));
+  SGDX_EXPECT_THROW_MSG(ds.get_batch(std::vector<size_t>{5}), "index 5 out of range for a dataset of 5");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::TensorDataset(torch::zeros({3}), torch::zeros({4})), "inputs have 3 rows but targets have 4");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_dataset("imagenet"), "unknown dataset 'imagenet'");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_dataset("mnist", "/nonexistent/dir"), "data directory '/nonexistent/dir'");
+}
+
+TEST(TensorDataset, TeacherStudentIsFixedAcrossCalls) {
+  auto a = sgdx::data::load_dataset("teacher");
+  auto b = sgdx::data::load_dataset("teacher");
+  EXPECT_TRUE(torch::equal(a.train.inputs(), b.train.inputs()));
+  EXPECT_TRUE(torch::equal(a.test.targets(), b.test.targets()));
+  EXPECT_EQ(a.train.inputs().sizes(), (std::vector<int64_t>{10000, 100}));
+  // Every class appears: the task is not degenerate.
+  EXPECT_EQ(torch::bincount(a.train.targets(), {}, 10).gt(0).sum().item<int64_t>(), 10);
+}

@@ -1,0 +1,104 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "sgdx/detail/philox.h"
+#include "sgdx/ops/rsgd_step.h"
+#include "test_util.h"
+
+using sgdx::ops::RSGDStepConfig;
+
+// Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
+TEST(Philox, KnownAnswerVectors) {
+  auto r = sgdx::detail::philox4x32_10(0, 0, 0, 0, 0, 0);
+  EXPECT_EQ(r.v[0], 0x6627e8d5u);
+  EXPECT_EQ(r.v[1], 0xe169c58du);
+  EXPECT_EQ(r.v[2], 0xbc57ac4cu);
+  EXPECT_EQ(r.v[3], 0x9b00dbd8u);
+  r = sgdx::detail::philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
+                                  0xffffffffu);
+  EXPECT_EQ(r.v[0], 0x408f276du);
+  EXPECT_EQ(r.v[1], 0x41c83b0eu);
+  EXPECT_EQ(r.v[2], 0xa20bc7c6u);
+  EXPECT_EQ(r.v[3], 0x6d5451fdu);
+  r = sgdx::detail::philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u,
+                                  0x299f31d0u);
+  EXPECT_EQ(r.v[0], 0xd16cfe09u);
+  EXPECT_EQ(r.v[1], 0x94fdccebu);
+  EXPECT_EQ(r.v[2], 0x5001e420u);
+  EXPECT_EQ(r.v[3], 0x24126ea1u);
+}
+
+TEST(Philox, BernoulliThresholdEdges) {
+  EXPECT_EQ(sgdx::detail::bernoulli_threshold(0.0), 0u);
+  EXPECT_EQ(sgdx::detail::bernoulli_threshold(-1.0), 0u);
+  EXPECT_EQ(sgdx::detail::bernoulli_threshold(1.0), uint64_t{1} << 32);
+  EXPECT_EQ(sgdx::detail::bernoulli_threshold(0.5), uint64_t{1} << 31);
+}
+
+// Draw frequencies of the per-element stream: chi-square over 16 bins of the
+// top 4 bits, 2^16 words; the 0.999 quantile of chi2(15) is 37.7.
+TEST(Philox, StreamIsUniform) {
+  std::vector<int64_t> bins(16, 0);
+  for (uint64_t b = 0; b < (1u << 14); ++b) {
+    const auto r = sgdx::detail::rsgd_block(12345, 3, 17, b);
+    for (int j = 0; j < 4; ++j) ++bins[r.v[j] >> 28];
+  }
+  const double expected = double(1 << 16) / 16;
+  double chi2 = 0;
+  for (auto c : bins) chi2 += (c - expected) * (c - expected) / expected;
+  EXPECT_LT(chi2, 37.7);
+}
+
+TEST(RSGDStep, ValidatesInputsWithClearMessages) {
+  auto p = torch::zeros({4});
+  auto g = torch::zeros({4});
+  auto m = torch::zeros({4});
+  RSGDStepConfig c;
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {g}, {}, {0}, {1}, {0.5}, c),
+                        "all lists must have the same length");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {torch::zeros({5})}, {m}, {0}, {1}, {0.5}, c),
+                        "shape mismatch");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {g.to(torch::kDouble)}, {m}, {0}, {1}, {0.5}, c),
+                        "dtype mismatch");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {g}, {m}, {0}, {0}, {0.5}, c),
+                        "step must be in [1, 2^32), got 0");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {g}, {m}, {0}, {1}, {1.5}, c),
+                        "probability must be in [0, 1], got 1.5");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({torch::zeros({4}, torch::kLong)}, {g}, {m}, {0}, {1}, {0.5}, c),
+                        "must be floating point");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({torch::zeros({4, 4}).t()}, {torch::zeros({4, 4})},
+                                              {torch::zeros({4, 4})}, {0}, {1}, {0.5}, c),
+                        "must be contiguous");
+}
+
+TEST(RSGDStep, EmptyAndSingleElementTensors) {
+  auto p = torch::ones({0});
+  auto g = torch::ones({0});
+  auto m = torch::ones({0});
+  RSGDStepConfig c;
+  c.lr = 0.5;
+  sgdx::ops::rsgd_step_({p}, {g}, {m}, {0}, {1}, {1.0}, c);
+  auto p1 = torch::full({1}, 2.0, torch::kDouble);
+  auto g1 = torch::full({1}, 1.0, torch::kDouble);
+  auto m1 = torch::full({1}, 3.0, torch::kDouble);
+  sgdx::ops::rsgd_step_({p1}, {g1}, {m1}, {0}, {1}, {1.0}, c);  // always reinforce
+  EXPECT_DOUBLE_EQ(p1.item<double>(), 2.0 - 0.5 * 4.0);
+  EXPECT_DOUBLE_EQ(m1.item<double>(), 4.0);
+}
+
+// The per-element pattern of float32 and float64 paths comes from the same stream.
+TEST(RSGDStep, SameDrawsForEveryDtype) {
+  RSGDStepConfig c;
+  c.lr = 0.0;
+  c.seed = 99;
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+    auto pd = torch::zeros({1001}, torch::kDouble), gd = torch::ones({1001}, torch::kDouble),
+         md = torch::ones({1001}, torch::kDouble);
+    auto p = pd.to(dtype), g = gd.to(dtype), m = md.to(dtype);
+    sgdx::ops::rsgd_step_({pd}, {gd}, {md}, {4}, {9}, {0.37}, c);
+    sgdx::ops::rsgd_step_({p}, {g}, {m}, {4}, {9}, {0.37}, c);
+    EXPECT_TRUE(torch::equal(m.to(torch::kDouble), md)) << dtype;
+    const double frac = (md == 2.0).to(torch::kDouble).mean().item<double>();
+    EXPECT_NEAR(frac, 0.37, 5 * std::sqrt(0.37 * 0.63 / 1001));
+  }
+}

@@ -1,0 +1,66 @@
+#pragma once
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+namespace sgdx::testing {
+
+/// Expects `stmt` to throw c10::Error whose message contains `needle`.
+#define SGDX_EXPECT_THROW_MSG(stmt, needle)                                            \
+  do {                                                                                 \
+    try {                                                                              \
+      stmt;                                                                            \
+      ADD_FAILURE() << "expected c10::Error containing '" << (needle) << "'";          \
+    } catch (const c10::Error& e) {                                                    \
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(needle), std::string::npos) \
+          << "message was: " << e.what_without_backtrace();                           \
+    }                                                                                  \
+  } while (0)
+
+/// A fresh temporary directory, removed at destruction.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static std::mt19937_64 rng(std::random_device{}());
+    path = std::filesystem::temp_directory_path() / ("sgdx-test-" + std::to_string(rng()));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes, bool gz) {
+  if (gz) {
+    gzFile f = gzopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
+              static_cast<int>(bytes.size()));
+    gzclose(f);
+  } else {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+}
+
+inline std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+inline std::string data_dir() {
+  const char* d = std::getenv("SGDX_DATA_DIR");
+  return d != nullptr ? d : "";
+}
+
+}  // namespace sgdx::testing
