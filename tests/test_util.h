@@ -58,6 +58,29 @@ inline std::vector<uint8_t> read_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+/// The bytes of an IDX file: header for `dims` of element type `type`, then `payload`.
+inline std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims, const std::vector<uint8_t>& payload) {
+  std::vector<uint8_t> b = {0, 0, type, static_cast<uint8_t>(dims.size())};
+  for (auto d : dims) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(d >> s));
+  }
+  b.insert(b.end(), payload.begin(), payload.end());
+  return b;
+}
+
+/// A tiny MNIST-family split: n images of h x w with pixel (i, k) = (i + k) % 256, label i % 10.
+inline void write_mnist_split(const std::string& dir, const std::string& prefix, uint32_t n, uint32_t h, uint32_t w,
+                              bool gz) {
+  std::vector<uint8_t> pixels, labels;
+  for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t k = 0; k < h * w; ++k) pixels.push_back(static_cast<uint8_t>((i + k) % 256));
+    labels.push_back(static_cast<uint8_t>(i % 10));
+  }
+  const std::string sfx = gz ? ".gz" : "";
+  write_bytes(dir + "/" + prefix + "-images-idx3-ubyte" + sfx, idx_bytes(0x08, {n, h, w}, pixels), gz);
+  write_bytes(dir + "/" + prefix + "-labels-idx1-ubyte" + sfx, idx_bytes(0x08, {n}, labels), gz);
+}
+
 inline std::string data_dir() {
   const char* d = std::getenv("SGDX_DATA_DIR");
   return d != nullptr ? d : "";

@@ -28,6 +28,22 @@ std::vector<std::string> split_list(const std::string& s) {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// A bound check whose message names the bound and the value.
+CLI::Validator bounded_below(double bound, bool strict) {
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double v = 0;
+        try {
+          v = std::stod(text);
+        } catch (const std::exception&) {
+          return "expected a number, got '" + text + "'";
+        }
+        if (strict ? v > bound : v >= bound) return "";
+        return fmt::format("must be {} {}, got {}", strict ? ">" : ">=", bound, text);
+      },
+      strict ? "> " + fmt::format("{}", bound) : ">= " + fmt::format("{}", bound));
+}
+
 int fail(const std::string& msg) {
   std::fprintf(stderr, "sgdx-train: error: %s\n", first_line(msg).c_str());
   return 1;
@@ -58,22 +74,22 @@ int main(int argc, char** argv) {
   app.add_option("--compare", compare, "Comma-separated optimizers to train one after another and compare (e.g. sgd,sgdm,rsgd,adam)")
       ->excludes(opt_flag);
   app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd 0.01, adam 0.001)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--epochs", cfg.epochs, "Training epochs")->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(bounded_below(0, false));
+  app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(bounded_below(0, true))->capture_default_str();
+  app.add_option("--epochs", cfg.epochs, "Training epochs")->check(bounded_below(0, true))->capture_default_str();
   app.add_option("--seed", seed, "First seed (model init, data order, R-SGD draws)")->capture_default_str();
-  app.add_option("--seeds", seeds, "Number of seeds per optimizer (seed, seed+1, ...)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seeds", seeds, "Number of seeds per optimizer (seed, seed+1, ...)")->check(bounded_below(0, true))->capture_default_str();
   app.add_option("--device", cfg.device, "auto (cuda when available), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
   app.add_option("--momentum", cfg.momentum, "Momentum of sgdm and nesterov")->capture_default_str();
-  app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay for every optimizer")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay for every optimizer")->check(bounded_below(0, false))->capture_default_str();
   app.add_option("--schedule", cfg.schedule, "Learning-rate schedule: constant or cosine (per step, to 0)")->check(CLI::IsMember({"constant", "cosine"}))->capture_default_str();
   app.add_option("--rsgd-gamma", cfg.rsgd_gamma, "R-SGD: per-step decay of the non-reinforcement probability, in (0, 1)")->capture_default_str();
   app.add_option("--rsgd-gamma0", cfg.rsgd_gamma0, "R-SGD: scale gamma0 in [0, 1]")->capture_default_str();
   app.add_option("--rsgd-max-prob", cfg.rsgd_max_prob, "R-SGD: cap on the reinforcement probability, in [0, 1]")->capture_default_str();
   app.add_option("--rsgd-granularity", cfg.rsgd_granularity, "R-SGD: element or tensor")->capture_default_str();
   app.add_option("--rsgd-memory", cfg.rsgd_memory, "R-SGD: accumulated or previous")->capture_default_str();
-  app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")->check(CLI::NonNegativeNumber);
-  app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")->check(CLI::NonNegativeNumber);
+  app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")->check(bounded_below(0, false));
+  app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")->check(bounded_below(0, false));
   app.add_option("--out", out_dir, "Output directory (default: runs/<dataset>-<model>)");
   app.add_flag("--no-progress", no_progress, "No progress display");
   app.add_flag("--no-plot", no_plot, "Do not draw the PNG plot");

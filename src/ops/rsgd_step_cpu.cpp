@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "sgdx/config.h"
 #include "sgdx/detail/philox.h"
@@ -63,42 +64,93 @@ c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads,
 
 namespace {
 
+// Tiles of kTile elements: first the tile's Bernoulli words (Philox is
+// compute-bound: vectorised across blocks it runs ~2.5x faster than scalar),
+// then one vectorisable pass over p, g, m. Both are compiled for AVX-512,
+// AVX2 and baseline x86-64 and picked at run time (GCC target_clones).
+constexpr int64_t kTile = 1024;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SGDX_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SGDX_MULTIVERSION
+#endif
+
+SGDX_MULTIVERSION
+void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first_block, int64_t blocks,
+                uint32_t* __restrict out) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const auto r = sgdx::detail::rsgd_block(seed, tensor_id, step, first_block + static_cast<uint64_t>(b));
+    out[4 * b + 0] = r.v[0];
+    out[4 * b + 1] = r.v[1];
+    out[4 * b + 2] = r.v[2];
+    out[4 * b + 3] = r.v[3];
+  }
+}
+
+// draws == nullptr: xi = fixed_xi for every element.
+template <typename scalar_t, typename opmath_t>
+__attribute__((always_inline)) inline void update_tile(scalar_t* __restrict p, const scalar_t* __restrict g,
+                                                       scalar_t* __restrict m, const uint32_t* __restrict draws,
+                                                       int64_t len, uint32_t threshold, bool fixed_xi, opmath_t lr,
+                                                       opmath_t wd, bool previous) {
+  for (int64_t i = 0; i < len; ++i) {
+    const bool xi = draws != nullptr ? draws[i] < threshold : fixed_xi;
+    opmath_t gi = static_cast<opmath_t>(g[i]);
+    if (wd != opmath_t(0)) gi += wd * static_cast<opmath_t>(p[i]);
+    const opmath_t mi = static_cast<opmath_t>(m[i]);
+    const opmath_t h = xi ? gi + mi : gi;
+    p[i] = static_cast<scalar_t>(static_cast<opmath_t>(p[i]) - lr * h);
+    m[i] = static_cast<scalar_t>(previous ? gi : h);
+  }
+}
+
+SGDX_MULTIVERSION
+void update_tile_f32(float* p, const float* g, float* m, const uint32_t* draws, int64_t len, uint32_t threshold,
+                     bool fixed_xi, float lr, float wd, bool previous) {
+  update_tile<float, float>(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+}
+
+SGDX_MULTIVERSION
+void update_tile_f64(double* p, const double* g, double* m, const uint32_t* draws, int64_t len, uint32_t threshold,
+                     bool fixed_xi, double lr, double wd, bool previous) {
+  update_tile<double, double>(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+}
+
+template <typename scalar_t>
+void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* draws, int64_t len,
+                     uint32_t threshold, bool fixed_xi, double lr, double wd, bool previous) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    update_tile_f32(p, g, m, draws, len, threshold, fixed_xi, static_cast<float>(lr), static_cast<float>(wd), previous);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    update_tile_f64(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+  } else {
+    update_tile<scalar_t, opmath_t>(p, g, m, draws, len, threshold, fixed_xi, static_cast<opmath_t>(lr),
+                                    static_cast<opmath_t>(wd), previous);
+  }
+}
+
 template <typename scalar_t>
 void rsgd_tensor_cpu(scalar_t* p, const scalar_t* g, scalar_t* m, int64_t n, uint32_t tensor_id,
                      uint32_t step, uint64_t threshold, const RSGDStepConfig& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const opmath_t lr = static_cast<opmath_t>(c.lr);
-  const opmath_t wd = static_cast<opmath_t>(c.weight_decay);
-  const bool has_wd = c.weight_decay != 0.0;
-  const bool previous = c.memory_previous;
   // Deterministic cases draw nothing: Gamma = 0 is plain SGD, Gamma = 1 heavy ball.
   const bool random = threshold != 0 && threshold != (uint64_t{1} << 32);
   bool fixed_xi = threshold != 0;
   if (random && !c.per_element) {
     fixed_xi = sgdx::detail::rsgd_block(c.seed, tensor_id, step, 0).v[0] < threshold;
   }
-  const bool per_element_random = random && c.per_element;
-
-  auto update = [&](int64_t i, bool xi) {
-    opmath_t gi = static_cast<opmath_t>(g[i]);
-    if (has_wd) gi += wd * static_cast<opmath_t>(p[i]);
-    const opmath_t h = xi ? gi + static_cast<opmath_t>(m[i]) : gi;
-    p[i] = static_cast<scalar_t>(static_cast<opmath_t>(p[i]) - lr * h);
-    m[i] = static_cast<scalar_t>(previous ? gi : h);
-  };
-
-  const int64_t blocks = (n + 3) / 4;
-  at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
-    if (per_element_random) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const auto r = sgdx::detail::rsgd_block(c.seed, tensor_id, step, static_cast<uint64_t>(b));
-        const int64_t i0 = b * 4;
-        const int64_t len = std::min<int64_t>(4, n - i0);
-        for (int64_t j = 0; j < len; ++j) update(i0 + j, r.v[j] < threshold);
-      }
-    } else {
-      const int64_t end = std::min(n, b1 * 4);
-      for (int64_t i = b0 * 4; i < end; ++i) update(i, fixed_xi);
+  const bool draw = random && c.per_element;
+  const auto threshold32 = static_cast<uint32_t>(std::min<uint64_t>(threshold, 0xffffffffu));
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+    alignas(64) uint32_t draws[kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i0 = t * kTile;
+      const int64_t len = std::min(kTile, n - i0);
+      if (draw) fill_draws(c.seed, tensor_id, step, static_cast<uint64_t>(i0 / 4), (len + 3) / 4, draws);
+      update_tile_any<scalar_t>(p + i0, g + i0, m + i0, draw ? draws : nullptr, len, threshold32, fixed_xi,
+                                c.lr, c.weight_decay, c.memory_previous);
     }
   });
 }

@@ -10,30 +10,8 @@
 using sgdx::testing::TempDir;
 using sgdx::testing::write_bytes;
 
-namespace {
-
-std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims, const std::vector<uint8_t>& payload) {
-  std::vector<uint8_t> b = {0, 0, type, static_cast<uint8_t>(dims.size())};
-  for (auto d : dims) {
-    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(d >> s));
-  }
-  b.insert(b.end(), payload.begin(), payload.end());
-  return b;
-}
-
-// A tiny MNIST-family split: n images of h x w with pixel (i, r, c) = (i + r * w + c) % 256.
-void write_split(const std::string& dir, const std::string& prefix, uint32_t n, uint32_t h, uint32_t w, bool gz) {
-  std::vector<uint8_t> pixels, labels;
-  for (uint32_t i = 0; i < n; ++i) {
-    for (uint32_t k = 0; k < h * w; ++k) pixels.push_back(static_cast<uint8_t>((i + k) % 256));
-    labels.push_back(static_cast<uint8_t>(i % 10));
-  }
-  const std::string sfx = gz ? ".gz" : "";
-  write_bytes(dir + "/" + prefix + "-images-idx3-ubyte" + sfx, idx_bytes(0x08, {n, h, w}, pixels), gz);
-  write_bytes(dir + "/" + prefix + "-labels-idx1-ubyte" + sfx, idx_bytes(0x08, {n}, labels), gz);
-}
-
-}  // namespace
+using sgdx::testing::idx_bytes;
+using sgdx::testing::write_mnist_split;
 
 TEST(Idx, ReadsRawAndGzippedFilesOfAnyCount) {
   TempDir dir;
@@ -95,8 +73,8 @@ TEST(Idx, CorruptFilesGiveErrorsNamingFileAndProblem) {
 
 TEST(Idx, LoadsMnistFamilySplitAndChecksCounts) {
   TempDir dir;
-  write_split(dir.path.string(), "train", 25, 4, 5, true);
-  write_split(dir.path.string(), "t10k", 7, 4, 5, false);
+  write_mnist_split(dir.path.string(), "train", 25, 4, 5, true);
+  write_mnist_split(dir.path.string(), "t10k", 7, 4, 5, false);
   auto train = sgdx::data::load_mnist_family(dir.path.string(), true);
   EXPECT_EQ(train.images.sizes(), (std::vector<int64_t>{25, 1, 4, 5}));
   EXPECT_FLOAT_EQ(train.images[3][0][1][2].item<float>(), float((3 + 1 * 5 + 2) % 256) / 255.f);

@@ -1,0 +1,56 @@
+#pragma once
+// Side-by-side timing: ours and the reference alternate in one run, and the
+// figure that counts is the ratio of medians (../shared/BENCHMARKS.md).
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace sgdx::bench {
+
+struct Timing {
+  double median = 0, min = 0, max = 0;  // seconds
+};
+
+inline Timing summarize(std::vector<double> t) {
+  std::sort(t.begin(), t.end());
+  return {t[t.size() / 2], t.front(), t.back()};
+}
+
+inline double seconds_of(const std::function<void()>& f) {
+  const auto start = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+/// Runs warm-up calls, then `reps` rounds in which every candidate runs once
+/// (order rotating), and returns each candidate's timing.
+inline std::vector<Timing> compare(const std::vector<std::function<void()>>& candidates, int reps, int warmup = 3) {
+  for (int w = 0; w < warmup; ++w)
+    for (const auto& c : candidates) c();
+  std::vector<std::vector<double>> times(candidates.size());
+  for (int r = 0; r < reps; ++r)
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      const size_t i = (k + r) % candidates.size();
+      times[i].push_back(seconds_of(candidates[i]));
+    }
+  std::vector<Timing> out;
+  for (auto& t : times) out.push_back(summarize(t));
+  return out;
+}
+
+inline nlohmann::json to_json(const Timing& t) {
+  return {{"median_s", t.median}, {"min_s", t.min}, {"max_s", t.max}};
+}
+
+inline void write_json(const std::string& path, const nlohmann::json& j) {
+  std::ofstream(path) << j.dump(2) << "\n";
+  std::printf("wrote %s\n", path.c_str());
+}
+
+}  // namespace sgdx::bench

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the built sgdx into a temporary prefix and builds + runs an outside
+# CMake project that does find_package(sgdx) and links sgdx::sgdx.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${SGDX_BUILD_DIR:-$root/build}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+torch_prefix="$(grep -E '^Torch_DIR:' "$build/CMakeCache.txt" | cut -d= -f2-)"
+cmake -S "$root/tests/consumer" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_prefix" >"$work/configure.log" 2>&1 ||
+  { cat "$work/configure.log"; exit 1; }
+cmake --build "$work/build" -j"$(nproc)" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+"$work/build/consumer"

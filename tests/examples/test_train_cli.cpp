@@ -1,0 +1,110 @@
+// sgdx-train as a user meets it: --help, bad input (one clear error line,
+// non-zero exit, nothing written) and a small complete run.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "test_util.h"
+
+using sgdx::testing::TempDir;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+Result run(const std::string& args, const TempDir& dir) {
+  const std::string err_file = dir.file("stderr.txt");
+  const std::string cmd = std::string(SGDX_TRAIN_EXE) + " " + args + " 2>" + err_file;
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), pipe) != nullptr) r.out += buf.data();
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  r.err = ss.str();
+  std::filesystem::remove(err_file);
+  return r;
+}
+
+int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+void expect_one_error_line(const Result& r, const std::string& needle, const TempDir& dir) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.path / "out")) << "output written despite the error";
+}
+
+}  // namespace
+
+TEST(TrainCli, HelpListsOptions) {
+  TempDir dir;
+  auto r = run("--help", dir);
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--dataset", "--optimizer", "--compare", "--lr", "--epochs", "--device", "--rsgd-gamma"})
+    EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
+}
+
+TEST(TrainCli, BadInputGivesOneClearErrorLine) {
+  TempDir dir;
+  const std::string out = " --out " + dir.file("out");
+  expect_one_error_line(run("--dataset imagenet" + out, dir), "imagenet", dir);
+  expect_one_error_line(run("--optimizer lion" + out, dir), "lion", dir);
+  expect_one_error_line(run("--compare sgd,lion" + out, dir), "unknown optimizer 'lion'", dir);
+  expect_one_error_line(run("--lr -0.1" + out, dir), "--lr", dir);
+  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 1.5" + out, dir), "gamma must be in (0, 1), got 1.5", dir);
+  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 0" + out, dir), "gamma must be in (0, 1), got 0", dir);
+  expect_one_error_line(run("--epochs 0" + out, dir), "--epochs", dir);
+  expect_one_error_line(run("--dataset mnist --data-dir /nonexistent" + out, dir), "/nonexistent", dir);
+}
+
+TEST(TrainCli, TruncatedIdxFileIsReportedByName) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 40, 28, 28, false);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 20, 28, 28, true);
+  const auto images = dir.file("train-images-idx3-ubyte");
+  std::filesystem::resize_file(images, std::filesystem::file_size(images) - 100);
+  auto r = run("--dataset mnist --data-dir " + dir.path.string() + " --out " + dir.file("out"), dir);
+  expect_one_error_line(r, "train-images-idx3-ubyte' has", dir);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+}
+
+TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 64, 28, 28, true);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 32, 28, 28, true);
+  auto r = run("--dataset mnist --data-dir " + dir.path.string() + " --compare sgd,rsgd --epochs 2 --seeds 2 "
+               "--batch-size 16 --no-progress --out " + dir.file("out"), dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| rsgd | 2 |"), std::string::npos) << r.out;
+  std::ifstream csv(dir.file("out/metrics.csv"));
+  std::string header;
+  std::getline(csv, header);
+  EXPECT_EQ(header, "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds");
+  int rows = 0;
+  for (std::string line; std::getline(csv, line);) ++rows;
+  EXPECT_EQ(rows, 2 * 2 * 2);  // optimizers x seeds x epochs
+  std::ifstream js(dir.file("out/metrics.json"));
+  auto j = nlohmann::json::parse(js);
+  EXPECT_EQ(j["runs"].size(), 4u);
+  EXPECT_EQ(j["runs"][0]["epochs"][1]["steps"].get<int>(), 8);  // 64 / 16 * 2
+  EXPECT_TRUE(std::filesystem::exists(dir.file("out/summary.md")));
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+    EXPECT_TRUE(std::filesystem::exists(dir.file("out/training.png")));
+    EXPECT_GT(std::filesystem::file_size(dir.file("out/training.png")), 10000u);
+  }
+}
