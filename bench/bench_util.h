@@ -48,6 +48,15 @@ inline nlohmann::json to_json(const Timing& t) {
   return {{"median_s", t.median}, {"min_s", t.min}, {"max_s", t.max}};
 }
 
+/// "cpu: <model name>" from /proc/cpuinfo, for the results' device field.
+inline std::string cpu_device_name() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return "cpu: " + line.substr(line.find(':') + 2);
+  }
+  return "cpu";
+}
+
 inline void write_json(const std::string& path, const nlohmann::json& j) {
   std::ofstream(path) << j.dump(2) << "\n";
   std::printf("wrote %s\n", path.c_str());

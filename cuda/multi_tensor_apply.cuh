@@ -11,7 +11,7 @@
 namespace sgdx::cuda {
 
 constexpr int kBlockSize = 256;
-constexpr int64_t kChunkSize = 32768;  // elements per block; a multiple of 4
+constexpr int64_t kChunkSize = 32768;  // elements per block; a multiple of 16
 constexpr int kMaxTensors = 40;
 constexpr int kMaxBlocks = 320;
 

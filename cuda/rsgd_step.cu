@@ -50,36 +50,45 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
                        (reinterpret_cast<uintptr_t>(g) % sizeof(Vec4<scalar_t>) == 0) &&
                        (reinterpret_cast<uintptr_t>(m) % sizeof(Vec4<scalar_t>) == 0);
 
+  // Each thread owns 16 consecutive elements: one Philox call gives their high
+  // bytes (sgdx/detail/philox.h); four 4-wide loads and stores move the data.
   const int64_t begin = chunk * sgdx::cuda::kChunkSize;
   const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
-  for (int64_t i0 = begin + 4 * static_cast<int64_t>(threadIdx.x); i0 < end;
-       i0 += 4 * static_cast<int64_t>(blockDim.x)) {
-    bool xi[4] = {fixed_xi, fixed_xi, fixed_xi, fixed_xi};
-    if (random) {
-      const auto r = sgdx::detail::rsgd_block(seed, a.tensor_id, a.step,
-                                              static_cast<uint64_t>(i0 / 4));
+  for (int64_t i0 = begin + 16 * static_cast<int64_t>(threadIdx.x); i0 < end;
+       i0 += 16 * static_cast<int64_t>(blockDim.x)) {
+    sgdx::detail::Philox4x32 high{};
+    if (random) high = sgdx::detail::rsgd_high_block(seed, a.tensor_id, a.step, static_cast<uint64_t>(i0 / 16));
 #pragma unroll
-      for (int j = 0; j < 4; ++j) xi[j] = r.v[j] < a.threshold;
-    }
-    if (aligned && i0 + 4 <= end) {
-      Vec4<scalar_t> pv = *reinterpret_cast<const Vec4<scalar_t>*>(p + i0);
-      const Vec4<scalar_t> gv = *reinterpret_cast<const Vec4<scalar_t>*>(g + i0);
-      Vec4<scalar_t> mv = *reinterpret_cast<const Vec4<scalar_t>*>(m + i0);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t i = i0 + 4 * q;
+      if (i >= end) break;
+      bool xi[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        opmath_t pj = pv.v[j], mj = mv.v[j];
-        rsgd_math<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd, previous);
-        pv.v[j] = static_cast<scalar_t>(pj);
-        mv.v[j] = static_cast<scalar_t>(mj);
+        xi[j] = random ? sgdx::detail::rsgd_resolve(sgdx::detail::rsgd_high_byte(high, 4 * q + j), a.threshold, seed,
+                                                    a.tensor_id, a.step, static_cast<uint64_t>(i + j))
+                       : fixed_xi;
       }
-      *reinterpret_cast<Vec4<scalar_t>*>(p + i0) = pv;
-      *reinterpret_cast<Vec4<scalar_t>*>(m + i0) = mv;
-    } else {
-      for (int j = 0; j < 4 && i0 + j < end; ++j) {
-        opmath_t pj = p[i0 + j], mj = m[i0 + j];
-        rsgd_math<opmath_t>(pj, static_cast<opmath_t>(g[i0 + j]), mj, xi[j], lr, wd, previous);
-        p[i0 + j] = static_cast<scalar_t>(pj);
-        m[i0 + j] = static_cast<scalar_t>(mj);
+      if (aligned && i + 4 <= end) {
+        Vec4<scalar_t> pv = *reinterpret_cast<const Vec4<scalar_t>*>(p + i);
+        const Vec4<scalar_t> gv = *reinterpret_cast<const Vec4<scalar_t>*>(g + i);
+        Vec4<scalar_t> mv = *reinterpret_cast<const Vec4<scalar_t>*>(m + i);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          opmath_t pj = pv.v[j], mj = mv.v[j];
+          rsgd_math<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd, previous);
+          pv.v[j] = static_cast<scalar_t>(pj);
+          mv.v[j] = static_cast<scalar_t>(mj);
+        }
+        *reinterpret_cast<Vec4<scalar_t>*>(p + i) = pv;
+        *reinterpret_cast<Vec4<scalar_t>*>(m + i) = mv;
+      } else {
+        for (int j = 0; j < 4 && i + j < end; ++j) {
+          opmath_t pj = p[i + j], mj = m[i + j];
+          rsgd_math<opmath_t>(pj, static_cast<opmath_t>(g[i + j]), mj, xi[j], lr, wd, previous);
+          p[i + j] = static_cast<scalar_t>(pj);
+          m[i + j] = static_cast<scalar_t>(mj);
+        }
       }
     }
   }
@@ -106,8 +115,7 @@ void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList
     RSGDTensorArgs a{sgdx::detail::bernoulli_threshold(probs[k]),
                      static_cast<uint32_t>(tensor_ids[k]), static_cast<uint32_t>(steps[k])};
     if (!config.per_element && a.threshold != 0 && a.threshold != (uint64_t{1} << 32)) {
-      const bool xi =
-          sgdx::detail::rsgd_block(config.seed, a.tensor_id, a.step, 0).v[0] < a.threshold;
+      const bool xi = sgdx::detail::rsgd_draw(config.seed, a.tensor_id, a.step, 0, a.threshold);
       a.threshold = xi ? (uint64_t{1} << 32) : 0;
     }
     extras.push_back(a);

@@ -7,6 +7,7 @@
 #include <c10/util/irange.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -76,81 +77,131 @@ constexpr int64_t kTile = 1024;
 #define SGDX_MULTIVERSION
 #endif
 
+// xi for the elements [i0, i0 + len) of a tile (i0 a multiple of 16): the
+// high bytes come 16 per Philox call (vectorised), and the rare elements whose
+// high byte equals the threshold's are resolved with their low bits.
 SGDX_MULTIVERSION
-void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first_block, int64_t blocks,
-                uint32_t* __restrict out) {
+void fill_high_bytes(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first_block16, int64_t blocks,
+                     uint8_t* __restrict out) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  // In memory, the bytes of v[0..3] are already in the documented order;
+  // storing whole words lets the loop vectorise at full width.
+  auto* words = reinterpret_cast<uint32_t*>(out);
   for (int64_t b = 0; b < blocks; ++b) {
-    const auto r = sgdx::detail::rsgd_block(seed, tensor_id, step, first_block + static_cast<uint64_t>(b));
-    out[4 * b + 0] = r.v[0];
-    out[4 * b + 1] = r.v[1];
-    out[4 * b + 2] = r.v[2];
-    out[4 * b + 3] = r.v[3];
+    const auto r = sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
+    words[4 * b + 0] = r.v[0];
+    words[4 * b + 1] = r.v[1];
+    words[4 * b + 2] = r.v[2];
+    words[4 * b + 3] = r.v[3];
+  }
+#else
+  for (int64_t b = 0; b < blocks; ++b) {
+    const auto r = sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
+    for (int j = 0; j < 16; ++j) out[16 * b + j] = static_cast<uint8_t>(sgdx::detail::rsgd_high_byte(r, j));
+  }
+#endif
+}
+
+void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, int64_t i0, int64_t len, uint64_t threshold,
+                uint32_t* __restrict xi) {
+  alignas(64) uint8_t high[kTile];
+  fill_high_bytes(seed, tensor_id, step, static_cast<uint64_t>(i0 / 16), (len + 15) / 16, high);
+  const auto t_high = static_cast<uint8_t>(threshold >> 24);
+  for (int64_t j = 0; j < len; ++j) xi[j] = high[j] < t_high;
+  for (const void* hit = std::memchr(high, t_high, static_cast<size_t>(len)); hit != nullptr;) {
+    const int64_t j = static_cast<const uint8_t*>(hit) - high;
+    xi[j] = sgdx::detail::rsgd_resolve(t_high, threshold, seed, tensor_id, step, static_cast<uint64_t>(i0 + j));
+    hit = j + 1 < len ? std::memchr(high + j + 1, t_high, static_cast<size_t>(len - j - 1)) : nullptr;
   }
 }
 
-// draws == nullptr: xi = fixed_xi for every element.
+// xi == nullptr: the same fixed_xi for every element.
 template <typename scalar_t, typename opmath_t>
 __attribute__((always_inline)) inline void update_tile(scalar_t* __restrict p, const scalar_t* __restrict g,
-                                                       scalar_t* __restrict m, const uint32_t* __restrict draws,
-                                                       int64_t len, uint32_t threshold, bool fixed_xi, opmath_t lr,
-                                                       opmath_t wd, bool previous) {
+                                                       scalar_t* __restrict m, const uint32_t* __restrict xi,
+                                                       int64_t len, bool fixed_xi, opmath_t lr, opmath_t wd,
+                                                       bool previous) {
   for (int64_t i = 0; i < len; ++i) {
-    const bool xi = draws != nullptr ? draws[i] < threshold : fixed_xi;
+    const bool reinforce = xi != nullptr ? xi[i] != 0 : fixed_xi;
     opmath_t gi = static_cast<opmath_t>(g[i]);
     if (wd != opmath_t(0)) gi += wd * static_cast<opmath_t>(p[i]);
-    const opmath_t mi = static_cast<opmath_t>(m[i]);
-    const opmath_t h = xi ? gi + mi : gi;
+    const opmath_t h = reinforce ? gi + static_cast<opmath_t>(m[i]) : gi;
     p[i] = static_cast<scalar_t>(static_cast<opmath_t>(p[i]) - lr * h);
     m[i] = static_cast<scalar_t>(previous ? gi : h);
   }
 }
 
 SGDX_MULTIVERSION
-void update_tile_f32(float* p, const float* g, float* m, const uint32_t* draws, int64_t len, uint32_t threshold,
-                     bool fixed_xi, float lr, float wd, bool previous) {
-  update_tile<float, float>(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+void update_tile_f32(float* p, const float* g, float* m, const uint32_t* xi, int64_t len, bool fixed_xi, float lr,
+                     float wd, bool previous) {
+  update_tile<float, float>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
 }
 
 SGDX_MULTIVERSION
-void update_tile_f64(double* p, const double* g, double* m, const uint32_t* draws, int64_t len, uint32_t threshold,
-                     bool fixed_xi, double lr, double wd, bool previous) {
-  update_tile<double, double>(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+void update_tile_f64(double* p, const double* g, double* m, const uint32_t* xi, int64_t len, bool fixed_xi,
+                     double lr, double wd, bool previous) {
+  update_tile<double, double>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
 }
 
 template <typename scalar_t>
-void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* draws, int64_t len,
-                     uint32_t threshold, bool fixed_xi, double lr, double wd, bool previous) {
+void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* xi, int64_t len, bool fixed_xi,
+                     double lr, double wd, bool previous) {
   using opmath_t = at::opmath_type<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, float>) {
-    update_tile_f32(p, g, m, draws, len, threshold, fixed_xi, static_cast<float>(lr), static_cast<float>(wd), previous);
+    update_tile_f32(p, g, m, xi, len, fixed_xi, static_cast<float>(lr), static_cast<float>(wd), previous);
   } else if constexpr (std::is_same_v<scalar_t, double>) {
-    update_tile_f64(p, g, m, draws, len, threshold, fixed_xi, lr, wd, previous);
+    update_tile_f64(p, g, m, xi, len, fixed_xi, lr, wd, previous);
   } else {
-    update_tile<scalar_t, opmath_t>(p, g, m, draws, len, threshold, fixed_xi, static_cast<opmath_t>(lr),
+    update_tile<scalar_t, opmath_t>(p, g, m, xi, len, fixed_xi, static_cast<opmath_t>(lr),
                                     static_cast<opmath_t>(wd), previous);
   }
 }
 
-template <typename scalar_t>
-void rsgd_tensor_cpu(scalar_t* p, const scalar_t* g, scalar_t* m, int64_t n, uint32_t tensor_id,
-                     uint32_t step, uint64_t threshold, const RSGDStepConfig& c) {
+// Per-tensor constants of one step.
+struct TensorPlan {
+  int64_t numel = 0;
+  int64_t first_tile = 0;  // index of the tensor's first tile among all tiles
+  uint64_t threshold = 0;
+  uint32_t tensor_id = 0, step = 0;
+  bool draw = false;      // per-element draws needed
+  bool fixed_xi = false;  // otherwise: the same xi for every element
+};
+
+TensorPlan plan_tensor(int64_t numel, uint32_t tensor_id, uint32_t step, uint64_t threshold,
+                       const RSGDStepConfig& c) {
+  TensorPlan t;
+  t.numel = numel;
+  t.tensor_id = tensor_id;
+  t.step = step;
+  t.threshold = threshold;
   // Deterministic cases draw nothing: Gamma = 0 is plain SGD, Gamma = 1 heavy ball.
   const bool random = threshold != 0 && threshold != (uint64_t{1} << 32);
-  bool fixed_xi = threshold != 0;
-  if (random && !c.per_element) {
-    fixed_xi = sgdx::detail::rsgd_block(c.seed, tensor_id, step, 0).v[0] < threshold;
-  }
-  const bool draw = random && c.per_element;
-  const auto threshold32 = static_cast<uint32_t>(std::min<uint64_t>(threshold, 0xffffffffu));
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-    alignas(64) uint32_t draws[kTile];
+  t.fixed_xi = threshold != 0;
+  if (random && !c.per_element) t.fixed_xi = sgdx::detail::rsgd_draw(c.seed, tensor_id, step, 0, threshold);
+  t.draw = random && c.per_element;
+  return t;
+}
+
+// All tiles of all tensors in one parallel region (one fork/join per step).
+template <typename scalar_t>
+void rsgd_tensors_cpu(const std::vector<scalar_t*>& p, const std::vector<const scalar_t*>& g,
+                      const std::vector<scalar_t*>& m, const std::vector<TensorPlan>& plans, int64_t total_tiles,
+                      const RSGDStepConfig& c) {
+  at::parallel_for(0, total_tiles, 16, [&](int64_t t0, int64_t t1) {
+    alignas(64) uint32_t xi[kTile];  // 32-bit lanes like float: the select vectorises
+    // The tensor holding tile t0, then walk forward.
+    size_t k = static_cast<size_t>(
+        std::upper_bound(plans.begin(), plans.end(), t0,
+                         [](int64_t tile, const TensorPlan& pl) { return tile < pl.first_tile; }) -
+        plans.begin() - 1);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i0 = t * kTile;
-      const int64_t len = std::min(kTile, n - i0);
-      if (draw) fill_draws(c.seed, tensor_id, step, static_cast<uint64_t>(i0 / 4), (len + 3) / 4, draws);
-      update_tile_any<scalar_t>(p + i0, g + i0, m + i0, draw ? draws : nullptr, len, threshold32, fixed_xi,
-                                c.lr, c.weight_decay, c.memory_previous);
+      while (t >= plans[k].first_tile + (plans[k].numel + kTile - 1) / kTile) ++k;
+      const TensorPlan& pl = plans[k];
+      const int64_t i0 = (t - pl.first_tile) * kTile;
+      const int64_t len = std::min(kTile, pl.numel - i0);
+      if (pl.draw) fill_draws(c.seed, pl.tensor_id, pl.step, i0, len, pl.threshold, xi);
+      update_tile_any<scalar_t>(p[k] + i0, g[k] + i0, m[k] + i0, pl.draw ? xi : nullptr, len, pl.fixed_xi, c.lr,
+                                c.weight_decay, c.memory_previous);
     }
   });
 }
@@ -161,19 +212,29 @@ void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList 
                     c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
                     c10::ArrayRef<double> probs, const RSGDStepConfig& config) {
   const auto device = detail::check_rsgd_inputs(params, grads, memory, tensor_ids, steps, probs);
-  TORCH_CHECK(device == c10::DeviceType::CPU || params.empty(),
-              "rsgd_step_cpu_: tensors must be on the CPU, got ", device);
+  if (params.empty()) return;
+  TORCH_CHECK(device == c10::DeviceType::CPU, "rsgd_step_cpu_: tensors must be on the CPU, got ", device);
+  std::vector<TensorPlan> plans;
+  int64_t total_tiles = 0;
   for (const auto k : c10::irange(params.size())) {
-    const auto threshold = sgdx::detail::bernoulli_threshold(probs[k]);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, params[k].scalar_type(), "rsgd_step_cpu_", [&] {
-          rsgd_tensor_cpu<scalar_t>(params[k].data_ptr<scalar_t>(),
-                                    grads[k].const_data_ptr<scalar_t>(),
-                                    memory[k].data_ptr<scalar_t>(), params[k].numel(),
-                                    static_cast<uint32_t>(tensor_ids[k]),
-                                    static_cast<uint32_t>(steps[k]), threshold, config);
-        });
+    if (params[k].numel() == 0) continue;
+    auto pl = plan_tensor(params[k].numel(), static_cast<uint32_t>(tensor_ids[k]), static_cast<uint32_t>(steps[k]),
+                          sgdx::detail::bernoulli_threshold(probs[k]), config);
+    pl.first_tile = total_tiles;
+    total_tiles += (pl.numel + kTile - 1) / kTile;
+    plans.push_back(pl);
   }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rsgd_step_cpu_", [&] {
+    std::vector<scalar_t*> p, m;
+    std::vector<const scalar_t*> g;
+    for (const auto k : c10::irange(params.size())) {
+      if (params[k].numel() == 0) continue;
+      p.push_back(params[k].data_ptr<scalar_t>());
+      g.push_back(grads[k].const_data_ptr<scalar_t>());
+      m.push_back(memory[k].data_ptr<scalar_t>());
+    }
+    rsgd_tensors_cpu<scalar_t>(p, g, m, plans, total_tiles, config);
+  });
 }
 
 void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memory,

@@ -35,18 +35,51 @@ TEST(Philox, BernoulliThresholdEdges) {
   EXPECT_EQ(sgdx::detail::bernoulli_threshold(0.5), uint64_t{1} << 31);
 }
 
-// Draw frequencies of the per-element stream: chi-square over 16 bins of the
-// top 4 bits, 2^16 words; the 0.999 quantile of chi2(15) is 37.7.
-TEST(Philox, StreamIsUniform) {
-  std::vector<int64_t> bins(16, 0);
+// Draw frequencies of the per-element high bytes: chi-square over 256 bins,
+// 2^18 bytes; the 0.999 quantile of chi2(255) is 330.5.
+TEST(Philox, HighBytesAreUniform) {
+  std::vector<int64_t> bins(256, 0);
   for (uint64_t b = 0; b < (1u << 14); ++b) {
-    const auto r = sgdx::detail::rsgd_block(12345, 3, 17, b);
-    for (int j = 0; j < 4; ++j) ++bins[r.v[j] >> 28];
+    const auto r = sgdx::detail::rsgd_high_block(12345, 3, 17, b);
+    for (int j = 0; j < 16; ++j) ++bins[sgdx::detail::rsgd_high_byte(r, j)];
   }
-  const double expected = double(1 << 16) / 16;
+  const double expected = double(1 << 18) / 256;
   double chi2 = 0;
   for (auto c : bins) chi2 += (c - expected) * (c - expected) / expected;
-  EXPECT_LT(chi2, 37.7);
+  EXPECT_LT(chi2, 330.5);
+}
+
+// Thresholds whose top byte is hit often exercise the low-bit resolution: the
+// frequency of xi must match Gamma exactly in expectation (5 sigma).
+TEST(Philox, DrawFrequencyMatchesProbabilityAtByteBoundaries) {
+  for (double prob : {0.5, 0.5 + 0.5 / 256, 1.0 / 256 + 1e-4, 0.999, 1e-3}) {
+    const auto threshold = sgdx::detail::bernoulli_threshold(prob);
+    const int64_t n = 1 << 20;
+    int64_t hits = 0;
+    for (int64_t i = 0; i < n; ++i) hits += sgdx::detail::rsgd_draw(7, 1, 2, static_cast<uint64_t>(i), threshold);
+    EXPECT_NEAR(double(hits) / n, prob, 5 * std::sqrt(prob * (1 - prob) / n)) << prob;
+  }
+}
+
+// Among elements whose high byte equals the threshold's, xi is decided by the
+// low 24 bits: its frequency must be (threshold mod 2^24) / 2^24 (5 sigma).
+TEST(Philox, LowBitsDecideTies) {
+  for (double prob : {0.5 + 0.5 / 256, 0.25 + 0.1 / 256}) {
+    const auto threshold = sgdx::detail::bernoulli_threshold(prob);
+    const uint32_t t_high = static_cast<uint32_t>(threshold >> 24);
+    const double p_low = double(threshold & 0xffffff) / double(1 << 24);
+    int64_t ties = 0, hits = 0;
+    for (uint64_t b = 0; b < (1u << 16); ++b) {
+      const auto r = sgdx::detail::rsgd_high_block(3, 4, 5, b);
+      for (int j = 0; j < 16; ++j) {
+        if (sgdx::detail::rsgd_high_byte(r, j) != t_high) continue;
+        ++ties;
+        hits += sgdx::detail::rsgd_draw(3, 4, 5, 16 * b + j, threshold);
+      }
+    }
+    ASSERT_GT(ties, 3000);
+    EXPECT_NEAR(double(hits) / ties, p_low, 5 * std::sqrt(p_low * (1 - p_low) / ties)) << prob;
+  }
 }
 
 TEST(RSGDStep, ValidatesInputsWithClearMessages) {

@@ -47,15 +47,48 @@ SGDX_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
   return {{c0, c1, c2, c3}};
 }
 
-/// The R-SGD Bernoulli stream. Element i of tensor `tensor_id` at optimizer
-/// step `step` uses word (i mod 4) of Philox(counter = (i/4 low, i/4 high,
-/// tensor_id, step), key = seed). Tensor granularity uses element 0's word.
-/// A draw is "reinforce" when the 32-bit word is below threshold
-/// = round_down(prob * 2^32); threshold 2^32 means always, 0 never.
-SGDX_HOST_DEVICE Philox4x32 rsgd_block(uint64_t seed, uint32_t tensor_id, uint32_t step,
-                                       uint64_t block) {
-  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), tensor_id,
+/// The R-SGD Bernoulli stream. Element i of tensor k at optimizer step t has
+/// the uniform 32-bit word U_i = (H_i << 24) | L_i, where
+///   H_i = byte (i mod 16) of Philox(counter = (i/16 low, i/16 high, k, t), key = seed),
+///         bytes numbered from the least significant byte of v[0] to the most of v[3];
+///   L_i = Philox(counter = (i/4 low, (i/4 high) | 2^31, k, t), key = seed).v[i mod 4] >> 8.
+/// The draw is xi_i = (U_i < threshold) with threshold = floor(Gamma * 2^32), so
+/// Gamma has 32-bit resolution, yet L_i is only needed when H_i == threshold >> 24
+/// (probability 1/256): one Philox call serves 16 elements. Tensor granularity
+/// uses element 0's draw for the whole tensor.
+SGDX_HOST_DEVICE Philox4x32 rsgd_high_block(uint64_t seed, uint32_t tensor_id, uint32_t step,
+                                            uint64_t block16) {
+  return philox4x32_10(static_cast<uint32_t>(block16), static_cast<uint32_t>(block16 >> 32), tensor_id,
                        step, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+SGDX_HOST_DEVICE uint32_t rsgd_high_byte(const Philox4x32& r, int byte) {
+  return (r.v[byte >> 2] >> (8 * (byte & 3))) & 0xffu;
+}
+
+SGDX_HOST_DEVICE uint32_t rsgd_low_bits(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t i) {
+  const uint64_t block4 = i / 4;
+  const auto r = philox4x32_10(static_cast<uint32_t>(block4),
+                               static_cast<uint32_t>(block4 >> 32) | 0x80000000u, tensor_id, step,
+                               static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return r.v[i % 4] >> 8;
+}
+
+/// xi_i given the element's high byte (threshold strictly inside (0, 2^32)).
+SGDX_HOST_DEVICE bool rsgd_resolve(uint32_t high, uint64_t threshold, uint64_t seed, uint32_t tensor_id,
+                                   uint32_t step, uint64_t i) {
+  const uint32_t t_high = static_cast<uint32_t>(threshold >> 24);
+  if (high != t_high) return high < t_high;
+  return rsgd_low_bits(seed, tensor_id, step, i) < static_cast<uint32_t>(threshold & 0xffffffu);
+}
+
+/// The draw of element i, computed on its own (reference and tensor granularity).
+SGDX_HOST_DEVICE bool rsgd_draw(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t i,
+                                uint64_t threshold) {
+  if (threshold == 0) return false;
+  if (threshold >= (uint64_t{1} << 32)) return true;
+  const auto r = rsgd_high_block(seed, tensor_id, step, i / 16);
+  return rsgd_resolve(rsgd_high_byte(r, static_cast<int>(i % 16)), threshold, seed, tensor_id, step, i);
 }
 
 SGDX_HOST_DEVICE uint64_t bernoulli_threshold(double prob) {

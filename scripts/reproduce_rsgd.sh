@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduction for docs/results/rsgd.md: R-SGD vs SGD, SGD+momentum 0.9,
+# Nesterov and Adam, same model, data, batch size and number of steps, 3 seeds,
+# with a constant learning rate and with a per-step cosine decay.
+# Tasks: Fashion-MNIST (MLP), MNIST (MLP; needs $SGDX_DATA_DIR/mnist) and the
+# synthetic teacher-student task. Writes docs/results/rsgd/<task>-<schedule>/.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${SGDX_BUILD_DIR:-$root/build}"
+if [[ -z "${SGDX_DATA_DIR:-}" && -d "$root/../shared/data" ]]; then
+  export SGDX_DATA_DIR="$(cd "$root/../shared/data" && pwd)"
+fi
+"$root/scripts/build.sh" >/dev/null
+out="$root/docs/results/rsgd"
+mkdir -p "$out"
+optimizers=sgd,sgdm,nesterov,adam,rsgd
+run() {  # name dataset epochs schedule
+  "$build/examples/sgdx-train" --dataset "$2" --model mlp --compare "$optimizers" --epochs "$3" --seeds 3 \
+    --schedule "$4" --no-progress --out "$out/$1-$4" | tail -n 9
+}
+for schedule in constant cosine; do
+  run fashion-mnist fashion-mnist 10 "$schedule"
+  if [[ -d "${SGDX_DATA_DIR:-/nonexistent}/mnist" ]]; then
+    run mnist mnist 10 "$schedule"
+  else
+    echo "skipping mnist: \$SGDX_DATA_DIR/mnist not found"
+  fi
+  run teacher teacher 30 "$schedule"
+done
