@@ -1,0 +1,92 @@
+#pragma once
+// Exact per-sample gradient norms, inner products and direction products for
+// LibTorch models, without per-sample backward passes (Goodfellow 2015, "Efficient
+// per-example gradient computations"; Li et al. 2022 "ghost norm"). LibTorch C++
+// has no module hooks, so the capture reads the autograd graph of one forward:
+// for each supported layer it keeps the layer's input (a saved variable of its
+// backward node) and records the gradient of its output with a node pre-hook
+// during the ordinary backward. The model's gradients are not changed.
+//
+// Per layer, per sample i (loss summed over the batch; mean is rescaled):
+//   Linear   y_t = W a_t + b:  ||dW_i||^2 = <A_i A_i^T, D_i D_i^T>_F,  ||db_i||^2 = ||sum_t D_i[t]||^2
+//   Conv2d   the same with A_i = unfold(x_i) per group, T = output positions
+//   Embedding ||dE_i||^2 = sum_{t,t'} [idx_t = idx_t'] <d_t, d_t'>
+//   LayerNorm / GroupNorm affine: dgamma_i = sum d (.) xhat, dbeta_i = sum d
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sgdx::ops {
+
+enum class LossReduction { mean, sum };
+
+/// How a layer's weight norms are computed. automatic picks the cheaper of the
+/// ghost (Gram) rule and forming the per-sample gradient (2T^2 vs p*d).
+enum class NormStrategy { automatic, ghost, materialize };
+
+struct PerSampleOptions {
+  LossReduction reduction = LossReduction::mean;
+  NormStrategy strategy = NormStrategy::automatic;
+  /// Parameters (by name as in named_parameters()) left out of every result.
+  std::vector<std::string> ignore;
+};
+
+/// One captured layer (see per_sample.cpp for the kinds).
+class CapturedLayer;
+
+/// Captures one forward+backward of `model` and answers per-sample questions
+/// about it. Usage:
+///   PerSampleGradients cap(*model);
+///   auto loss = F::cross_entropy(model->forward(x), y);   // mean over B
+///   cap.attach(loss, x.size(0));                            // before backward
+///   loss.backward();                                        // ordinary gradients
+///   at::Tensor n = cap.norms();                             // [B], ||grad l_i||
+class PerSampleGradients {
+ public:
+  explicit PerSampleGradients(const torch::nn::Module& model, PerSampleOptions options = {});
+  ~PerSampleGradients();
+  PerSampleGradients(const PerSampleGradients&) = delete;
+  PerSampleGradients& operator=(const PerSampleGradients&) = delete;
+
+  /// Walks the autograd graph of `loss` (a scalar, before backward), finds every
+  /// trainable parameter's layer, keeps its input and hooks its output gradient.
+  /// Throws c10::Error naming the layer for BatchNorm and for any layer with
+  /// trainable parameters that is not supported (unless its parameters are ignored).
+  void attach(const at::Tensor& loss, int64_t batch_size);
+
+  /// True once backward has run through every captured layer.
+  bool ready() const;
+
+  /// Per-sample total gradient norms ||grad_theta l_i||, [B] (float64 for float64 models).
+  at::Tensor norms() const;
+  /// Per-sample squared norms, [B].
+  at::Tensor squared_norms() const;
+  /// Per-layer squared norms, [layers, B], in the order of layer_names().
+  at::Tensor layer_squared_norms() const;
+  std::vector<std::string> layer_names() const;
+
+  /// Gram matrix of the per-sample gradients of `subset` (indices into the
+  /// batch): G[a][b] = <grad l_{s_a}, grad l_{s_b}>, [s, s].
+  at::Tensor gram(const at::Tensor& subset) const;
+  /// <grad l_i, direction> for every sample, [B]. `direction` holds one tensor
+  /// per parameter of the model, in named_parameters() order (ignored and frozen
+  /// parameters' entries are not read; undefined entries count as zero).
+  at::Tensor dot(const std::vector<at::Tensor>& direction) const;
+
+  /// Per-sample gradients of one parameter, [B, *param.shape] (for tests and
+  /// small models: this materialises them).
+  at::Tensor per_sample_grad(const std::string& parameter_name) const;
+
+ private:
+  const torch::nn::Module& model_;
+  PerSampleOptions options_;
+  int64_t batch_size_ = 0;
+  std::vector<std::unique_ptr<CapturedLayer>> layers_;
+  std::vector<std::string> param_names_;  // named_parameters() order
+  void check_ready() const;
+};
+
+}  // namespace sgdx::ops

@@ -1,0 +1,580 @@
+#include "sgdx/ops/per_sample.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/generated/Functions.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/nn/modules.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace sgdx::ops {
+
+using torch::autograd::Node;
+namespace gen = torch::autograd::generated;
+
+namespace {
+
+// The output gradient of one layer, written by a pre-hook during backward.
+struct GradSlot {
+  at::Tensor d;
+};
+
+class CaptureHook : public torch::autograd::FunctionPreHook {
+ public:
+  CaptureHook(std::shared_ptr<GradSlot> slot, double scale) : slot_(std::move(slot)), scale_(scale) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    if (!grads.empty() && grads[0].defined()) slot_->d = grads[0].detach() * scale_;
+    return grads;
+  }
+
+ private:
+  std::shared_ptr<GradSlot> slot_;
+  double scale_;
+};
+
+int64_t as_int(const c10::SymInt& s) { return s.expect_int(); }
+std::vector<int64_t> as_ints(const std::vector<c10::SymInt>& v) {
+  std::vector<int64_t> out;
+  for (const auto& s : v) out.push_back(s.expect_int());
+  return out;
+}
+
+// A sum over all dims but the first: [B, ...] -> [B].
+at::Tensor per_row_sum(const at::Tensor& t) { return t.reshape({t.size(0), -1}).sum(1); }
+
+}  // namespace
+
+class CapturedLayer {
+ public:
+  virtual ~CapturedLayer() = default;
+  std::string name;                 // module name
+  std::string weight_name, bias_name;  // full parameter names; empty when left out
+  std::shared_ptr<GradSlot> slot = std::make_shared<GradSlot>();
+  int64_t batch = 0;
+
+  bool ready() const { return slot->d.defined(); }
+  /// [B] squared norm of this layer's included parameters.
+  virtual at::Tensor sq_norms(NormStrategy strategy) const = 0;
+  /// Per-sample gradients of the included parameters for samples `idx`: weight then bias.
+  virtual std::vector<at::Tensor> grads(const at::Tensor& idx) const = 0;
+  /// [s, s] Gram matrix of samples `idx` (default: materialise and multiply).
+  virtual at::Tensor gram(const at::Tensor& idx) const {
+    std::vector<at::Tensor> flat;
+    for (auto& g : grads(idx)) flat.push_back(g.reshape({g.size(0), -1}));
+    auto f = at::cat(flat, 1);
+    return f.mm(f.t());
+  }
+  /// [B] inner products with (weight direction, bias direction); undefined = zero.
+  virtual at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const = 0;
+};
+
+namespace {
+
+// Linear over T positions: A [B*T, d] (the layer input as its backward node
+// saved it), D [B*T, p].
+class LinearLayer : public CapturedLayer {
+ public:
+  at::Tensor a;  // undefined when the weight is left out
+
+  at::Tensor D() const { return slot->d.reshape({batch, -1, slot->d.size(-1)}); }     // [B, T, p]
+  at::Tensor A() const { return a.reshape({batch, -1, a.size(-1)}); }                   // [B, T, d]
+
+  at::Tensor sq_norms(NormStrategy strategy) const override {
+    auto d = D();
+    auto total = at::zeros({batch}, d.options());
+    if (!weight_name.empty()) {
+      auto x = A();
+      const int64_t T = d.size(1), p = d.size(2), din = x.size(2);
+      if (T == 1) {
+        total += x.squeeze(1).pow(2).sum(1) * d.squeeze(1).pow(2).sum(1);
+      } else {
+        const bool ghost = strategy == NormStrategy::ghost ||
+                           (strategy == NormStrategy::automatic && 2 * T * T <= p * din);
+        if (ghost) {
+          total += (x.bmm(x.transpose(1, 2)) * d.bmm(d.transpose(1, 2))).sum({1, 2});
+        } else {
+          total += d.transpose(1, 2).bmm(x).pow(2).sum({1, 2});
+        }
+      }
+    }
+    if (!bias_name.empty()) total += d.sum(1).pow(2).sum(1);
+    return total;
+  }
+
+  std::vector<at::Tensor> grads(const at::Tensor& idx) const override {
+    std::vector<at::Tensor> out;
+    auto d = D().index_select(0, idx);
+    if (!weight_name.empty()) out.push_back(d.transpose(1, 2).bmm(A().index_select(0, idx)));
+    if (!bias_name.empty()) out.push_back(d.sum(1));
+    return out;
+  }
+
+  at::Tensor gram(const at::Tensor& idx) const override {
+    auto d = D().index_select(0, idx);  // [s, T, p]
+    at::Tensor g = at::zeros({idx.size(0), idx.size(0)}, d.options());
+    if (!weight_name.empty()) {
+      auto x = A().index_select(0, idx);
+      // <A_i A_j^T, D_i D_j^T>_F over all pairs.
+      g += (at::einsum("itk,jsk->ijts", {x, x}) * at::einsum("itk,jsk->ijts", {d, d})).sum({2, 3});
+    }
+    if (!bias_name.empty()) {
+      auto sd = d.sum(1);
+      g += sd.mm(sd.t());
+    }
+    return g;
+  }
+
+  at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const override {
+    auto d = D();
+    auto out = at::zeros({batch}, d.options());
+    if (!weight_name.empty() && w.defined()) out += (d * at::matmul(A(), w.t())).sum({1, 2});
+    if (!bias_name.empty() && b.defined()) out += (d.sum(1) * b).sum(1);
+    return out;
+  }
+};
+
+// Conv2d: input [B, C, H, W] as saved by ConvolutionBackward0, D [B, Cout, Ho, Wo].
+class Conv2dLayer : public CapturedLayer {
+ public:
+  at::Tensor input;
+  std::vector<int64_t> kernel, stride, padding, dilation, weight_shape;
+  int64_t groups = 1;
+
+  // Unfolded input per group, [B, G, Cin/G*kh*kw, L], and D per group, [B, G, Cout/G, L].
+  at::Tensor X() const {
+    auto u = at::im2col(input, kernel, dilation, padding, stride);  // [B, Cin*kh*kw, L]
+    return u.reshape({batch, groups, -1, u.size(-1)});
+  }
+  at::Tensor Dg() const { return slot->d.reshape({batch, groups, -1, slot->d.size(2) * slot->d.size(3)}); }
+
+  at::Tensor sq_norms(NormStrategy strategy) const override {
+    auto d = Dg();
+    auto total = at::zeros({batch}, d.options());
+    if (!weight_name.empty()) {
+      auto x = X();
+      const int64_t L = d.size(3), p = d.size(2), k = x.size(2);
+      const bool ghost = strategy == NormStrategy::ghost || (strategy == NormStrategy::automatic && 2 * L * L <= p * k);
+      if (ghost) {
+        auto xx = at::einsum("bgkl,bgkm->bglm", {x, x});
+        auto dd = at::einsum("bgol,bgom->bglm", {d, d});
+        total += (xx * dd).sum({1, 2, 3});
+      } else {
+        total += at::einsum("bgol,bgkl->bgok", {d, x}).pow(2).sum({1, 2, 3});
+      }
+    }
+    if (!bias_name.empty()) total += d.sum(3).pow(2).sum({1, 2});
+    return total;
+  }
+
+  std::vector<at::Tensor> grads(const at::Tensor& idx) const override {
+    std::vector<at::Tensor> out;
+    auto d = Dg().index_select(0, idx);
+    if (!weight_name.empty()) {
+      auto g = at::einsum("bgol,bgkl->bgok", {d, X().index_select(0, idx)});
+      std::vector<int64_t> shape = {idx.size(0)};
+      shape.insert(shape.end(), weight_shape.begin(), weight_shape.end());
+      out.push_back(g.reshape(shape));
+    }
+    if (!bias_name.empty()) out.push_back(d.sum(3).reshape({idx.size(0), -1}));
+    return out;
+  }
+
+  at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const override {
+    auto d = Dg();
+    auto out = at::zeros({batch}, d.options());
+    if (!weight_name.empty() && w.defined()) {
+      auto wm = w.reshape({groups, w.size(0) / groups, -1});  // [G, Cout/G, k]
+      out += (at::einsum("gok,bgkl->bgol", {wm, X()}) * d).sum({1, 2, 3});
+    }
+    if (!bias_name.empty() && b.defined()) out += (d.sum(3).reshape({batch, -1}) * b).sum(1);
+    return out;
+  }
+};
+
+// Embedding: indices [B, T] (as saved), D [B, T, dim]; padding_idx rows get no gradient.
+class EmbeddingLayer : public CapturedLayer {
+ public:
+  at::Tensor indices;
+  int64_t padding_idx = -1, num_embeddings = 0;
+
+  at::Tensor idx() const { return indices.reshape({batch, -1}); }
+  at::Tensor D() const {
+    auto d = slot->d.reshape({batch, -1, slot->d.size(-1)});
+    if (padding_idx >= 0) d = d * idx().ne(padding_idx).unsqueeze(-1).to(d.scalar_type());
+    return d;
+  }
+  // [B1, B2, T, T'] mask of equal indices between the samples of two sets.
+  static at::Tensor same(const at::Tensor& i1, const at::Tensor& i2) {
+    return i1.unsqueeze(1).unsqueeze(3).eq(i2.unsqueeze(0).unsqueeze(2));
+  }
+
+  at::Tensor sq_norms(NormStrategy) const override {
+    auto d = D();
+    auto i = idx();
+    auto eq = i.unsqueeze(2).eq(i.unsqueeze(1)).to(d.scalar_type());  // [B, T, T]
+    return (d.bmm(d.transpose(1, 2)) * eq).sum({1, 2});
+  }
+  std::vector<at::Tensor> grads(const at::Tensor& sel) const override {
+    auto d = D().index_select(0, sel);
+    auto i = idx().index_select(0, sel);
+    auto g = at::zeros({sel.size(0), num_embeddings, d.size(2)}, d.options());
+    for (const auto s : c10::irange(sel.size(0))) g[s].index_add_(0, i[s], d[s]);
+    return {g};
+  }
+  at::Tensor gram(const at::Tensor& sel) const override {
+    auto d = D().index_select(0, sel);
+    auto i = idx().index_select(0, sel);
+    auto dd = at::einsum("itk,jsk->ijts", {d, d});
+    return (dd * same(i, i).to(d.scalar_type())).sum({2, 3});
+  }
+  at::Tensor dot(const at::Tensor& w, const at::Tensor&) const override {
+    auto d = D();
+    if (!w.defined()) return at::zeros({batch}, d.options());
+    return (d * w.index_select(0, idx().reshape(-1)).reshape(d.sizes())).sum({1, 2});
+  }
+};
+
+// LayerNorm / GroupNorm affine parameters: per-sample gradients formed directly
+// (they have as many entries as channels).
+class NormLayer : public CapturedLayer {
+ public:
+  at::Tensor xhat;            // normalised input, same shape as the output
+  std::vector<int64_t> param_shape;
+  bool channel_first = false;  // GroupNorm: params index dim 1; LayerNorm: trailing dims
+
+  // Sums a [B, ...] tensor over everything but the batch and parameter dims: [B, *param_shape].
+  at::Tensor reduce(const at::Tensor& t) const {
+    if (channel_first) return t.reshape({batch, t.size(1), -1}).sum(2);
+    std::vector<int64_t> shape = {batch};
+    shape.insert(shape.end(), param_shape.begin(), param_shape.end());
+    return t.reshape({batch, -1, c10::multiply_integers(param_shape)}).sum(1).reshape(shape);
+  }
+  std::vector<at::Tensor> all() const {
+    std::vector<at::Tensor> out;
+    if (!weight_name.empty()) out.push_back(reduce(slot->d * xhat));
+    if (!bias_name.empty()) out.push_back(reduce(slot->d));
+    return out;
+  }
+  at::Tensor sq_norms(NormStrategy) const override {
+    auto total = at::zeros({batch}, slot->d.options());
+    for (auto& g : all()) total += per_row_sum(g.pow(2));
+    return total;
+  }
+  std::vector<at::Tensor> grads(const at::Tensor& idx) const override {
+    auto out = all();
+    for (auto& g : out) g = g.index_select(0, idx);
+    return out;
+  }
+  at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const override {
+    auto total = at::zeros({batch}, slot->d.options());
+    auto g = all();
+    size_t k = 0;
+    if (!weight_name.empty()) {
+      if (w.defined()) total += per_row_sum(g[k] * w);
+      ++k;
+    }
+    if (!bias_name.empty() && b.defined()) total += per_row_sum(g[k] * b);
+    return total;
+  }
+};
+
+// The graph of one loss: for every node, the nodes that feed gradients into it
+// (its "consumers" in the forward sense), with the input slot they use.
+struct Graph {
+  std::unordered_map<const Node*, std::vector<std::pair<std::shared_ptr<Node>, size_t>>> consumers;
+
+  explicit Graph(const std::shared_ptr<Node>& root) {
+    std::deque<std::shared_ptr<Node>> queue = {root};
+    std::unordered_set<const Node*> seen = {root.get()};
+    while (!queue.empty()) {
+      auto node = queue.front();
+      queue.pop_front();
+      const auto& edges = node->next_edges();
+      for (const auto k : c10::irange(edges.size())) {
+        const auto& fn = edges[k].function;
+        if (!fn) continue;
+        consumers[fn.get()].emplace_back(node, k);
+        if (seen.insert(fn.get()).second) queue.push_back(fn);
+      }
+    }
+  }
+
+  // The op node that consumes parameter p, skipping transposes and views.
+  // Returns {nullptr, 0} when p is not in the graph.
+  std::pair<std::shared_ptr<Node>, size_t> op_of(const at::Tensor& p, const std::string& layer,
+                                                 const std::string& param) const {
+    auto acc = torch::autograd::impl::try_get_grad_accumulator(p);
+    if (!acc) return {nullptr, 0};
+    const Node* cur = acc.get();
+    for (int hops = 0; hops < 8; ++hops) {
+      auto it = consumers.find(cur);
+      if (it == consumers.end()) return {nullptr, 0};
+      TORCH_CHECK(it->second.size() == 1, "per-sample gradients: parameter '", param, "' of layer '", layer,
+                  "' is used ", it->second.size(), " times in the graph (shared weights are not supported)");
+      const auto& [node, slot] = it->second.front();
+      const Node* n = node.get();
+      if (dynamic_cast<const gen::TBackward0*>(n) || dynamic_cast<const gen::ViewBackward0*>(n) ||
+          dynamic_cast<const gen::UnsafeViewBackward0*>(n) || dynamic_cast<const gen::ReshapeAliasBackward0*>(n)) {
+        cur = n;
+        continue;
+      }
+      return {node, slot};
+    }
+    TORCH_CHECK(false, "per-sample gradients: could not find the operation of layer '", layer, "'");
+  }
+};
+
+std::string join(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "." + name;
+}
+
+[[noreturn]] void unexpected(const std::string& layer, const std::string& kind, const Node& node) {
+  TORCH_CHECK(false, "per-sample gradients: ", kind, " layer '", layer, "' computes through ", node.name(),
+              ", which sgdx does not recognise (expected the module's standard forward)");
+}
+
+}  // namespace
+
+PerSampleGradients::PerSampleGradients(const torch::nn::Module& model, PerSampleOptions options)
+    : model_(model), options_(std::move(options)) {
+  for (const auto& item : model_.named_parameters(/*recurse=*/true)) param_names_.push_back(item.key());
+  for (const auto& name : options_.ignore) {
+    TORCH_CHECK(std::find(param_names_.begin(), param_names_.end(), name) != param_names_.end(),
+                "per-sample gradients: ignored parameter '", name, "' is not a parameter of the model");
+  }
+}
+
+PerSampleGradients::~PerSampleGradients() = default;
+
+void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
+  TORCH_CHECK(loss.defined() && loss.numel() == 1, "per-sample gradients: attach needs the scalar loss, got ",
+              loss.defined() ? loss.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(loss.grad_fn() != nullptr, "per-sample gradients: the loss has no autograd graph (call attach before "
+              "backward, with gradients enabled)");
+  TORCH_CHECK(batch_size > 0, "per-sample gradients: batch_size must be positive, got ", batch_size);
+  batch_size_ = batch_size;
+  layers_.clear();
+  const Graph graph(loss.grad_fn());
+  const double scale = options_.reduction == LossReduction::mean ? double(batch_size) : 1.0;
+  const std::unordered_set<std::string> ignored(options_.ignore.begin(), options_.ignore.end());
+
+  // The root is listed by hand: named_modules(include_self) needs it in a shared_ptr.
+  std::vector<std::pair<std::string, const torch::nn::Module*>> modules = {{"", &model_}};
+  for (const auto& item : model_.named_modules(/*name_prefix=*/"", /*include_self=*/false))
+    modules.emplace_back(item.key(), item.value().get());
+  for (const auto& [mname, mp] : modules) {
+    const torch::nn::Module& m = *mp;
+    // This module's own trainable, included parameters.
+    std::map<std::string, at::Tensor> own;
+    for (const auto& p : m.named_parameters(/*recurse=*/false)) {
+      const auto full = join(mname, p.key());
+      if (p.value().requires_grad() && !ignored.count(full)) own[p.key()] = p.value();
+    }
+    if (own.empty()) continue;
+    const std::string label = mname.empty() ? std::string("<root>") : mname;
+    const std::string type = m.name();
+    const bool batchnorm = dynamic_cast<const torch::nn::BatchNorm1dImpl*>(&m) ||
+                           dynamic_cast<const torch::nn::BatchNorm2dImpl*>(&m) ||
+                           dynamic_cast<const torch::nn::BatchNorm3dImpl*>(&m);
+    TORCH_CHECK(!batchnorm, "per-sample gradients are not defined for BatchNorm layer '", label,
+                "': in training mode it couples the samples of a batch (use GroupNorm or LayerNorm, or ignore its "
+                "parameters with PerSampleOptions::ignore)");
+    const bool linear = dynamic_cast<const torch::nn::LinearImpl*>(&m) != nullptr;
+    const bool conv = dynamic_cast<const torch::nn::Conv2dImpl*>(&m) != nullptr;
+    const bool embedding = dynamic_cast<const torch::nn::EmbeddingImpl*>(&m) != nullptr;
+    const bool layernorm = dynamic_cast<const torch::nn::LayerNormImpl*>(&m) != nullptr;
+    const bool groupnorm = dynamic_cast<const torch::nn::GroupNormImpl*>(&m) != nullptr;
+    TORCH_CHECK(linear || conv || embedding || layernorm || groupnorm, "per-sample gradients: layer '", label,
+                "' of type ", type, " has trainable parameters but is not supported (supported: Linear, Conv2d, "
+                "Embedding, LayerNorm, GroupNorm); ignore its parameters with PerSampleOptions::ignore");
+    for (const auto& [pname, _] : own) {
+      TORCH_CHECK(pname == "weight" || pname == "bias", "per-sample gradients: layer '", label,
+                  "' has an unexpected parameter '", pname, "'");
+    }
+    const bool has_w = own.count("weight") > 0, has_b = own.count("bias") > 0;
+    // Locate the layer's op node from one of its included parameters.
+    std::shared_ptr<Node> node;
+    size_t slot = 0;
+    for (const char* which : {"weight", "bias"}) {
+      if (!own.count(which)) continue;
+      std::tie(node, slot) = graph.op_of(own[which], label, join(mname, which));
+      if (node) break;
+    }
+    if (!node) continue;  // not used by this loss: its per-sample gradients are zero
+    std::unique_ptr<CapturedLayer> layer;
+    if (linear) {
+      auto l = std::make_unique<LinearLayer>();
+      if (auto* n = dynamic_cast<gen::AddmmBackward0*>(node.get())) {
+        if (has_w) l->a = n->mat1_.unpack();
+      } else if (auto* n = dynamic_cast<gen::MmBackward0*>(node.get())) {
+        if (has_w) l->a = n->self_.unpack();
+      } else if (!has_w && dynamic_cast<gen::AddBackward0*>(node.get())) {
+        // bias only, added after a matmul: the add's output gradient is the layer's.
+      } else {
+        unexpected(label, "Linear", *node);
+      }
+      TORCH_CHECK(!has_w || l->a.defined(), "per-sample gradients: the input of Linear layer '", label,
+                  "' was not saved by autograd");
+      if (has_w) {
+        TORCH_CHECK(l->a.dim() == 2 && l->a.size(0) % batch_size == 0, "per-sample gradients: Linear layer '", label,
+                    "' saw ", l->a.size(0), " rows, not a multiple of the batch size ", batch_size,
+                    " (inputs must be batch-first)");
+      }
+      layer = std::move(l);
+    } else if (conv) {
+      auto* n = dynamic_cast<gen::ConvolutionBackward0*>(node.get());
+      if (n == nullptr) unexpected(label, "Conv2d", *node);
+      TORCH_CHECK(!n->transposed, "per-sample gradients: transposed convolution in layer '", label, "'");
+      auto l = std::make_unique<Conv2dLayer>();
+      l->input = n->input_.unpack();
+      TORCH_CHECK(l->input.defined(), "per-sample gradients: the input of Conv2d layer '", label,
+                  "' was not saved by autograd");
+      TORCH_CHECK(l->input.dim() == 4 && l->input.size(0) == batch_size, "per-sample gradients: Conv2d layer '",
+                  label, "' needs batched 4-D input with batch size ", batch_size, ", got ", l->input.sizes());
+      const auto& w = dynamic_cast<const torch::nn::Conv2dImpl&>(m).weight;
+      l->weight_shape = w.sizes().vec();
+      l->kernel = {w.size(2), w.size(3)};
+      l->stride = as_ints(n->stride);
+      l->padding = as_ints(n->padding);
+      l->dilation = as_ints(n->dilation);
+      l->groups = as_int(n->groups);
+      layer = std::move(l);
+    } else if (embedding) {
+      auto* n = dynamic_cast<gen::EmbeddingBackward0*>(node.get());
+      if (n == nullptr) unexpected(label, "Embedding", *node);
+      TORCH_CHECK(!n->scale_grad_by_freq, "per-sample gradients: Embedding layer '", label,
+                  "' uses scale_grad_by_freq, which couples the samples of a batch");
+      auto l = std::make_unique<EmbeddingLayer>();
+      l->indices = n->indices_.unpack();
+      l->padding_idx = as_int(n->padding_idx);
+      l->num_embeddings = dynamic_cast<const torch::nn::EmbeddingImpl&>(m).weight.size(0);
+      TORCH_CHECK(l->indices.dim() >= 1 && l->indices.size(0) == batch_size, "per-sample gradients: Embedding layer '",
+                  label, "' needs batch-first indices with batch size ", batch_size, ", got ", l->indices.sizes());
+      layer = std::move(l);
+    } else {
+      auto l = std::make_unique<NormLayer>();
+      if (auto* n = dynamic_cast<gen::NativeLayerNormBackward0*>(node.get())) {
+        if (!layernorm) unexpected(label, "GroupNorm", *node);
+        auto x = n->input_.unpack();
+        auto mean = n->result1_.unpack(node);
+        auto rstd = n->result2_.unpack(node);
+        l->xhat = (x - mean) * rstd;
+        l->param_shape = as_ints(n->normalized_shape);
+        TORCH_CHECK(x.size(0) == batch_size, "per-sample gradients: LayerNorm layer '", label,
+                    "' needs batch-first input with batch size ", batch_size, ", got ", x.sizes());
+      } else if (auto* n = dynamic_cast<gen::NativeGroupNormBackward0*>(node.get())) {
+        if (!groupnorm) unexpected(label, "LayerNorm", *node);
+        auto x = n->input_.unpack();
+        const int64_t N = as_int(n->N), G = n->group;
+        auto mean = n->result1_.unpack(node).reshape({N, G, 1});
+        auto rstd = n->result2_.unpack(node).reshape({N, G, 1});
+        l->xhat = ((x.reshape({N, G, -1}) - mean) * rstd).reshape(x.sizes());
+        l->param_shape = {x.size(1)};
+        l->channel_first = true;
+        TORCH_CHECK(N == batch_size, "per-sample gradients: GroupNorm layer '", label, "' saw batch ", N,
+                    ", expected ", batch_size);
+      } else {
+        unexpected(label, layernorm ? "LayerNorm" : "GroupNorm", *node);
+      }
+      layer = std::move(l);
+    }
+    layer->name = label;
+    layer->batch = batch_size;
+    if (has_w) layer->weight_name = join(mname, "weight");
+    if (has_b) layer->bias_name = join(mname, "bias");
+    node->add_pre_hook(std::make_unique<CaptureHook>(layer->slot, scale));
+    layers_.push_back(std::move(layer));
+  }
+}
+
+bool PerSampleGradients::ready() const {
+  return batch_size_ > 0 && std::all_of(layers_.begin(), layers_.end(), [](auto& l) { return l->ready(); });
+}
+
+void PerSampleGradients::check_ready() const {
+  TORCH_CHECK(batch_size_ > 0, "per-sample gradients: call attach(loss, batch_size) before backward");
+  for (const auto& l : layers_) {
+    TORCH_CHECK(l->ready(), "per-sample gradients: no output gradient was captured for layer '", l->name,
+                "' (call backward on the attached loss first)");
+  }
+}
+
+at::Tensor PerSampleGradients::layer_squared_norms() const {
+  check_ready();
+  std::vector<at::Tensor> rows;
+  for (const auto& l : layers_) rows.push_back(l->sq_norms(options_.strategy));
+  if (rows.empty()) return at::zeros({0, batch_size_}, at::kDouble);
+  return at::stack(rows);
+}
+
+std::vector<std::string> PerSampleGradients::layer_names() const {
+  std::vector<std::string> names;
+  for (const auto& l : layers_) names.push_back(l->name);
+  return names;
+}
+
+at::Tensor PerSampleGradients::squared_norms() const {
+  auto per_layer = layer_squared_norms();
+  return per_layer.size(0) == 0 ? at::zeros({batch_size_}, at::kDouble) : per_layer.sum(0);
+}
+
+at::Tensor PerSampleGradients::norms() const { return squared_norms().clamp_min(0).sqrt(); }
+
+at::Tensor PerSampleGradients::gram(const at::Tensor& subset) const {
+  check_ready();
+  TORCH_CHECK(subset.dim() == 1 && subset.scalar_type() == at::kLong, "per-sample gradients: gram needs a 1-D int64 "
+              "index tensor, got ", subset.scalar_type(), " ", subset.sizes());
+  TORCH_CHECK(subset.numel() == 0 || (subset.min().item<int64_t>() >= 0 && subset.max().item<int64_t>() < batch_size_),
+              "per-sample gradients: subset indices must be in [0, ", batch_size_, ")");
+  at::Tensor g;
+  for (const auto& l : layers_) {
+    auto idx = subset.to(l->slot->d.device());
+    auto part = l->gram(idx);
+    g = g.defined() ? g + part : part;
+  }
+  return g.defined() ? g : at::zeros({subset.numel(), subset.numel()}, at::kDouble);
+}
+
+at::Tensor PerSampleGradients::dot(const std::vector<at::Tensor>& direction) const {
+  check_ready();
+  TORCH_CHECK(direction.size() == param_names_.size(), "per-sample gradients: direction has ", direction.size(),
+              " tensors but the model has ", param_names_.size(), " parameters");
+  std::unordered_map<std::string, at::Tensor> by_name;
+  const auto params = model_.named_parameters(/*recurse=*/true);
+  for (const auto k : c10::irange(direction.size())) {
+    const auto& d = direction[k];
+    if (d.defined()) {
+      TORCH_CHECK(d.sizes() == params[param_names_[k]].sizes(), "per-sample gradients: direction for '",
+                  param_names_[k], "' has shape ", d.sizes(), ", the parameter has ", params[param_names_[k]].sizes());
+    }
+    by_name[param_names_[k]] = d;
+  }
+  at::Tensor total;
+  for (const auto& l : layers_) {
+    auto w = l->weight_name.empty() ? at::Tensor() : by_name[l->weight_name];
+    auto b = l->bias_name.empty() ? at::Tensor() : by_name[l->bias_name];
+    auto part = l->dot(w, b);
+    total = total.defined() ? total + part : part;
+  }
+  return total.defined() ? total : at::zeros({batch_size_}, at::kDouble);
+}
+
+at::Tensor PerSampleGradients::per_sample_grad(const std::string& parameter_name) const {
+  check_ready();
+  for (const auto& l : layers_) {
+    if (l->weight_name != parameter_name && l->bias_name != parameter_name) continue;
+    auto all = at::arange(batch_size_, at::TensorOptions().dtype(at::kLong).device(l->slot->d.device()));
+    auto g = l->grads(all);
+    return l->weight_name == parameter_name ? g.front() : g.back();
+  }
+  TORCH_CHECK(false, "per-sample gradients: no captured layer holds parameter '", parameter_name, "'");
+}
+
+}  // namespace sgdx::ops

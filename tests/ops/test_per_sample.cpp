@@ -1,0 +1,257 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "sgdx/models/models.h"
+#include "sgdx/ops/per_sample.h"
+#include "test_util.h"
+
+using sgdx::ops::LossReduction;
+using sgdx::ops::NormStrategy;
+using sgdx::ops::PerSampleGradients;
+using sgdx::ops::PerSampleOptions;
+namespace nn = torch::nn;
+
+namespace {
+
+// Per-sample loss l_i = 0.5 * ||f(x_i) - y_i||^2 for any output shape.
+at::Tensor per_sample_losses(const at::Tensor& out, const at::Tensor& y) {
+  return 0.5 * (out - y).pow(2).reshape({out.size(0), -1}).sum(1);
+}
+
+struct Brute {
+  std::vector<std::string> names;  // included parameters, named_parameters() order
+  std::vector<at::Tensor> grads;   // per parameter: [B, *shape]
+  at::Tensor flat;                 // [B, P]
+};
+
+// One backward per sample, in the model's dtype.
+Brute brute_force(nn::Module& model, const at::Tensor& x, const at::Tensor& y,
+                  const std::vector<std::string>& ignore = {}) {
+  Brute b;
+  std::vector<at::Tensor> params;
+  for (auto& p : model.named_parameters()) {
+    if (!p.value().requires_grad() || std::count(ignore.begin(), ignore.end(), p.key())) continue;
+    b.names.push_back(p.key());
+    params.push_back(p.value());
+  }
+  std::vector<std::vector<at::Tensor>> per(params.size());
+  auto& seq = dynamic_cast<nn::SequentialImpl&>(model);
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    auto li = per_sample_losses(seq.forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1)).sum();
+    auto g = torch::autograd::grad({li}, params, {}, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+    for (size_t k = 0; k < params.size(); ++k) per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
+  }
+  std::vector<at::Tensor> flat;
+  for (auto& v : per) {
+    b.grads.push_back(torch::stack(v));
+    flat.push_back(b.grads.back().reshape({x.size(0), -1}));
+  }
+  b.flat = torch::cat(flat, 1);
+  return b;
+}
+
+double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  // Norm-wise relative error ||got - want|| / ||want||.
+  const double scale = want.norm().item<double>();
+  return (got.to(want.scalar_type()) - want).norm().item<double>() / (scale > 0 ? scale : 1.0);
+}
+
+// Runs the capture on `model` and checks everything against brute force.
+void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reduction = LossReduction::mean,
+           NormStrategy strategy = NormStrategy::automatic, std::vector<std::string> ignore = {}) {
+  torch::manual_seed(7);
+  auto y = torch::randn_like(model->forward(x));
+  const int64_t B = x.size(0);
+  // The reference is always float64: a float32 model is checked against its float64 copy.
+  auto ref_model = std::dynamic_pointer_cast<nn::SequentialImpl>(model->clone());
+  ref_model->to(torch::kDouble);
+  for (auto& p : model->named_parameters()) ref_model->named_parameters()[p.key()].requires_grad_(p.value().requires_grad());
+  auto brute = brute_force(*ref_model, x.is_floating_point() ? x.to(torch::kDouble) : x, y.to(torch::kDouble), ignore);
+
+  // The ordinary gradients, without capture.
+  model->zero_grad();
+  auto losses = per_sample_losses(model->forward(x), y);
+  (reduction == LossReduction::mean ? losses.mean() : losses.sum()).backward();
+  std::vector<at::Tensor> plain;
+  for (auto& p : model->parameters()) plain.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+
+  model->zero_grad();
+  PerSampleGradients cap(*model, PerSampleOptions{reduction, strategy, ignore});
+  losses = per_sample_losses(model->forward(x), y);
+  auto loss = reduction == LossReduction::mean ? losses.mean() : losses.sum();
+  cap.attach(loss, B);
+  loss.backward();
+  ASSERT_TRUE(cap.ready());
+
+  // The model's gradients are unchanged by the capture.
+  auto params = model->parameters();
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (plain[k].defined()) EXPECT_TRUE(torch::equal(params[k].grad(), plain[k])) << "parameter " << k;
+  }
+  EXPECT_LE(rel_err(cap.norms(), brute.flat.norm(2, 1)), tol);
+  EXPECT_LE(rel_err(cap.squared_norms(), brute.flat.pow(2).sum(1)), tol);
+  EXPECT_LE(rel_err(cap.layer_squared_norms().sum(0), brute.flat.pow(2).sum(1)), tol);
+  for (size_t k = 0; k < brute.names.size(); ++k) {
+    EXPECT_LE(rel_err(cap.per_sample_grad(brute.names[k]), brute.grads[k]), tol) << brute.names[k] << " " << x.sizes();
+  }
+  auto subset = torch::tensor({0L, B - 1, 1L}, torch::kLong);
+  auto fs = brute.flat.index_select(0, subset);
+  EXPECT_LE(rel_err(cap.gram(subset), fs.mm(fs.t())), tol);
+  std::vector<at::Tensor> direction;
+  std::vector<at::Tensor> included_dir;
+  for (auto& p : model->named_parameters()) {
+    auto v = torch::randn_like(p.value());
+    direction.push_back(v);
+    if (std::count(brute.names.begin(), brute.names.end(), p.key())) included_dir.push_back(v.reshape(-1).to(torch::kDouble));
+  }
+  EXPECT_LE(rel_err(cap.dot(direction), brute.flat.mv(torch::cat(included_dir))), tol);
+}
+
+constexpr double kTol64 = 1e-10, kTol32 = 1e-5;
+
+nn::Sequential dbl(nn::Sequential s) {
+  s->to(torch::kDouble);
+  return s;
+}
+
+}  // namespace
+
+TEST(PerSample, Linear2D) {
+  torch::manual_seed(0);
+  for (bool bias : {true, false}) {
+    auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::Tanh(), nn::Linear(4, 3)));
+    check(m, torch::randn({5, 6}, torch::kDouble), kTol64);
+    check(m, torch::randn({5, 6}, torch::kDouble), kTol64, LossReduction::sum);
+  }
+}
+
+TEST(PerSample, Linear3DSequenceBothStrategies) {
+  torch::manual_seed(1);
+  for (bool bias : {true, false}) {
+    for (auto strategy : {NormStrategy::ghost, NormStrategy::materialize, NormStrategy::automatic}) {
+      auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::ReLU(), nn::Linear(4, 2)));
+      check(m, torch::randn({4, 5, 6}, torch::kDouble), kTol64, LossReduction::mean, strategy);
+    }
+  }
+}
+
+TEST(PerSample, Conv2dStridePaddingDilationGroups) {
+  torch::manual_seed(2);
+  struct Cfg { int64_t cin, cout, k, stride, pad, dil, groups; bool bias; };
+  for (auto c : {Cfg{3, 4, 3, 1, 1, 1, 1, true}, Cfg{4, 6, 3, 2, 0, 1, 2, false}, Cfg{2, 4, 2, 1, 2, 2, 1, true},
+                 Cfg{4, 4, 3, 2, 1, 2, 4, true}}) {
+    for (auto strategy : {NormStrategy::ghost, NormStrategy::materialize}) {
+      auto m = dbl(nn::Sequential(
+          nn::Conv2d(nn::Conv2dOptions(c.cin, c.cout, c.k).stride(c.stride).padding(c.pad).dilation(c.dil).groups(c.groups).bias(c.bias)),
+          nn::Tanh(), nn::Flatten()));
+      check(m, torch::randn({3, c.cin, 7, 6}, torch::kDouble), kTol64, LossReduction::mean, strategy);
+    }
+  }
+}
+
+TEST(PerSample, EmbeddingWithRepeatsAndPadding) {
+  torch::manual_seed(3);
+  for (int64_t padding : {-1, 2}) {
+    auto opts = nn::EmbeddingOptions(6, 4);
+    if (padding >= 0) opts.padding_idx(padding);
+    auto m = nn::Sequential(nn::Embedding(opts), nn::Linear(4, 3));
+    m->to(torch::kDouble);
+    auto idx = torch::tensor({0, 2, 2, 5, 1, 1, 1, 3, 2, 0, 4, 4}, torch::kLong).reshape({3, 4});
+    check(m, idx, kTol64);
+  }
+}
+
+TEST(PerSample, LayerNormAndGroupNorm) {
+  torch::manual_seed(4);
+  auto ln = dbl(nn::Sequential(nn::Linear(5, 6), nn::LayerNorm(nn::LayerNormOptions({6})), nn::Linear(6, 2)));
+  check(ln, torch::randn({4, 3, 5}, torch::kDouble), kTol64);
+  check(ln, torch::randn({4, 5}, torch::kDouble), kTol64);
+  auto gn = dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 6, 3).padding(1)), nn::GroupNorm(nn::GroupNormOptions(3, 6)),
+                               nn::ReLU(), nn::Flatten()));
+  check(gn, torch::randn({3, 2, 5, 5}, torch::kDouble), kTol64);
+}
+
+TEST(PerSample, SmallMlpAndCnnFloat64AndFloat32) {
+  torch::manual_seed(5);
+  auto mlp = nn::Sequential(nn::Flatten(), nn::Linear(16, 8), nn::ReLU(), nn::Linear(8, 4));
+  auto cnn = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(1, 4, 3).padding(1)), nn::ReLU(), nn::MaxPool2d(2),
+                            nn::Conv2d(nn::Conv2dOptions(4, 4, 3).groups(2)), nn::GroupNorm(2, 4), nn::Flatten(),
+                            nn::Linear(16, 3));
+  check(mlp, torch::randn({6, 4, 4}), kTol32);
+  check(cnn, torch::randn({6, 1, 8, 8}), kTol32);
+  mlp->to(torch::kDouble);
+  cnn->to(torch::kDouble);
+  check(mlp, torch::randn({6, 4, 4}, torch::kDouble), kTol64);
+  check(cnn, torch::randn({6, 1, 8, 8}, torch::kDouble), kTol64);
+}
+
+TEST(PerSample, FrozenAndIgnoredParametersAreExcluded) {
+  torch::manual_seed(6);
+  auto m = dbl(nn::Sequential(nn::Linear(4, 5), nn::ReLU(), nn::Linear(5, 2)));
+  m->named_parameters()["0.bias"].requires_grad_(false);
+  check(m, torch::randn({4, 4}, torch::kDouble), kTol64);
+  check(m, torch::randn({4, 4}, torch::kDouble), kTol64, LossReduction::mean, NormStrategy::automatic, {"2.weight"});
+}
+
+TEST(PerSample, ExampleTrainerModels) {
+  torch::manual_seed(8);
+  for (const std::string name : {"mlp", "cnn", "resnet"}) {
+    auto model = sgdx::models::make_model(name, {1, 12, 12}, 10);
+    model->to(torch::kDouble);
+    auto x = torch::randn({3, 1, 12, 12}, torch::kDouble);
+    auto y = torch::randint(0, 10, {3});
+    PerSampleGradients cap(*model);
+    auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+    cap.attach(loss, 3);
+    loss.backward();
+    for (int64_t i = 0; i < 3; ++i) {
+      model->zero_grad();
+      torch::nn::functional::cross_entropy(model->forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1)).backward();
+      double sq = 0;
+      for (auto& p : model->parameters()) sq += p.grad().pow(2).sum().item<double>();
+      EXPECT_NEAR(cap.norms()[i].item<double>(), std::sqrt(sq), 1e-10 * std::sqrt(sq)) << name << " sample " << i;
+    }
+  }
+}
+
+TEST(PerSample, ClearErrors) {
+  auto bn = nn::Sequential(nn::Linear(3, 4), nn::BatchNorm1d(4), nn::Linear(4, 2));
+  auto x = torch::randn({5, 3});
+  {
+    PerSampleGradients cap(*bn);
+    auto loss = bn->forward(x).pow(2).mean();
+    SGDX_EXPECT_THROW_MSG(cap.attach(loss, 5), "BatchNorm layer '1'");
+  }
+  {  // ignoring its parameters is the opt-out
+    PerSampleGradients cap(*bn, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"1.weight", "1.bias"}});
+    auto loss = bn->forward(x).pow(2).mean();
+    cap.attach(loss, 5);
+    SGDX_EXPECT_THROW_MSG(cap.norms(), "call backward on the attached loss first");
+    loss.backward();
+    EXPECT_EQ(cap.norms().size(0), 5);
+  }
+  auto prelu = nn::Sequential(nn::Linear(3, 4), nn::PReLU(), nn::Linear(4, 2));
+  {
+    PerSampleGradients cap(*prelu);
+    SGDX_EXPECT_THROW_MSG(cap.attach(prelu->forward(x).sum(), 5), "layer '1' of type torch::nn::PReLUImpl has trainable parameters but is not supported");
+  }
+  SGDX_EXPECT_THROW_MSG(PerSampleGradients(*prelu, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"nope"}}),
+                        "ignored parameter 'nope' is not a parameter");
+  auto lin = nn::Sequential(nn::Linear(3, 2));
+  PerSampleGradients cap(*lin);
+  SGDX_EXPECT_THROW_MSG(cap.norms(), "call attach(loss, batch_size) before backward");
+  SGDX_EXPECT_THROW_MSG(cap.attach(lin->forward(x), 5), "attach needs the scalar loss");
+  SGDX_EXPECT_THROW_MSG(cap.attach(lin->forward(x).sum(), 3), "not a multiple of the batch size 3");
+  auto loss = lin->forward(x).sum();
+  cap.attach(loss, 5);
+  loss.backward();
+  SGDX_EXPECT_THROW_MSG(cap.gram(torch::tensor({0, 7}, torch::kLong)), "subset indices must be in [0, 5)");
+  SGDX_EXPECT_THROW_MSG(cap.dot({torch::zeros({2, 3})}), "direction has 1 tensors but the model has 2 parameters");
+  // A weight used twice (tied) is refused; a module on the stack works as the root.
+  struct Twice : nn::Module {
+    nn::Linear l{nullptr};
+    Twice() : l(register_module("l", nn::Linear(3, 3))) {}
+  } twice;
+  PerSampleGradients cap2(twice);
+  SGDX_EXPECT_THROW_MSG(cap2.attach(twice.l->forward(twice.l->forward(x)).sum(), 5), "used 2 times in the graph");
+}
