@@ -11,6 +11,9 @@
 #include "bench_util.h"
 #include "sgdx/config.h"
 #include "sgdx/ops/rsgd_step.h"
+#if SGDX_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 namespace {
 
@@ -36,7 +39,10 @@ int main(int argc, char** argv) {
   const int64_t n = argc > 2 ? std::stoll(argv[2]) : 100'000'000;
   if (!SGDX_WITH_CUDA || !torch::cuda::is_available()) {
     std::printf("bench_rsgd_step_cuda: no CUDA device (or sgdx built without CUDA): skipped\n");
-    sgdx::bench::write_json(out, {{"name", "rsgd_step_cuda"}, {"skipped", true}});
+    nlohmann::json j;
+    j["name"] = "rsgd_step_cuda";
+    j["skipped"] = true;
+    sgdx::bench::write_json(out, j);
     return 0;
   }
   const auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
@@ -62,7 +68,11 @@ int main(int argc, char** argv) {
   });
   const double bytes = 20.0 * double(10 * (n / 10));  // read p, g, m; write p, m
   auto frac = [&](const sgdx::bench::Timing& t) { return bytes / t.median / copy_bw; };
-  const auto name = at::cuda::getCurrentDeviceProperties()->name;
+#if SGDX_WITH_CUDA
+  const std::string name = at::cuda::getCurrentDeviceProperties()->name;
+#else
+  const std::string name = "cuda";
+#endif
   std::printf("device %s, %lld parameters, copy bandwidth %.0f GB/s\n", name, static_cast<long long>(n), copy_bw / 1e9);
   std::printf("%-32s %10s %12s\n", "", "median ms", "of copy BW");
   std::printf("%-32s %10.3f %12.3f\n", "sgdx R-SGD (Gamma=0.5, draws)", 1e3 * rsgd_draw.median, frac(rsgd_draw));
