@@ -87,6 +87,8 @@ class PerSampleGradients {
   std::vector<std::unique_ptr<CapturedLayer>> layers_;
   std::vector<std::string> param_names_;  // named_parameters() order
   void check_ready() const;
+  /// Per-sample gradients are the captured ones times this (B for a mean loss).
+  double scale() const { return options_.reduction == LossReduction::mean ? double(batch_size_) : 1.0; }
 };
 
 }  // namespace sgdx::ops
