@@ -27,3 +27,18 @@ for schedule in constant cosine; do
   fi
   run teacher teacher 30 "$schedule"
 done
+
+# Supplement: R-SGD's lr and max_prob on Fashion-MNIST (constant lr, 3 seeds).
+for lr in 0.01 0.03 0.1; do
+  for mp in 1.0 0.9; do
+    "$build/examples/sgdx-train" --dataset fashion-mnist --model mlp --optimizer rsgd --lr "$lr" --rsgd-max-prob "$mp" \
+      --epochs 10 --seeds 3 --no-progress --no-plot --out "$out/sweep/lr$lr-maxprob$mp" | grep '^| rsgd' |
+      sed "s/^| rsgd |/| rsgd lr=$lr max_prob=$mp |/"
+  done
+done
+# ... and on the teacher-student task (30 epochs) with max_prob 0.9.
+for lr in 0.03 0.1; do
+  "$build/examples/sgdx-train" --dataset teacher --model mlp --optimizer rsgd --lr "$lr" --rsgd-max-prob 0.9 \
+    --epochs 30 --seeds 3 --no-progress --no-plot --out "$out/sweep/teacher-lr$lr-maxprob0.9" | grep '^| rsgd' |
+    sed "s/^| rsgd |/| rsgd teacher lr=$lr max_prob=0.9 |/"
+done
