@@ -10,6 +10,7 @@
 
 #include "report.h"
 #include "sgdx/config.h"
+#include "sgdx/data/temperature.h"
 #include "sgdx/data/tensor_dataset.h"
 #include "sgdx/models/models.h"
 #include "trainer.h"
@@ -71,7 +72,9 @@ int main(int argc, char** argv) {
   auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam or rsgd")
                        ->check(CLI::IsMember(sgdx_train::optimizer_names()))
                        ->capture_default_str();
-  app.add_option("--compare", compare, "Comma-separated optimizers to train one after another and compare (e.g. sgd,sgdm,rsgd,adam)")
+  app.add_option("--compare", compare,
+                 "Comma-separated runs to train one after another and compare: optimizer[@balance[:tau]], "
+                 "e.g. sgd,sgdm,rsgd,adam or sgdm@ts:1,sgdm@ts:5,sgdm@cooldown:5,sgdm@scalarize:5")
       ->excludes(opt_flag);
   app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd 0.01, adam 0.001)")
       ->check(bounded_below(0, false));
@@ -88,6 +91,18 @@ int main(int argc, char** argv) {
   app.add_option("--rsgd-max-prob", cfg.rsgd_max_prob, "R-SGD: cap on the reinforcement probability, in [0, 1]")->capture_default_str();
   app.add_option("--rsgd-granularity", cfg.rsgd_granularity, "R-SGD: element or tensor")->capture_default_str();
   app.add_option("--rsgd-memory", cfg.rsgd_memory, "R-SGD: accumulated or previous")->capture_default_str();
+  app.add_option("--imbalance", cfg.imbalance,
+                 "Make the training set long-tailed: class c keeps n_0 * R^(-c/(C-1)) examples (R >= 1; 0: off). "
+                 "The test set stays as it is; head/tail accuracy is reported")
+      ->check(bounded_below(0, false));
+  app.add_option("--balance", cfg.balance,
+                 "none (uniform), ts (temperature sampling), scalarize (uniform draws, loss weights w_k(tau)) or "
+                 "cooldown (ts with tau then 1 from half of the steps)")
+      ->check(CLI::IsMember({"none", "ts", "scalarize", "cooldown"}))
+      ->capture_default_str();
+  app.add_option("--tau", cfg.tau, "Temperature of ts/scalarize, first temperature of cooldown")
+      ->check(bounded_below(0, true))
+      ->capture_default_str();
   app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")->check(bounded_below(0, false));
   app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")->check(bounded_below(0, false));
   app.add_option("--out", out_dir, "Output directory (default: runs/<dataset>-<model>)");
@@ -100,13 +115,12 @@ int main(int argc, char** argv) {
     cfg.progress = !no_progress;
     std::vector<std::string> optimizers = compare.empty() ? std::vector<std::string>{optimizer} : split_list(compare);
     if (optimizers.empty()) return fail("--compare needs at least one optimizer name");
-    for (const auto& name : optimizers) {
-      const auto& known = sgdx_train::optimizer_names();
-      if (std::find(known.begin(), known.end(), name) == known.end())
-        return fail(fmt::format("unknown optimizer '{}' (choose from sgd, sgdm, nesterov, adam, rsgd)", name));
+    std::vector<sgdx_train::RunSpec> specs;
+    for (const auto& item : optimizers) {
       // Every setting is validated before any data is read or file written.
+      specs.push_back(sgdx_train::parse_run_spec(item, cfg));
       auto probe = torch::zeros({1}, torch::requires_grad());
-      sgdx_train::make_optimizer(name, {probe}, cfg);
+      sgdx_train::make_optimizer(specs.back().optimizer, {probe}, cfg);
     }
     if (threads > 0) torch::set_num_threads(threads);
     torch::Device device(torch::kCPU);
@@ -114,7 +128,13 @@ int main(int argc, char** argv) {
       if (!torch::cuda::is_available()) return fail("--device cuda: no CUDA device is available");
       device = torch::Device(torch::kCUDA);
     }
-    const auto data = sgdx::data::load_dataset(cfg.dataset, cfg.data_dir);
+    auto data = sgdx::data::load_dataset(cfg.dataset, cfg.data_dir);
+    if (cfg.imbalance > 1) {
+      // The same long-tailed subset for every run (its own seed, 0).
+      auto idx = sgdx::data::long_tailed_indices(data.train.targets(), cfg.imbalance, 0);
+      data.train = sgdx::data::TensorDataset(data.train.inputs().index_select(0, idx),
+                                             data.train.targets().index_select(0, idx));
+    }
     if (out_dir.empty()) out_dir = fmt::format("runs/{}-{}", cfg.dataset, cfg.model);
     std::filesystem::create_directories(out_dir);
 
@@ -122,22 +142,30 @@ int main(int argc, char** argv) {
                              {"batch_size", cfg.batch_size}, {"epochs", cfg.epochs}, {"seed", seed},
                              {"seeds", seeds}, {"optimizers", optimizers}, {"momentum", cfg.momentum},
                              {"weight_decay", cfg.weight_decay}, {"schedule", cfg.schedule},
+                             {"imbalance", cfg.imbalance}, {"balance", cfg.balance}, {"tau", cfg.tau},
                              {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, data.train.inputs().size(0)) : data.train.inputs().size(0)},
                              {"threads", torch::get_num_threads()},
                              {"rsgd", {{"gamma", cfg.rsgd_gamma}, {"gamma0", cfg.rsgd_gamma0}, {"max_prob", cfg.rsgd_max_prob},
                                        {"granularity", cfg.rsgd_granularity}, {"memory", cfg.rsgd_memory}}}};
     nlohmann::json lrs;
-    for (const auto& name : optimizers) lrs[name] = cfg.lr.value_or(sgdx_train::default_lr(name));
+    for (const auto& spec : specs) lrs[spec.label] = cfg.lr.value_or(sgdx_train::default_lr(spec.optimizer));
     config["lr"] = lrs;
     fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s)\n", cfg.dataset,
                cfg.model, device.str(), config["train_examples"].get<int64_t>(), data.test.inputs().size(0),
                cfg.batch_size, cfg.epochs, seeds);
 
+    std::vector<double> summarised;  // once per temperature
+    for (const auto& spec : specs) {
+      if (spec.balance == "none" || std::count(summarised.begin(), summarised.end(), spec.tau)) continue;
+      summarised.push_back(spec.tau);
+      fmt::print("training class sizes and temperature-{} sampling\n{}", spec.tau,
+                 sgdx::data::temperature_summary(sgdx::data::group_sizes(data.train.targets(), data.num_classes), spec.tau));
+    }
     std::vector<sgdx_train::RunResult> runs;
     const std::string csv = out_dir + "/metrics.csv", json = out_dir + "/metrics.json";
-    for (const auto& name : optimizers) {
+    for (const auto& spec : specs) {
       for (int s = 0; s < seeds; ++s) {
-        runs.push_back(sgdx_train::train_one(data, name, seed + s, cfg, device));
+        runs.push_back(sgdx_train::train_one(data, spec, seed + s, cfg, device));
         sgdx_train::write_atomically(csv, sgdx_train::metrics_csv(runs));
         sgdx_train::write_atomically(json, sgdx_train::metrics_json(config, runs).dump(2));
       }

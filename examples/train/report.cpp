@@ -27,11 +27,14 @@ void write_atomically(const std::string& path, const std::string& text) {
 }
 
 std::string metrics_csv(const std::vector<RunResult>& runs) {
-  std::string s = "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds\n";
+  std::string s =
+      "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
+      "grad_norm_mean,grad_norm_var\n";
   for (const auto& r : runs)
     for (const auto& e : r.epochs)
-      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f}\n", r.optimizer, r.seed, e.epoch,
-                       e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds);
+      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g}\n", r.optimizer, r.seed,
+                       e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds, e.head_accuracy,
+                       e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var);
   return s;
 }
 
@@ -44,7 +47,10 @@ nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunR
     for (const auto& e : r.epochs)
       run["epochs"].push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
                                {"test_loss", e.test_loss}, {"test_accuracy", e.test_accuracy},
-                               {"seconds", e.seconds}});
+                               {"seconds", e.seconds}, {"head_accuracy", e.head_accuracy},
+                               {"tail_accuracy", e.tail_accuracy}, {"grad_norm_mean", e.grad_norm_mean},
+                               {"grad_norm_var", e.grad_norm_var}, {"class_accuracy", e.class_accuracy},
+                               {"class_loss", e.class_loss}});
     j["runs"].push_back(run);
   }
   return j;
@@ -87,22 +93,35 @@ std::string pm(const Stat& s, int digits) { return fmt::format("{:.{}f} ± {:.{}
 
 }  // namespace
 
+bool has_head_tail(const std::vector<RunResult>& runs) {
+  return !runs.empty() && !runs.front().epochs.empty() && !std::isnan(runs.front().epochs.back().tail_accuracy);
+}
+
 std::string summary_table(const std::vector<RunResult>& runs) {
-  std::string s =
-      "| optimizer | seeds | test accuracy (%) | test loss | train loss | seconds |\n"
-      "|---|---|---|---|---|---|\n";
+  const bool ht = has_head_tail(runs);
+  std::string s = "| optimizer | seeds | test accuracy (%) |";
+  s += ht ? " head acc. (%) | tail acc. (%) |" : "";
+  s += " test loss | train loss | grad-norm variance | seconds |\n|---|---|---|";
+  s += ht ? "---|---|" : "";
+  s += "---|---|---|---|\n";
   for (const auto& [name, rs] : by_optimizer(runs)) {
-    std::vector<double> acc, tl, trl, sec;
+    std::vector<double> acc, head, tail, tl, trl, gv, sec;
     for (const auto* r : rs) {
       if (r->epochs.empty()) continue;
       const auto& e = r->epochs.back();
       acc.push_back(100 * e.test_accuracy);
+      head.push_back(100 * e.head_accuracy);
+      tail.push_back(100 * e.tail_accuracy);
       tl.push_back(e.test_loss);
       trl.push_back(e.train_loss);
       sec.push_back(e.seconds);
+      double v = 0;  // mean over epochs of the per-epoch variance
+      for (const auto& ep : r->epochs) v += ep.grad_norm_var / double(r->epochs.size());
+      gv.push_back(v);
     }
-    s += fmt::format("| {} | {} | {} | {} | {} | {} |\n", name, acc.size(), pm(stat(acc), 2),
-                     pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(sec), 1));
+    s += fmt::format("| {} | {} | {} |", name, acc.size(), pm(stat(acc), 2));
+    if (ht) s += fmt::format(" {} | {} |", pm(stat(head), 2), pm(stat(tail), 2));
+    s += fmt::format(" {} | {} | {} | {} |\n", pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(gv), 4), pm(stat(sec), 1));
   }
   return s;
 }
@@ -127,18 +146,25 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
         loss.push_back(r->epochs[e].train_loss);
         sec.push_back(r->epochs[e].seconds);
       }
-      const auto a = stat(acc), l = stat(loss), t = stat(sec);
-      d += fmt::format("{} {:.4f} {:.4f} {:.6f} {:.6f} {:.3f}\n", e + 1, a.mean, a.std, l.mean, l.std, t.mean);
+      std::vector<double> head, tail;
+      for (const auto* r : rs) {
+        if (e >= r->epochs.size()) continue;
+        head.push_back(100 * r->epochs[e].head_accuracy);
+        tail.push_back(100 * r->epochs[e].tail_accuracy);
+      }
+      const auto a = stat(acc), l = stat(loss), t = stat(sec), h = stat(head), tl = stat(tail);
+      d += fmt::format("{} {:.4f} {:.4f} {:.6f} {:.6f} {:.3f} {:.4f} {:.4f}\n", e + 1, a.mean, a.std, l.mean, l.std,
+                       t.mean, h.mean, tl.mean);
     }
     d += "\n\n";
   }
   write_atomically(data, d);
   std::string gp = fmt::format(
-      "set terminal pngcairo size 1400,1000 font 'sans,11'\n"
+      "set terminal pngcairo size 1400,{} font 'sans,11'\n"
       "set output '{}.tmp'\n"
-      "set multiplot layout 2,2 title '{}'\n"
+      "set multiplot layout {},2 title '{}'\n"
       "set grid\nset key bottom right\n",
-      png, title);
+      has_head_tail(runs) ? 1400 : 1000, png, has_head_tail(runs) ? 3 : 2, title);
   auto panel = [&](const std::string& xlabel, const std::string& ylabel, int xcol, int ycol, bool log) {
     gp += fmt::format("set xlabel '{}'\nset ylabel '{}'\n{}\nplot ", xlabel, ylabel,
                       log ? "set logscale y" : "unset logscale y");
@@ -151,6 +177,10 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
   panel("epoch", "train loss", 1, 4, true);
   panel("training seconds", "test accuracy (%)", 6, 2, false);
   panel("training seconds", "train loss", 6, 4, true);
+  if (has_head_tail(runs)) {
+    panel("epoch", "head-class test accuracy (%)", 1, 7, false);
+    panel("epoch", "tail-class test accuracy (%)", 1, 8, false);
+  }
   gp += "unset multiplot\nset output\n";
   const std::string script = png + ".gp";
   write_atomically(script, gp);

@@ -12,10 +12,16 @@ struct EpochMetrics {
   int epoch = 0;
   long long steps = 0;
   double train_loss = 0, test_loss = 0, test_accuracy = 0, seconds = 0;
+  /// Minibatch gradient norms ||grad|| over the epoch's steps: mean and variance.
+  double grad_norm_mean = 0, grad_norm_var = 0;
+  /// Test accuracy and loss of every class; head/tail: the classes with at
+  /// least / fewer than the median training count (NaN when all are equal).
+  std::vector<double> class_accuracy, class_loss;
+  double head_accuracy = 0, tail_accuracy = 0;
 };
 
 struct RunResult {
-  std::string optimizer;
+  std::string optimizer;  ///< the run's label: optimizer[@balance:tau]
   long long seed = 0;
   std::vector<EpochMetrics> epochs;
 };

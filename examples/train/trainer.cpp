@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "sgdx/data/temperature.h"
 #include "sgdx/models/models.h"
 #include "sgdx/optim/rsgd.h"
 
@@ -55,6 +56,32 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
   TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd)");
 }
 
+RunSpec parse_run_spec(const std::string& item, const TrainConfig& cfg) {
+  RunSpec spec{item, item, cfg.balance, cfg.tau};
+  const auto at = item.find('@');
+  if (at != std::string::npos) {
+    spec.optimizer = item.substr(0, at);
+    spec.balance = item.substr(at + 1);
+    const auto colon = spec.balance.find(':');
+    if (colon != std::string::npos) {
+      const auto tau_text = spec.balance.substr(colon + 1);
+      spec.balance = spec.balance.substr(0, colon);
+      try {
+        spec.tau = std::stod(tau_text);
+      } catch (const std::exception&) {
+        TORCH_CHECK(false, "'", item, "': tau must be a number, got '", tau_text, "'");
+      }
+    }
+  }
+  const auto& known = optimizer_names();
+  TORCH_CHECK(std::find(known.begin(), known.end(), spec.optimizer) != known.end(), "unknown optimizer '",
+              spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd)");
+  TORCH_CHECK(spec.balance == "none" || spec.balance == "ts" || spec.balance == "scalarize" || spec.balance == "cooldown",
+              "unknown balance '", spec.balance, "' in '", item, "' (choose none, ts, scalarize or cooldown)");
+  TORCH_CHECK(spec.tau > 0 && std::isfinite(spec.tau), "tau must be > 0, got ", spec.tau, " in '", item, "'");
+  return spec;
+}
+
 namespace {
 
 // A one-line progress display on stderr, redrawn at most 5 times a second on
@@ -87,32 +114,54 @@ class Progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
-std::pair<double, double> evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& test,
-                                   const torch::Device& device) {
+// Test loss and accuracy overall and per class; head/tail accuracy by the
+// classes' training counts.
+void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& test, int64_t classes,
+              const std::vector<int64_t>& train_counts, const torch::Device& device, EpochMetrics& m) {
   torch::NoGradGuard no_grad;
   model.eval();
   const int64_t n = test.inputs().size(0);
-  double loss = 0, correct = 0;
+  auto loss_sum = torch::zeros({classes}, torch::kDouble), correct = torch::zeros({classes}, torch::kDouble);
+  auto count = torch::zeros({classes}, torch::kDouble);
   for (int64_t i = 0; i < n; i += 1000) {
     const int64_t len = std::min<int64_t>(1000, n - i);
     auto x = test.inputs().narrow(0, i, len).to(device);
     auto y = test.targets().narrow(0, i, len).to(device);
     auto logits = model.forward(x);
-    loss += torch::nn::functional::cross_entropy(logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)).item<double>();
-    correct += logits.argmax(1).eq(y).sum().item<double>();
+    auto losses = torch::nn::functional::cross_entropy(
+        logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    auto yc = y.cpu();
+    loss_sum.index_add_(0, yc, losses.to(torch::kDouble).cpu());
+    correct.index_add_(0, yc, logits.argmax(1).eq(y).to(torch::kDouble).cpu());
+    count.index_add_(0, yc, torch::ones({len}, torch::kDouble));
   }
   model.train();
-  return {loss / double(n), correct / double(n)};
+  m.test_loss = loss_sum.sum().item<double>() / double(n);
+  m.test_accuracy = correct.sum().item<double>() / double(n);
+  auto acc = correct / count.clamp_min(1), cls_loss = loss_sum / count.clamp_min(1);
+  m.class_accuracy.assign(acc.data_ptr<double>(), acc.data_ptr<double>() + classes);
+  m.class_loss.assign(cls_loss.data_ptr<double>(), cls_loss.data_ptr<double>() + classes);
+  auto sorted = train_counts;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted.empty() ? 0 : double(sorted[sorted.size() / 2]);
+  double head_c = 0, head_n = 0, tail_c = 0, tail_n = 0;
+  for (int64_t c = 0; c < classes && c < static_cast<int64_t>(train_counts.size()); ++c) {
+    const bool head = double(train_counts[c]) >= median;
+    (head ? head_c : tail_c) += correct[c].item<double>();
+    (head ? head_n : tail_n) += count[c].item<double>();
+  }
+  m.head_accuracy = head_n > 0 ? head_c / head_n : std::nan("");
+  m.tail_accuracy = tail_n > 0 ? tail_c / tail_n : std::nan("");
 }
 
 }  // namespace
 
-RunResult train_one(const sgdx::data::DatasetSplits& data, const std::string& optimizer_name, int64_t seed,
+RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, int64_t seed,
                     const TrainConfig& cfg, const torch::Device& device) {
   torch::manual_seed(static_cast<uint64_t>(seed));
   auto model = sgdx::models::make_model(cfg.model, data.input_shape, data.num_classes);
   model->to(device);
-  auto optimizer = make_optimizer(optimizer_name, model->parameters(), cfg);
+  auto optimizer = make_optimizer(spec.optimizer, model->parameters(), cfg);
   if (auto* r = dynamic_cast<sgdx::optim::RSGD*>(optimizer.get())) {
     for (auto& g : r->param_groups()) static_cast<sgdx::optim::RSGDOptions&>(g.options()).seed(static_cast<uint64_t>(seed));
   }
@@ -125,46 +174,84 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const std::string& op
   const int64_t n = train.inputs().size(0);
   const int64_t batches = (n + cfg.batch_size - 1) / cfg.batch_size;
   const int64_t total_steps = batches * cfg.epochs;
-  const double base_lr = cfg.lr.value_or(default_lr(optimizer_name));
-  auto loader = torch::data::make_data_loader(
-      train, torch::data::samplers::RandomSampler(static_cast<size_t>(n)),
-      torch::data::DataLoaderOptions(static_cast<size_t>(cfg.batch_size)).workers(0));
+  const double base_lr = cfg.lr.value_or(default_lr(spec.optimizer));
+  auto counts_t = torch::bincount(train.targets(), {}, data.num_classes);
+  const std::vector<int64_t> train_counts(counts_t.data_ptr<int64_t>(), counts_t.data_ptr<int64_t>() + data.num_classes);
+  // Scalarization: per-class loss weights w_k(tau) on uniformly drawn examples.
+  at::Tensor class_weights;
+  if (spec.balance == "scalarize")
+    class_weights = sgdx::data::scalarization_weights(train_counts, spec.tau).to(torch::kFloat).to(device);
 
-  RunResult result{optimizer_name, seed, {}};
-  Progress progress(cfg.progress, fmt::format("[{} seed {}]", optimizer_name, seed));
+  RunResult result{spec.label, seed, {}};
+  Progress progress(cfg.progress, fmt::format("[{} seed {}]", spec.label, seed));
   double seconds = 0;
   int64_t step = 0;
-  for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
-    double loss_sum = 0;
-    int64_t seen = 0, batch_index = 0;
-    auto start = std::chrono::steady_clock::now();
-    for (auto& batch : *loader) {
-      if (cfg.schedule == "cosine") {
-        const double lr = 0.5 * base_lr * (1 + std::cos(M_PI * double(step) / double(total_steps)));
-        for (auto& g : optimizer->param_groups()) g.options().set_lr(lr);
+  auto run = [&](auto& loader) {
+    for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
+      double loss_sum = 0, gn_sum = 0, gn_sq = 0;
+      int64_t seen = 0, batch_index = 0;
+      auto start = std::chrono::steady_clock::now();
+      for (auto& batch : loader) {
+        if (cfg.schedule == "cosine") {
+          const double lr = 0.5 * base_lr * (1 + std::cos(M_PI * double(step) / double(total_steps)));
+          for (auto& g : optimizer->param_groups()) g.options().set_lr(lr);
+        }
+        auto x = batch.data.to(device);
+        auto y = batch.target.to(device);
+        optimizer->zero_grad();
+        at::Tensor loss;
+        if (class_weights.defined()) {
+          auto per = torch::nn::functional::cross_entropy(
+              model->forward(x), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+          loss = (class_weights.index_select(0, y) * per).mean();  // mean of w*l, not normalised by sum(w)
+        } else {
+          loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+        }
+        loss.backward();
+        std::vector<at::Tensor> grads;
+        for (auto& p : model->parameters())
+          if (p.grad().defined()) grads.push_back(p.grad());
+        const double sq = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
+        gn_sum += std::sqrt(sq);
+        gn_sq += sq;
+        optimizer->step();
+        ++step;
+        const double l = loss.item<double>();
+        TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label,
+                    ", lr ", base_lr, "); lower --lr");
+        loss_sum += l * double(x.size(0));
+        seen += x.size(0);
+        ++batch_index;
+        const double now = seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        progress.update(epoch, cfg.epochs, batch_index, batches, loss_sum / double(seen), now);
       }
-      auto x = batch.data.to(device);
-      auto y = batch.target.to(device);
-      optimizer->zero_grad();
-      auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-      loss.backward();
-      optimizer->step();
-      ++step;
-      const double l = loss.item<double>();
-      TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", optimizer_name,
-                  ", lr ", base_lr, "); lower --lr");
-      loss_sum += l * double(x.size(0));
-      seen += x.size(0);
-      ++batch_index;
-      const double now = seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      progress.update(epoch, cfg.epochs, batch_index, batches, loss_sum / double(seen), now);
+      if (device.is_cuda()) torch::cuda::synchronize();
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      EpochMetrics m;
+      m.epoch = epoch;
+      m.steps = step;
+      m.train_loss = loss_sum / double(std::max<int64_t>(seen, 1));
+      m.seconds = seconds;
+      const double k = double(std::max<int64_t>(batch_index, 1));
+      m.grad_norm_mean = gn_sum / k;
+      m.grad_norm_var = std::max(gn_sq / k - m.grad_norm_mean * m.grad_norm_mean, 0.0);
+      evaluate(*model, data.test, data.num_classes, train_counts, device, m);
+      result.epochs.push_back(m);
+      progress.epoch_done(m, cfg.epochs);
     }
-    if (device.is_cuda()) torch::cuda::synchronize();
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const auto [test_loss, test_acc] = evaluate(*model, data.test, device);
-    EpochMetrics m{epoch, step, loss_sum / double(std::max<int64_t>(seen, 1)), test_loss, test_acc, seconds};
-    result.epochs.push_back(m);
-    progress.epoch_done(m, cfg.epochs);
+  };
+  const auto options = torch::data::DataLoaderOptions(static_cast<size_t>(cfg.batch_size)).workers(0);
+  if (spec.balance == "none") {
+    auto loader = torch::data::make_data_loader(train, torch::data::samplers::RandomSampler(static_cast<size_t>(n)), options);
+    run(*loader);
+  } else {
+    auto schedule = spec.balance == "ts"         ? sgdx::data::TemperatureSchedule::constant(spec.tau)
+                    : spec.balance == "cooldown" ? sgdx::data::TemperatureSchedule::cooldown(total_steps, spec.tau, 1.0)
+                                                 : sgdx::data::TemperatureSchedule::constant(1.0);  // scalarize: pooled uniform
+    sgdx::data::TemperatureSampler sampler(train.targets(), schedule, static_cast<uint64_t>(seed), batches,
+                                           data.num_classes);
+    auto loader = torch::data::make_data_loader(train, sampler, options);
+    run(*loader);
   }
   return result;
 }

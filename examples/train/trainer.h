@@ -26,7 +26,19 @@ struct TrainConfig {
   std::string rsgd_granularity = "element", rsgd_memory = "accumulated";
   int64_t train_subset = 0;  ///< 0: all training examples
   bool progress = true;
+  double imbalance = 0;         ///< > 1: long-tailed training set with this ratio
+  std::string balance = "none";  ///< none | ts | scalarize | cooldown
+  double tau = 5.0;             ///< temperature of ts / scalarize, tau_high of cooldown
 };
+
+/// One training configuration of a comparison: "optimizer[@balance[:tau]]".
+struct RunSpec {
+  std::string label, optimizer, balance;
+  double tau = 5.0;
+};
+
+/// Parses a --compare item; balance and tau default to the config's.
+RunSpec parse_run_spec(const std::string& item, const TrainConfig& cfg);
 
 const std::vector<std::string>& optimizer_names();
 double default_lr(const std::string& optimizer);
@@ -38,7 +50,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
 
 /// Trains a fresh model (initialised from `seed`) with one optimizer and
 /// evaluates on the test split after every epoch.
-RunResult train_one(const sgdx::data::DatasetSplits& data, const std::string& optimizer, int64_t seed,
+RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, int64_t seed,
                     const TrainConfig& cfg, const torch::Device& device);
 
 }  // namespace sgdx_train

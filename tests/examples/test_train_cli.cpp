@@ -70,6 +70,30 @@ TEST(TrainCli, BadInputGivesOneClearErrorLine) {
   expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 0" + out, dir), "gamma must be in (0, 1), got 0", dir);
   expect_one_error_line(run("--epochs 0" + out, dir), "--epochs", dir);
   expect_one_error_line(run("--dataset mnist --data-dir /nonexistent" + out, dir), "/nonexistent", dir);
+  expect_one_error_line(run("--balance upsample" + out, dir), "upsample", dir);
+  expect_one_error_line(run("--tau 0" + out, dir), "--tau: must be > 0, got 0", dir);
+  expect_one_error_line(run("--compare sgd@ts:-1" + out, dir), "tau must be > 0, got -1", dir);
+  expect_one_error_line(run("--compare sgd@oversample" + out, dir), "unknown balance 'oversample'", dir);
+}
+
+TEST(TrainCli, ImbalancedBalancingModesRun) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 400, 28, 28, true);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 50, 28, 28, true);
+  auto r = run("--dataset mnist --data-dir " + dir.path.string() + " --imbalance 10 --epochs 2 --batch-size 16 "
+               "--compare sgdm,sgdm@ts:5,sgdm@scalarize:5,sgdm@cooldown:5 --no-progress --out " + dir.file("out"), dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* label : {"| sgdm |", "| sgdm@ts:5 |", "| sgdm@scalarize:5 |", "| sgdm@cooldown:5 |"})
+    EXPECT_NE(r.out.find(label), std::string::npos) << label << "\n" << r.out;
+  EXPECT_NE(r.out.find("tail acc."), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("F(5) ="), std::string::npos) << r.out;  // the summary helper
+  std::ifstream js(dir.file("out/metrics.json"));
+  auto j = nlohmann::json::parse(js);
+  EXPECT_EQ(j["runs"][1]["epochs"][0]["class_accuracy"].size(), 10u);
+  // 40 training examples per class become floor(40 * 10^(-c/9)): 40, 30, 23, 18, 14, 11, 8, 6, 5, 4
+  // -> 159 examples, 10 batches of 16 per epoch (also for the temperature sampler).
+  EXPECT_EQ(j["config"]["train_examples"].get<int>(), 159);
+  for (int run = 0; run < 4; ++run) EXPECT_EQ(j["runs"][run]["epochs"][1]["steps"].get<int>(), 20) << run;
 }
 
 TEST(TrainCli, TruncatedIdxFileIsReportedByName) {
@@ -94,7 +118,9 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
   std::ifstream csv(dir.file("out/metrics.csv"));
   std::string header;
   std::getline(csv, header);
-  EXPECT_EQ(header, "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds");
+  EXPECT_EQ(header,
+            "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
+            "grad_norm_mean,grad_norm_var");
   int rows = 0;
   for (std::string line; std::getline(csv, line);) ++rows;
   EXPECT_EQ(rows, 2 * 2 * 2);  // optimizers x seeds x epochs
