@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
                  "Comma-separated runs to train one after another and compare: optimizer[@balance[:tau]], "
                  "e.g. sgd,sgdm,rsgd,adam or sgdm@ts:1,sgdm@ts:5,sgdm@cooldown:5,sgdm@scalarize:5")
       ->excludes(opt_flag);
+  // (compare items: optimizer[@balance[:tau]][+sampling], e.g. sgdm+upper-bound)
   app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd 0.01, adam 0.001)")
       ->check(bounded_below(0, false));
   app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(bounded_below(0, true))->capture_default_str();
@@ -102,6 +103,21 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tau", cfg.tau, "Temperature of ts/scalarize, first temperature of cooldown")
       ->check(bounded_below(0, true))
+      ->capture_default_str();
+  app.add_option("--sampling", cfg.sampling,
+                 "Importance sampling scores: uniform, loss, upper-bound (K&F, ||softmax - onehot||) or exact "
+                 "(per-sample gradient norms); weights 1/(N p) keep the gradient unbiased")
+      ->check(CLI::IsMember({"uniform", "loss", "upper-bound", "exact"}))
+      ->capture_default_str();
+  app.add_option("--presample", cfg.presample,
+                 "K&F presampling ratio R: draw R*b uniformly, score them with a forward pass, keep b (0: off; "
+                 "scores cached per example instead)")
+      ->check(bounded_below(0, false));
+  app.add_option("--mix", cfg.mix, "Importance sampling: weight eps of the uniform component, in (0, 1]")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  app.add_option("--score-beta", cfg.score_beta, "Importance sampling: cached-score smoothing s <- beta s + (1-beta) s_new")
+      ->check(CLI::Range(0.0, 0.999))
       ->capture_default_str();
   app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")->check(bounded_below(0, false));
   app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")->check(bounded_below(0, false));
@@ -143,6 +159,8 @@ int main(int argc, char** argv) {
                              {"seeds", seeds}, {"optimizers", optimizers}, {"momentum", cfg.momentum},
                              {"weight_decay", cfg.weight_decay}, {"schedule", cfg.schedule},
                              {"imbalance", cfg.imbalance}, {"balance", cfg.balance}, {"tau", cfg.tau},
+                             {"sampling", cfg.sampling}, {"presample", cfg.presample}, {"mix", cfg.mix},
+                             {"score_beta", cfg.score_beta},
                              {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, data.train.inputs().size(0)) : data.train.inputs().size(0)},
                              {"threads", torch::get_num_threads()},
                              {"rsgd", {{"gamma", cfg.rsgd_gamma}, {"gamma0", cfg.rsgd_gamma0}, {"max_prob", cfg.rsgd_max_prob},

@@ -29,12 +29,12 @@ void write_atomically(const std::string& path, const std::string& text) {
 std::string metrics_csv(const std::vector<RunResult>& runs) {
   std::string s =
       "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
-      "grad_norm_mean,grad_norm_var\n";
+      "grad_norm_mean,grad_norm_var,quality,tau\n";
   for (const auto& r : runs)
     for (const auto& e : r.epochs)
-      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g}\n", r.optimizer, r.seed,
-                       e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds, e.head_accuracy,
-                       e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var);
+      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g},{:.4f},{:.4f}\n", r.optimizer,
+                       r.seed, e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds, e.head_accuracy,
+                       e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var, e.quality, e.tau);
   return s;
 }
 
@@ -50,7 +50,8 @@ nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunR
                                {"seconds", e.seconds}, {"head_accuracy", e.head_accuracy},
                                {"tail_accuracy", e.tail_accuracy}, {"grad_norm_mean", e.grad_norm_mean},
                                {"grad_norm_var", e.grad_norm_var}, {"class_accuracy", e.class_accuracy},
-                               {"class_loss", e.class_loss}});
+                               {"class_loss", e.class_loss}, {"quality", e.quality}, {"tau", e.tau},
+                               {"importance_step_fraction", e.importance_step_fraction}});
     j["runs"].push_back(run);
   }
   return j;
@@ -93,6 +94,12 @@ std::string pm(const Stat& s, int digits) { return fmt::format("{:.{}f} ± {:.{}
 
 }  // namespace
 
+bool has_quality(const std::vector<RunResult>& runs) {
+  for (const auto& r : runs)
+    if (!r.epochs.empty() && !std::isnan(r.epochs.back().quality)) return true;
+  return false;
+}
+
 bool has_head_tail(const std::vector<RunResult>& runs) {
   return !runs.empty() && !runs.front().epochs.empty() && !std::isnan(runs.front().epochs.back().tail_accuracy);
 }
@@ -101,11 +108,15 @@ std::string summary_table(const std::vector<RunResult>& runs) {
   const bool ht = has_head_tail(runs);
   std::string s = "| optimizer | seeds | test accuracy (%) |";
   s += ht ? " head acc. (%) | tail acc. (%) |" : "";
-  s += " test loss | train loss | grad-norm variance | seconds |\n|---|---|---|";
+  const bool hq = has_quality(runs);
+  s += " test loss | train loss | grad-norm variance |";
+  s += hq ? " Q | tau |" : "";
+  s += " seconds |\n|---|---|---|";
   s += ht ? "---|---|" : "";
+  s += hq ? "---|---|" : "";
   s += "---|---|---|---|\n";
   for (const auto& [name, rs] : by_optimizer(runs)) {
-    std::vector<double> acc, head, tail, tl, trl, gv, sec;
+    std::vector<double> acc, head, tail, tl, trl, gv, sec, q, tau;
     for (const auto* r : rs) {
       if (r->epochs.empty()) continue;
       const auto& e = r->epochs.back();
@@ -115,13 +126,17 @@ std::string summary_table(const std::vector<RunResult>& runs) {
       tl.push_back(e.test_loss);
       trl.push_back(e.train_loss);
       sec.push_back(e.seconds);
+      q.push_back(std::isnan(e.quality) ? 0.0 : e.quality);
+      tau.push_back(e.tau);
       double v = 0;  // mean over epochs of the per-epoch variance
       for (const auto& ep : r->epochs) v += ep.grad_norm_var / double(r->epochs.size());
       gv.push_back(v);
     }
     s += fmt::format("| {} | {} | {} |", name, acc.size(), pm(stat(acc), 2));
     if (ht) s += fmt::format(" {} | {} |", pm(stat(head), 2), pm(stat(tail), 2));
-    s += fmt::format(" {} | {} | {} | {} |\n", pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(gv), 4), pm(stat(sec), 1));
+    s += fmt::format(" {} | {} | {} |", pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(gv), 4));
+    if (hq) s += fmt::format(" {} | {} |", pm(stat(q), 3), pm(stat(tau), 2));
+    s += fmt::format(" {} |\n", pm(stat(sec), 1));
   }
   return s;
 }
@@ -160,7 +175,7 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
   }
   write_atomically(data, d);
   std::string gp = fmt::format(
-      "set terminal pngcairo size 1400,{} font 'sans,11'\n"
+      "set terminal pngcairo noenhanced size 1400,{} font 'sans,11'\n"
       "set output '{}.tmp'\n"
       "set multiplot layout {},2 title '{}'\n"
       "set grid\nset key bottom right\n",

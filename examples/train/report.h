@@ -3,6 +3,8 @@
 // a PNG plot (drawn by gnuplot when it is installed). No LibTorch here.
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include <string>
 #include <vector>
 
@@ -18,6 +20,9 @@ struct EpochMetrics {
   /// least / fewer than the median training count (NaN when all are equal).
   std::vector<double> class_accuracy, class_loss;
   double head_accuracy = 0, tail_accuracy = 0;
+  /// Importance sampling: quality Q of the sampling distribution on a fixed
+  /// training subset (NaN when sampling uniformly), K&F's tau, share of importance steps.
+  double quality = std::nan(""), tau = 0, importance_step_fraction = 0;
 };
 
 struct RunResult {

@@ -8,11 +8,16 @@
 #include <cmath>
 #include <cstdio>
 
+#include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
+#include "sgdx/ops/per_sample.h"
 #include "sgdx/models/models.h"
 #include "sgdx/optim/rsgd.h"
 
 namespace sgdx_train {
+namespace {
+thread_local double last_grad_sq_ = 0;  // squared gradient norm of the last step
+}  // namespace
 
 const std::vector<std::string>& optimizer_names() {
   static const std::vector<std::string> names = {"sgd", "sgdm", "nesterov", "adam", "rsgd"};
@@ -56,8 +61,15 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
   TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd)");
 }
 
-RunSpec parse_run_spec(const std::string& item, const TrainConfig& cfg) {
-  RunSpec spec{item, item, cfg.balance, cfg.tau};
+RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
+  RunSpec spec{item_in, item_in, cfg.balance, cfg.tau, cfg.sampling};
+  std::string item = item_in;
+  const auto plus = item.find('+');
+  if (plus != std::string::npos) {
+    spec.sampling = item.substr(plus + 1);
+    item = item.substr(0, plus);
+    spec.optimizer = item;
+  }
   const auto at = item.find('@');
   if (at != std::string::npos) {
     spec.optimizer = item.substr(0, at);
@@ -79,6 +91,13 @@ RunSpec parse_run_spec(const std::string& item, const TrainConfig& cfg) {
   TORCH_CHECK(spec.balance == "none" || spec.balance == "ts" || spec.balance == "scalarize" || spec.balance == "cooldown",
               "unknown balance '", spec.balance, "' in '", item, "' (choose none, ts, scalarize or cooldown)");
   TORCH_CHECK(spec.tau > 0 && std::isfinite(spec.tau), "tau must be > 0, got ", spec.tau, " in '", item, "'");
+  TORCH_CHECK(spec.sampling == "uniform" || spec.sampling == "loss" || spec.sampling == "upper-bound" ||
+                  spec.sampling == "exact",
+              "unknown sampling '", spec.sampling, "' in '", item_in, "' (choose uniform, loss, upper-bound or exact)");
+  TORCH_CHECK(spec.sampling == "uniform" || spec.balance == "none", "'", item_in,
+              "': importance sampling and class balancing cannot be combined");
+  TORCH_CHECK(!(spec.sampling == "exact" && cfg.presample > 0), "'", item_in,
+              "': presampling scores with a forward pass only; use loss or upper-bound with --presample");
   return spec;
 }
 
@@ -156,6 +175,31 @@ void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& 
 
 }  // namespace
 
+namespace {
+
+at::Tensor per_example_ce(const at::Tensor& logits, const at::Tensor& y) {
+  return torch::nn::functional::cross_entropy(logits, y,
+                                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+}
+
+// Forward-only scores of a batch for a sampling mode ("loss" or "upper-bound").
+at::Tensor forward_scores(const std::string& sampling, const at::Tensor& logits, const at::Tensor& y) {
+  if (sampling == "upper-bound") return sgdx::data::upper_bound_scores(logits, y);
+  return per_example_ce(logits.detach(), y);
+}
+
+// Exact per-example gradient norms of `model` on (x, y) (one backward with capture).
+at::Tensor exact_norms(sgdx::models::Classifier& model, const at::Tensor& x, const at::Tensor& y) {
+  sgdx::ops::PerSampleGradients cap(model);
+  auto loss = torch::nn::functional::cross_entropy(model.forward(x), y);
+  cap.attach(loss, x.size(0));
+  loss.backward();
+  model.zero_grad();
+  return cap.norms();
+}
+
+}  // namespace
+
 RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, int64_t seed,
                     const TrainConfig& cfg, const torch::Device& device) {
   torch::manual_seed(static_cast<uint64_t>(seed));
@@ -181,49 +225,75 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
   at::Tensor class_weights;
   if (spec.balance == "scalarize")
     class_weights = sgdx::data::scalarization_weights(train_counts, spec.tau).to(torch::kFloat).to(device);
+  // Importance sampling: the quality metric is evaluated on a fixed subset.
+  const bool importance = spec.sampling != "uniform";
+  const int64_t quality_m = std::min<int64_t>(512, n);
+  auto quality_x = train.inputs().narrow(0, 0, quality_m).to(device);
+  auto quality_y = train.targets().narrow(0, 0, quality_m).to(device);
 
   RunResult result{spec.label, seed, {}};
   Progress progress(cfg.progress, fmt::format("[{} seed {}]", spec.label, seed));
-  double seconds = 0;
-  int64_t step = 0;
-  auto run = [&](auto& loader) {
+  double seconds = 0, tau = 0;
+  int64_t step = 0, importance_steps = 0;
+
+  // Optimizer step on (x, y) with optional per-example weights; returns the loss
+  // and fills `scores` (when asked) with the batch's fresh scores.
+  auto train_step = [&](const at::Tensor& x, const at::Tensor& y, const at::Tensor& weights,
+                        at::Tensor* scores) -> double {
+    if (cfg.schedule == "cosine") {
+      const double lr = 0.5 * base_lr * (1 + std::cos(M_PI * double(step) / double(total_steps)));
+      for (auto& g : optimizer->param_groups()) g.options().set_lr(lr);
+    }
+    optimizer->zero_grad();
+    std::optional<sgdx::ops::PerSampleGradients> cap;
+    if (scores != nullptr && spec.sampling == "exact") cap.emplace(*model);
+    auto logits = model->forward(x);
+    at::Tensor loss;
+    if (weights.defined()) {
+      loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
+    } else if (class_weights.defined()) {
+      loss = (class_weights.index_select(0, y) * per_example_ce(logits, y)).mean();  // mean of w*l, not / sum(w)
+    } else {
+      loss = torch::nn::functional::cross_entropy(logits, y);
+    }
+    if (cap) cap->attach(loss, x.size(0));
+    loss.backward();
+    if (scores != nullptr) {
+      if (cap) {
+        // The capture saw grad(w_i l_i); the score is ||grad l_i||.
+        *scores = cap->norms() / (weights.defined() ? weights.to(device).to(torch::kDouble) : torch::ones({x.size(0)}, torch::TensorOptions().dtype(torch::kDouble).device(device)));
+      } else {
+        *scores = forward_scores(spec.sampling, logits, y);
+      }
+    }
+    std::vector<at::Tensor> grads;
+    for (auto& p : model->parameters())
+      if (p.grad().defined()) grads.push_back(p.grad());
+    last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
+    optimizer->step();
+    ++step;
+    const double l = loss.item<double>();
+    TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label, ", lr ",
+                base_lr, "); lower --lr");
+    return l;
+  };
+
+  // The epoch loop; `on_batch(batch)` trains on one loader batch and returns
+  // {loss, examples}.
+  auto run = [&](auto& loader, auto on_batch, const std::function<at::Tensor()>& quality_probs) {
     for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
       double loss_sum = 0, gn_sum = 0, gn_sq = 0;
       int64_t seen = 0, batch_index = 0;
       auto start = std::chrono::steady_clock::now();
       for (auto& batch : loader) {
-        if (cfg.schedule == "cosine") {
-          const double lr = 0.5 * base_lr * (1 + std::cos(M_PI * double(step) / double(total_steps)));
-          for (auto& g : optimizer->param_groups()) g.options().set_lr(lr);
-        }
-        auto x = batch.data.to(device);
-        auto y = batch.target.to(device);
-        optimizer->zero_grad();
-        at::Tensor loss;
-        if (class_weights.defined()) {
-          auto per = torch::nn::functional::cross_entropy(
-              model->forward(x), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-          loss = (class_weights.index_select(0, y) * per).mean();  // mean of w*l, not normalised by sum(w)
-        } else {
-          loss = torch::nn::functional::cross_entropy(model->forward(x), y);
-        }
-        loss.backward();
-        std::vector<at::Tensor> grads;
-        for (auto& p : model->parameters())
-          if (p.grad().defined()) grads.push_back(p.grad());
-        const double sq = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-        gn_sum += std::sqrt(sq);
-        gn_sq += sq;
-        optimizer->step();
-        ++step;
-        const double l = loss.item<double>();
-        TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label,
-                    ", lr ", base_lr, "); lower --lr");
-        loss_sum += l * double(x.size(0));
-        seen += x.size(0);
+        const auto [l, count] = on_batch(batch);
+        gn_sum += std::sqrt(last_grad_sq_);
+        gn_sq += last_grad_sq_;
+        loss_sum += l * double(count);
+        seen += count;
         ++batch_index;
         const double now = seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        progress.update(epoch, cfg.epochs, batch_index, batches, loss_sum / double(seen), now);
+        progress.update(epoch, cfg.epochs, batch_index, batches, loss_sum / double(std::max<int64_t>(seen, 1)), now);
       }
       if (device.is_cuda()) torch::cuda::synchronize();
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -235,15 +305,82 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
       const double k = double(std::max<int64_t>(batch_index, 1));
       m.grad_norm_mean = gn_sum / k;
       m.grad_norm_var = std::max(gn_sq / k - m.grad_norm_mean * m.grad_norm_mean, 0.0);
+      m.tau = tau;
+      m.importance_step_fraction = double(importance_steps) / double(std::max<int64_t>(step, 1));
+      if (importance) {
+        auto norms = exact_norms(*model, quality_x, quality_y);
+        m.quality = sgdx::data::sampling_quality(norms, quality_probs());
+      }
       evaluate(*model, data.test, data.num_classes, train_counts, device, m);
       result.epochs.push_back(m);
       progress.epoch_done(m, cfg.epochs);
     }
   };
   const auto options = torch::data::DataLoaderOptions(static_cast<size_t>(cfg.batch_size)).workers(0);
-  if (spec.balance == "none") {
+  auto plain_batch = [&](auto& batch) -> std::pair<double, int64_t> {
+    return {train_step(batch.data.to(device), batch.target.to(device), {}, nullptr), batch.data.size(0)};
+  };
+  auto no_quality = []() { return at::Tensor(); };
+  if (importance && cfg.presample > 0) {
+    // K&F presampling: B = R * b uniform draws per step; importance steps only when tau pays for them.
+    sgdx::data::Presampler presampler(cfg.batch_size, cfg.presample, cfg.mix, 0.9, static_cast<uint64_t>(seed));
+    sgdx::data::ImportanceSamplerOptions so;
+    so.mix = 1.0;  // uniform
+    so.seed = static_cast<uint64_t>(seed);
+    so.batches_per_epoch = batches;
+    sgdx::data::ImportanceSampler uniform(n, so);
+    auto loader = torch::data::make_data_loader(
+        train, uniform, torch::data::DataLoaderOptions(static_cast<size_t>(presampler.presample_size())).workers(0));
+    auto on_batch = [&](auto& batch) -> std::pair<double, int64_t> {
+      uniform.take();
+      auto x = batch.data.to(device);
+      auto y = batch.target.to(device);
+      at::Tensor scores;
+      double l;
+      if (presampler.importance_step()) {
+        {
+          torch::NoGradGuard no_grad;
+          scores = forward_scores(spec.sampling, model->forward(x), y);
+        }
+        auto [pos, w] = presampler.select(scores);
+        pos = pos.to(device);
+        l = train_step(x.index_select(0, pos), y.index_select(0, pos), w.to(device), nullptr);
+        ++importance_steps;
+      } else {
+        l = train_step(x.narrow(0, 0, cfg.batch_size), y.narrow(0, 0, cfg.batch_size), {}, &scores);
+      }
+      presampler.update_tau(scores);
+      tau = presampler.tau();
+      return {l, cfg.batch_size};
+    };
+    run(*loader, on_batch, [&]() -> at::Tensor {
+      torch::NoGradGuard no_grad;
+      auto s = forward_scores(spec.sampling, model->forward(quality_x), quality_y).to(torch::kDouble).cpu();
+      const double total = s.sum().item<double>();
+      if (!(total > 0)) return torch::full({quality_m}, 1.0 / double(quality_m), torch::kDouble);
+      return (1 - cfg.mix) * s / total + cfg.mix / double(quality_m);
+    });
+  } else if (importance) {
+    sgdx::data::ImportanceSamplerOptions so;
+    so.mix = cfg.mix;
+    so.seed = static_cast<uint64_t>(seed);
+    so.batches_per_epoch = batches;
+    sgdx::data::ImportanceSampler sampler(n, so);
+    auto loader = torch::data::make_data_loader(train, sampler, options);
+    auto on_batch = [&](auto& batch) -> std::pair<double, int64_t> {
+      auto ib = sampler.take();
+      at::Tensor scores;
+      const double l = train_step(batch.data.to(device), batch.target.to(device), ib.weights.to(device), &scores);
+      auto idx = torch::tensor(ib.indices, torch::kLong);
+      sampler.update(idx, scores, cfg.score_beta);
+      tau = 0.9 * tau + 0.1 * sgdx::data::effective_batch_increase(scores);
+      ++importance_steps;
+      return {l, batch.data.size(0)};
+    };
+    run(*loader, on_batch, [&]() { return sampler.probabilities(torch::arange(quality_m)); });
+  } else if (spec.balance == "none") {
     auto loader = torch::data::make_data_loader(train, torch::data::samplers::RandomSampler(static_cast<size_t>(n)), options);
-    run(*loader);
+    run(*loader, plain_batch, no_quality);
   } else {
     auto schedule = spec.balance == "ts"         ? sgdx::data::TemperatureSchedule::constant(spec.tau)
                     : spec.balance == "cooldown" ? sgdx::data::TemperatureSchedule::cooldown(total_steps, spec.tau, 1.0)
@@ -251,7 +388,7 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     sgdx::data::TemperatureSampler sampler(train.targets(), schedule, static_cast<uint64_t>(seed), batches,
                                            data.num_classes);
     auto loader = torch::data::make_data_loader(train, sampler, options);
-    run(*loader);
+    run(*loader, plain_batch, no_quality);
   }
   return result;
 }

@@ -29,12 +29,17 @@ struct TrainConfig {
   double imbalance = 0;         ///< > 1: long-tailed training set with this ratio
   std::string balance = "none";  ///< none | ts | scalarize | cooldown
   double tau = 5.0;             ///< temperature of ts / scalarize, tau_high of cooldown
+  std::string sampling = "uniform";  ///< uniform | loss | upper-bound | exact
+  int64_t presample = 0;        ///< K&F presampling ratio (0: off)
+  double mix = 0.1;             ///< importance sampling: uniform mixing eps
+  double score_beta = 0.0;      ///< importance sampling: score smoothing
 };
 
-/// One training configuration of a comparison: "optimizer[@balance[:tau]]".
+/// One training configuration of a comparison: "optimizer[@balance[:tau]][+sampling]".
 struct RunSpec {
   std::string label, optimizer, balance;
   double tau = 5.0;
+  std::string sampling = "uniform";
 };
 
 /// Parses a --compare item; balance and tau default to the config's.

@@ -96,6 +96,43 @@ TEST(TrainCli, ImbalancedBalancingModesRun) {
   for (int run = 0; run < 4; ++run) EXPECT_EQ(j["runs"][run]["epochs"][1]["steps"].get<int>(), 20) << run;
 }
 
+TEST(TrainCli, ImportanceSamplingModesRun) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 200, 28, 28, true);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 50, 28, 28, true);
+  const std::string data = "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 16 --no-progress";
+  auto r = run(data + " --compare sgd,sgd+loss,sgd+upper-bound,sgd+exact --out " + dir.file("out"), dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| Q | tau |"), std::string::npos) << r.out;
+  std::ifstream js(dir.file("out/metrics.json"));
+  auto j = nlohmann::json::parse(js);
+  ASSERT_EQ(j["runs"].size(), 4u);
+  EXPECT_TRUE(j["runs"][0]["epochs"][1]["quality"].is_null());  // uniform: no quality metric (NaN)
+  for (int k = 1; k < 4; ++k) {
+    const double q = j["runs"][k]["epochs"][1]["quality"].get<double>();
+    EXPECT_LE(q, 1.0 + 1e-9) << k;
+    EXPECT_EQ(j["runs"][k]["epochs"][1]["steps"].get<int>(), 26) << k;  // 13 batches of 16 per epoch
+  }
+  auto p = run(data + " --presample 3 --compare sgd+loss,sgd+upper-bound --out " + dir.file("out2"), dir);
+  ASSERT_EQ(p.code, 0) << p.err;
+  std::ifstream js2(dir.file("out2/metrics.json"));
+  auto j2 = nlohmann::json::parse(js2);
+  EXPECT_GE(j2["runs"][0]["epochs"][1]["tau"].get<double>(), 0.0);
+  EXPECT_EQ(j2["runs"][1]["epochs"][1]["steps"].get<int>(), 26);
+  const std::string out = " --out " + dir.file("bad");
+  auto e1 = run(data + " --presample 3 --sampling exact" + out, dir);
+  EXPECT_NE(e1.code, 0);
+  EXPECT_NE(e1.err.find("use loss or upper-bound with --presample"), std::string::npos) << e1.err;
+  auto e2 = run(data + " --compare sgd@ts:5+loss" + out, dir);
+  EXPECT_NE(e2.err.find("cannot be combined"), std::string::npos) << e2.err;
+  auto e3 = run(data + " --compare sgd+random" + out, dir);
+  EXPECT_NE(e3.err.find("unknown sampling 'random'"), std::string::npos) << e3.err;
+  auto e4 = run(data + " --sampling loss --mix 0" + out, dir);
+  EXPECT_NE(e4.code, 0);
+  EXPECT_NE(e4.err.find("--mix"), std::string::npos) << e4.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("bad")));
+}
+
 TEST(TrainCli, TruncatedIdxFileIsReportedByName) {
   TempDir dir;
   sgdx::testing::write_mnist_split(dir.path.string(), "train", 40, 28, 28, false);
@@ -120,7 +157,7 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
   std::getline(csv, header);
   EXPECT_EQ(header,
             "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
-            "grad_norm_mean,grad_norm_var");
+            "grad_norm_mean,grad_norm_var,quality,tau");
   int rows = 0;
   for (std::string line; std::getline(csv, line);) ++rows;
   EXPECT_EQ(rows, 2 * 2 * 2);  // optimizers x seeds x epochs

@@ -1,4 +1,4 @@
-set terminal pngcairo size 1400,1400 font 'sans,11'
+set terminal pngcairo noenhanced size 1400,1400 font 'sans,11'
 set output '/work/main/docs/results/imbalance/fashion-mnist-cooldown/training.png.tmp'
 set multiplot layout 3,2 title 'fashion-mnist / mlp (batch 128, mean of 3 seed(s))'
 set grid
