@@ -1,0 +1,22 @@
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace sgdx::data {
+
+/// A LIBSVM-format data set ("label idx:val idx:val ...", 1-based indices).
+struct LibsvmData {
+  at::Tensor features;  ///< float64 [n, d], dense (a9a: 32,561 x 123 = 32 MB)
+  at::Tensor labels;    ///< float64 [n], +1 / -1 (0/1 labels are mapped 0 -> -1)
+};
+
+/// Reads a LIBSVM file. `num_features` <= 0: the largest index seen (a9a.t needs
+/// 123 given explicitly: feature 123 never occurs in it). Malformed lines give a
+/// c10::Error naming the file, the line number and the problem.
+LibsvmData read_libsvm(const std::string& path, int64_t num_features = 0);
+
+/// Scales every row to unit Euclidean norm (zero rows stay zero), in place.
+void normalize_rows_(at::Tensor& features);
+
+}  // namespace sgdx::data
