@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds sgdx (Release) in build/; extra arguments go to CMake.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/setup.sh"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release "$@" >"$build.configure.log" 2>&1 ||
   { cat "$build.configure.log"; exit 1; }

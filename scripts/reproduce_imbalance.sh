@@ -6,11 +6,7 @@
 #     minibatch gradient-norm variance and convergence;
 #  2. Cooldown (tau 5 -> 1 at half of the steps) vs static tau = 1, 5, 100.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
-if [[ -z "${SGDX_DATA_DIR:-}" && -d "$root/../shared/data" ]]; then
-  export SGDX_DATA_DIR="$(cd "$root/../shared/data" && pwd)"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh" >/dev/null
 out="$root/docs/results/imbalance"
 mkdir -p "$out"

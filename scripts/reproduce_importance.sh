@@ -6,11 +6,7 @@
 # and the CNN on Fashion-MNIST (SGD+momentum, 3 epochs, 1 seed). Time counts
 # every forward pass the method makes (scoring included), not evaluation.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
-if [[ -z "${SGDX_DATA_DIR:-}" && -d "$root/../shared/data" ]]; then
-  export SGDX_DATA_DIR="$(cd "$root/../shared/data" && pwd)"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh" >/dev/null
 out="$root/docs/results/importance"
 mkdir -p "$out"

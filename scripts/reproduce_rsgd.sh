@@ -5,11 +5,7 @@
 # Tasks: Fashion-MNIST (MLP), MNIST (MLP; needs $SGDX_DATA_DIR/mnist) and the
 # synthetic teacher-student task. Writes docs/results/rsgd/<task>-<schedule>/.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
-if [[ -z "${SGDX_DATA_DIR:-}" && -d "$root/../shared/data" ]]; then
-  export SGDX_DATA_DIR="$(cd "$root/../shared/data" && pwd)"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh" >/dev/null
 out="$root/docs/results/rsgd"
 mkdir -p "$out"

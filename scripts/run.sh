@@ -4,7 +4,6 @@
 # and writes runs/fashion-mnist-mlp/{metrics.csv,metrics.json,summary.md,training.png}.
 # Extra arguments go to sgdx-train (see: build/examples/sgdx-train --help).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh" >/dev/null
 exec "$build/examples/sgdx-train" --dataset fashion-mnist --model mlp --compare sgd,sgdm,rsgd,adam --epochs 10 --seeds 3 "$@"

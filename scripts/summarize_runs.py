@@ -45,11 +45,22 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+# A folder NAME-presample holds presampling runs whose uniform baseline is in NAME:
+# the two are read together, the presampling labels marked.
+groups = defaultdict(list)
 for path in sys.argv[1:]:
+    folder = path.split("/")[-2]
+    base = folder[: -len("-presample")] if folder.endswith("-presample") else folder
+    groups[(path.rsplit("/", 2)[0], base)].append((path, folder != base))
+
+for (parent, base_name), files in sorted(groups.items()):
+    path = f"{parent}/{base_name}/metrics.csv"
     runs = defaultdict(lambda: defaultdict(list))  # label -> seed -> rows
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            runs[row["optimizer"]][row["seed"]].append(row)
+    for file, presample in sorted(files, key=lambda x: x[1]):
+        with open(file) as f:
+            for row in csv.DictReader(f):
+                label = row["optimizer"] + (" (presample 3)" if presample else "")
+                runs[label][row["seed"]].append(row)
     uniform = [k for k in runs if "+" not in k]
     if not uniform:
         continue

@@ -2,8 +2,7 @@
 # Installs the built sgdx into a temporary prefix and builds + runs an outside
 # CMake project that does find_package(sgdx) and links sgdx::sgdx.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="${SGDX_BUILD_DIR:-$root/build}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
