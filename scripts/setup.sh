@@ -10,7 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 torch_version="${SGDX_TORCH_VERSION:-2.11.0}"
 
 packages=(build-essential cmake git pkg-config zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
-          libcli11-dev nlohmann-json3-dev gnuplot-nox python3 python3-venv python3-pip dataset-fashion-mnist)
+          libcli11-dev nlohmann-json3-dev gnuplot-nox python3 python3-venv python3-pip dataset-fashion-mnist
+          liblinear-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

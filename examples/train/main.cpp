@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", cfg.data_dir, "Directory with the dataset's files (default: Debian's for fashion-mnist, $SGDX_DATA_DIR/<dataset> otherwise)");
   app.add_option("--model", cfg.model, "mlp, cnn or resnet")->check(CLI::IsMember(sgdx::models::model_names()))->capture_default_str();
-  auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam or rsgd")
+  auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam, rsgd or svrg")
                        ->check(CLI::IsMember(sgdx_train::optimizer_names()))
                        ->capture_default_str();
   app.add_option("--compare", compare,

@@ -13,6 +13,7 @@
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/models/models.h"
 #include "sgdx/optim/rsgd.h"
+#include "sgdx/optim/svrg.h"
 
 namespace sgdx_train {
 namespace {
@@ -20,7 +21,7 @@ thread_local double last_grad_sq_ = 0;  // squared gradient norm of the last ste
 }  // namespace
 
 const std::vector<std::string>& optimizer_names() {
-  static const std::vector<std::string> names = {"sgd", "sgdm", "nesterov", "adam", "rsgd"};
+  static const std::vector<std::string> names = {"sgd", "sgdm", "nesterov", "adam", "rsgd", "svrg"};
   return names;
 }
 
@@ -58,7 +59,11 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
                     .weight_decay(cfg.weight_decay);
     return std::make_unique<sgdx::optim::RSGD>(params, opts);
   }
-  TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd)");
+  if (name == "svrg") {
+    // n and b are set by the trainer (train_one); these are placeholders for validation.
+    return std::make_unique<sgdx::optim::SVRG>(params, sgdx::optim::SVRGOptions(lr).n(1).b(1).l2(cfg.weight_decay));
+  }
+  TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg)");
 }
 
 RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
@@ -87,7 +92,7 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
   }
   const auto& known = optimizer_names();
   TORCH_CHECK(std::find(known.begin(), known.end(), spec.optimizer) != known.end(), "unknown optimizer '",
-              spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd)");
+              spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg)");
   TORCH_CHECK(spec.balance == "none" || spec.balance == "ts" || spec.balance == "scalarize" || spec.balance == "cooldown",
               "unknown balance '", spec.balance, "' in '", item, "' (choose none, ts, scalarize or cooldown)");
   TORCH_CHECK(spec.tau > 0 && std::isfinite(spec.tau), "tau must be > 0, got ", spec.tau, " in '", item, "'");
@@ -216,6 +221,27 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
                                       train.targets().narrow(0, 0, cfg.train_subset));
   }
   const int64_t n = train.inputs().size(0);
+  auto* svrg = dynamic_cast<sgdx::optim::SVRG*>(optimizer.get());
+  if (svrg != nullptr) {
+    // SVRG on a deep net: the full gradient is a loop over the training set; the
+    // minibatch closure is evaluated at the snapshot and at the current point.
+    auto& o = static_cast<sgdx::optim::SVRGOptions&>(svrg->param_groups()[0].options());
+    o.n(n).b(std::min<int64_t>(cfg.batch_size, n));
+    svrg->set_full_gradient_closure([&model, &train, &device, n] {
+      at::Tensor total = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble));
+      for (int64_t i = 0; i < n; i += 2000) {
+        const int64_t len = std::min<int64_t>(2000, n - i);
+        auto x = train.inputs().narrow(0, i, len).to(device);
+        auto y = train.targets().narrow(0, i, len).to(device);
+        auto l = torch::nn::functional::cross_entropy(
+                     model->forward(x), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+                 double(n);
+        l.backward();
+        total += l.detach().to(torch::kDouble).cpu();
+      }
+      return total;
+    });
+  }
   const int64_t batches = (n + cfg.batch_size - 1) / cfg.batch_size;
   const int64_t total_steps = batches * cfg.epochs;
   const double base_lr = cfg.lr.value_or(default_lr(spec.optimizer));
@@ -257,7 +283,16 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
       loss = torch::nn::functional::cross_entropy(logits, y);
     }
     if (cap) cap->attach(loss, x.size(0));
-    loss.backward();
+    if (svrg != nullptr) {
+      // The same minibatch at the snapshot and at the current point.
+      loss = svrg->step([&] {
+        auto l = torch::nn::functional::cross_entropy(model->forward(x), y);
+        l.backward();
+        return l;
+      });
+    } else {
+      loss.backward();
+    }
     if (scores != nullptr) {
       if (cap) {
         // The capture saw grad(w_i l_i); the score is ||grad l_i||.
@@ -270,7 +305,7 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     for (auto& p : model->parameters())
       if (p.grad().defined()) grads.push_back(p.grad());
     last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-    optimizer->step();
+    if (svrg == nullptr) optimizer->step();
     ++step;
     const double l = loss.item<double>();
     TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label, ", lr ",
