@@ -138,6 +138,14 @@ std::vector<torch::Tensor> VROptimizerBase::params() const {
   return out;
 }
 
+std::vector<size_t> VROptimizerBase::param_group_indices() const {
+  std::vector<size_t> out;
+  for (const auto g : c10::irange(param_groups_.size()))
+    for (const auto& p : param_groups_[g].params())
+      if (p.requires_grad()) out.push_back(g);
+  return out;
+}
+
 VRParamState& VROptimizerBase::state_of(const torch::Tensor& p) {
   auto& slot = state_[p.unsafeGetTensorImpl()];
   if (!slot) slot = std::make_unique<VRParamState>();
@@ -189,11 +197,14 @@ void VROptimizerBase::load_base(torch::serialize::InputArchive& archive) {
 
 // ---- Katyusha ---------------------------------------------------------------
 
-Katyusha::Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options)
-    : VROptimizerBase({torch::optim::OptimizerParamGroup(std::move(params))},
-                      std::make_unique<KatyushaOptions>(options)) {
-  options.validate();
+Katyusha::Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults)
+    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<KatyushaOptions>(defaults)) {
+  defaults.validate();
+  add_groups<KatyushaOptions>(groups);
 }
+
+Katyusha::Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options)
+    : Katyusha({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(options)) {}
 
 torch::Tensor Katyusha::step(LossClosure batch) {
   TORCH_CHECK(batch != nullptr, "Katyusha::step needs the minibatch closure");
@@ -236,13 +247,15 @@ torch::Tensor Katyusha::step(LossClosure batch) {
   const auto g0 = grads_at("xt", batch);
   evaluations_ += 2 * o.b();
   const double w = std::pow(1.0 + alpha * sigma, j);
+  const auto group = param_group_indices();
   for (const auto k : c10::irange(ps.size())) {
     auto& st = state_of(ps[k]);
+    const auto& go = static_cast<const KatyushaOptions&>(param_groups_[group[k]].options());
     auto v = st["mu"] + g1[k] - g0[k];
     auto z = st["z"] - alpha * v;
-    elastic_net_prox_(z, alpha, o.l1(), o.l2());
+    elastic_net_prox_(z, alpha, go.l1(), go.l2());
     auto y = st["x"] - v / (3.0 * L);
-    elastic_net_prox_(y, 1.0 / (3.0 * L), o.l1(), o.l2());
+    elastic_net_prox_(y, 1.0 / (3.0 * L), go.l1(), go.l2());
     st["z"] = z;
     st["y"] = y;
     st["ysum"] = st["ysum"] + w * y;
@@ -272,12 +285,15 @@ void Katyusha::load(torch::serialize::InputArchive& archive) {
 
 // ---- DASVRDA ----------------------------------------------------------------
 
-DASVRDA::DASVRDA(std::vector<torch::Tensor> params, DASVRDAOptions options)
-    : VROptimizerBase({torch::optim::OptimizerParamGroup(std::move(params))},
-                      std::make_unique<DASVRDAOptions>(options)) {
-  options.validate();
+DASVRDA::DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults)
+    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<DASVRDAOptions>(defaults)) {
+  defaults.validate();
+  add_groups<DASVRDAOptions>(groups);
   counters_["restarts"] = 0;
 }
+
+DASVRDA::DASVRDA(std::vector<torch::Tensor> params, DASVRDAOptions options)
+    : DASVRDA({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(options)) {}
 
 torch::Tensor DASVRDA::step(LossClosure batch) {
   TORCH_CHECK(batch != nullptr, "DASVRDA::step needs the minibatch closure");
@@ -352,12 +368,14 @@ torch::Tensor DASVRDA::step(LossClosure batch) {
   const auto g0 = grads_at("xt1", batch);
   evaluations_ += 2 * b;
   const double c = eta * th_k * th_km1;
+  const auto group = param_group_indices();
   for (const auto i : c10::irange(ps.size())) {
     auto& st = state_of(ps[i]);
+    const auto& go = static_cast<const DASVRDAOptions&>(param_groups_[group[i]].options());
     auto v = st["mu"] + g1[i] - g0[i];
     st["gbar"] = (1 - 1 / th_k) * st["gbar"] + (1 / th_k) * v;
     auto z = st["z0"] - c * st["gbar"];
-    elastic_net_prox_(z, c, o.l1(), o.l2());
+    elastic_net_prox_(z, c, go.l1(), go.l2());
     st["z"] = z;
     st["x"] = (1 - 1 / th_k) * st["x"] + (1 / th_k) * z;
   }

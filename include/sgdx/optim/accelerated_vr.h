@@ -92,6 +92,24 @@ class VROptimizerBase : public torch::optim::Optimizer {
   int64_t evaluations_ = 0;
   std::map<std::string, double> counters_;  // saved with the state
   std::vector<torch::Tensor> params() const;
+  /// The parameter group of each entry of params().
+  std::vector<size_t> param_group_indices() const;
+  /// Adds the groups, keeping each group's own options (LibTorch >= 2.8 would
+  /// replace a custom optimizer's explicit group options with the defaults).
+  template <typename Options>
+  void add_groups(const std::vector<torch::optim::OptimizerParamGroup>& groups) {
+    for (const auto& g : groups) {
+      std::unique_ptr<torch::optim::OptimizerOptions> own;
+      if (g.has_options()) {
+        const auto* o = dynamic_cast<const Options*>(&g.options());
+        TORCH_CHECK(o != nullptr, "parameter group ", param_groups_.size(), " has options of another optimizer");
+        o->validate();
+        own = std::make_unique<Options>(*o);
+      }
+      Optimizer::add_param_group(g);
+      if (own) param_groups_.back().set_options(std::move(own));
+    }
+  }
   VRParamState& state_of(const torch::Tensor& p);
   /// Sets the parameters to the named vectors, calls `f` with gradients enabled and
   /// fresh .grad, and returns the gradients (zeros where undefined).
@@ -101,9 +119,12 @@ class VROptimizerBase : public torch::optim::Optimizer {
   void load_base(torch::serialize::InputArchive& archive);
 };
 
+/// n, b, m and L (and sigma = l2 for Katyusha's tau1) come from the first group;
+/// l1 and l2 of the prox are per group (e.g. none on biases).
 class Katyusha : public VROptimizerBase {
  public:
   explicit Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options);
+  explicit Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults);
   torch::Tensor step(LossClosure batch) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
@@ -112,6 +133,7 @@ class Katyusha : public VROptimizerBase {
 class DASVRDA : public VROptimizerBase {
  public:
   explicit DASVRDA(std::vector<torch::Tensor> params, DASVRDAOptions options);
+  explicit DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults);
   torch::Tensor step(LossClosure batch) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
