@@ -1,6 +1,9 @@
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <zlib.h>
+
+#include <cstdio>
 
 #include <cstdlib>
 #include <filesystem>
@@ -79,6 +82,25 @@ inline void write_mnist_split(const std::string& dir, const std::string& prefix,
   const std::string sfx = gz ? ".gz" : "";
   write_bytes(dir + "/" + prefix + "-images-idx3-ubyte" + sfx, idx_bytes(0x08, {n, h, w}, pixels), gz);
   write_bytes(dir + "/" + prefix + "-labels-idx1-ubyte" + sfx, idx_bytes(0x08, {n}, labels), gz);
+}
+
+/// The exit code, stdout and stderr of `exe args` (stderr through a file in `dir`).
+struct ProgramResult {
+  int code = -1;
+  std::string out, err;
+};
+inline ProgramResult run_program(const std::string& exe, const std::string& args, const TempDir& dir) {
+  const std::string err_file = dir.file("stderr.txt");
+  ProgramResult r;
+  FILE* pipe = popen((exe + " " + args + " 2>" + err_file).c_str(), "r");
+  char buf[4096];
+  while (fgets(buf, sizeof(buf), pipe) != nullptr) r.out += buf;
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const auto err = read_bytes(err_file);
+  r.err.assign(err.begin(), err.end());
+  std::filesystem::remove(err_file);
+  return r;
 }
 
 inline std::string data_dir() {

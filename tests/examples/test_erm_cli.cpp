@@ -11,23 +11,9 @@
 #include "test_util.h"
 
 namespace {
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = sgdx::testing::ProgramResult;
 Result run(const std::string& args, const sgdx::testing::TempDir& dir) {
-  const std::string err_file = dir.file("stderr.txt");
-  FILE* pipe = popen((std::string(SGDX_ERM_EXE) + " " + args + " 2>" + err_file).c_str(), "r");
-  Result r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), pipe) != nullptr) r.out += buf.data();
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(err_file);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  r.err = ss.str();
-  return r;
+  return sgdx::testing::run_program(SGDX_ERM_EXE, args, dir);
 }
 }  // namespace
 

@@ -50,8 +50,8 @@ struct Logistic {
 
 
 // Runs `steps` steps of a closure-driven VR optimizer with b-sized minibatches drawn by a seeded generator.
-template <typename Opt>
-void run_vr(Opt& opt, const Logistic& prob, at::Tensor& w, int steps, std::mt19937_64& rng, int64_t b) {
+template <typename Opt, typename Problem>
+void run_vr(Opt& opt, const Problem& prob, at::Tensor& w, int steps, std::mt19937_64& rng, int64_t b) {
   const int64_t n = prob.a.size(0);
   opt.set_full_gradient_closure([&] {
     auto l = prob.loss(w, torch::arange(n));

@@ -12,6 +12,7 @@
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "sgdx/optim/svrg.h"
+#include "logistic_problem.h"
 #include "test_util.h"
 
 namespace {
@@ -52,24 +53,8 @@ at::Tensor liblinear_weights(const std::string& data, int solver, double C, cons
 // Runs an sgdx method through closures for `passes` passes.
 template <typename Opt>
 at::Tensor solve(Opt& opt, const Erm& p, at::Tensor& w, int64_t b, double passes) {
-  const int64_t n = p.a.size(0);
-  opt.set_full_gradient_closure([&] {
-    auto l = p.loss(w, torch::arange(n));
-    l.backward();
-    return l;
-  });
   std::mt19937_64 rng(0);
-  std::uniform_int_distribution<int64_t> pick(0, n - 1);
-  while (double(opt.gradient_evaluations()) < passes * double(n)) {
-    std::vector<int64_t> idx(b);
-    for (auto& i : idx) i = pick(rng);
-    auto batch = torch::tensor(idx, torch::kLong);
-    opt.step([&] {
-      auto l = p.loss(w, batch);
-      l.backward();
-      return l;
-    });
-  }
+  while (double(opt.gradient_evaluations()) < passes * double(p.a.size(0))) sgdx::testing::run_vr(opt, p, w, 1, rng, b);
   return w.detach();
 }
 
