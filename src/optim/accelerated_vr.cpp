@@ -8,6 +8,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "sgdx/optim/detail/param_groups.h"
 #include "sgdx/optim/svrg.h"
 
 namespace sgdx::optim {
@@ -200,7 +201,7 @@ void VROptimizerBase::load_base(torch::serialize::InputArchive& archive) {
 Katyusha::Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults)
     : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<KatyushaOptions>(defaults)) {
   defaults.validate();
-  add_groups<KatyushaOptions>(groups);
+  for (const auto& g : groups) detail::add_param_group_keeping_options<KatyushaOptions>(*this, g, "Katyusha");
 }
 
 Katyusha::Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options)
@@ -288,7 +289,7 @@ void Katyusha::load(torch::serialize::InputArchive& archive) {
 DASVRDA::DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults)
     : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<DASVRDAOptions>(defaults)) {
   defaults.validate();
-  add_groups<DASVRDAOptions>(groups);
+  for (const auto& g : groups) detail::add_param_group_keeping_options<DASVRDAOptions>(*this, g, "DASVRDA");
   counters_["restarts"] = 0;
 }
 

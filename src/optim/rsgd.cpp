@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "sgdx/ops/rsgd_step.h"
+#include "sgdx/optim/detail/param_groups.h"
 
 namespace sgdx::optim {
 
@@ -116,15 +117,7 @@ RSGD::RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults)
     : RSGD({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
 void RSGD::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
-  const size_t index = param_groups_.size();
-  std::unique_ptr<torch::optim::OptimizerOptions> explicit_options;
-  if (param_group.has_options()) {
-    const auto& o = as_rsgd_options(param_group.options(), index);
-    o.validate();
-    explicit_options = std::make_unique<RSGDOptions>(o);
-  }
-  Optimizer::add_param_group(param_group);
-  if (explicit_options) param_groups_.back().set_options(std::move(explicit_options));
+  detail::add_param_group_keeping_options<RSGDOptions>(*this, param_group, "RSGD");
 }
 
 torch::Tensor RSGD::step(LossClosure closure) {

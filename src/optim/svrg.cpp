@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "sgdx/detail/philox.h"
+#include "sgdx/optim/detail/param_groups.h"
 
 namespace sgdx::optim {
 
@@ -93,16 +94,7 @@ SVRG::SVRG(std::vector<torch::Tensor> params, SVRGOptions defaults)
     : SVRG({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
 
 void SVRG::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
-  std::unique_ptr<torch::optim::OptimizerOptions> own;
-  if (param_group.has_options()) {
-    const auto* o = dynamic_cast<const SVRGOptions*>(&param_group.options());
-    TORCH_CHECK(o != nullptr, "SVRG: parameter group ", param_groups_.size(),
-                " has options of another optimizer; pass sgdx::optim::SVRGOptions");
-    o->validate();
-    own = std::make_unique<SVRGOptions>(*o);
-  }
-  Optimizer::add_param_group(param_group);
-  if (own) param_groups_.back().set_options(std::move(own));
+  detail::add_param_group_keeping_options<SVRGOptions>(*this, param_group, "SVRG");
 }
 
 void SVRG::set_full_gradient_closure(LossClosure full_gradient) { full_gradient_ = std::move(full_gradient); }

@@ -94,22 +94,6 @@ class VROptimizerBase : public torch::optim::Optimizer {
   std::vector<torch::Tensor> params() const;
   /// The parameter group of each entry of params().
   std::vector<size_t> param_group_indices() const;
-  /// Adds the groups, keeping each group's own options (LibTorch >= 2.8 would
-  /// replace a custom optimizer's explicit group options with the defaults).
-  template <typename Options>
-  void add_groups(const std::vector<torch::optim::OptimizerParamGroup>& groups) {
-    for (const auto& g : groups) {
-      std::unique_ptr<torch::optim::OptimizerOptions> own;
-      if (g.has_options()) {
-        const auto* o = dynamic_cast<const Options*>(&g.options());
-        TORCH_CHECK(o != nullptr, "parameter group ", param_groups_.size(), " has options of another optimizer");
-        o->validate();
-        own = std::make_unique<Options>(*o);
-      }
-      Optimizer::add_param_group(g);
-      if (own) param_groups_.back().set_options(std::move(own));
-    }
-  }
   VRParamState& state_of(const torch::Tensor& p);
   /// Sets the parameters to the named vectors, calls `f` with gradients enabled and
   /// fresh .grad, and returns the gradients (zeros where undefined).
