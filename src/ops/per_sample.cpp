@@ -83,7 +83,30 @@ class CapturedLayer {
   }
   /// [B] inner products with (weight direction, bias direction); undefined = zero.
   virtual at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const = 0;
+  /// Sums of the per-sample gradients over each group, [K, *shape] (weight then
+  /// bias). `order` lists the samples sorted by group, `sizes` the group sizes
+  /// (host) and `onehot` [B, K] the membership. Default: materialise and reduce.
+  virtual std::vector<at::Tensor> group_sums(const at::Tensor& order, const std::vector<int64_t>& sizes,
+                                             const at::Tensor& onehot) const {
+    (void)order;
+    (void)sizes;
+    auto all = at::arange(batch, at::TensorOptions().dtype(at::kLong).device(slot->d.device()));
+    std::vector<at::Tensor> out;
+    for (auto& g : grads(all)) {
+      auto shape = g.sizes().vec();
+      shape[0] = onehot.size(1);
+      out.push_back(onehot.t().to(g.scalar_type()).mm(g.reshape({g.size(0), -1})).reshape(shape));
+    }
+    return out;
+  }
 };
+
+namespace {
+// Splits the rows of t [B, ...] (taken in `order`) into consecutive groups of `sizes`.
+std::vector<at::Tensor> split_groups(const at::Tensor& t, const at::Tensor& order, const std::vector<int64_t>& sizes) {
+  return t.index_select(0, order).split_with_sizes(sizes, 0);
+}
+}  // namespace
 
 namespace {
 
@@ -139,6 +162,25 @@ class LinearLayer : public CapturedLayer {
       g += sd.mm(sd.t());
     }
     return g;
+  }
+
+  // One weight-gradient matmul per group: together the cost of one weight gradient.
+  std::vector<at::Tensor> group_sums(const at::Tensor& order, const std::vector<int64_t>& sizes,
+                                     const at::Tensor& onehot) const override {
+    std::vector<at::Tensor> out;
+    auto d = D();
+    if (!weight_name.empty()) {
+      auto ds = split_groups(d, order, sizes), xs = split_groups(A(), order, sizes);
+      auto w = at::empty({static_cast<int64_t>(sizes.size()), d.size(2), a.size(-1)}, d.options());
+      for (const auto k : c10::irange(sizes.size())) {
+        auto dk = ds[k].reshape({-1, d.size(2)}), xk = xs[k].reshape({-1, a.size(-1)});
+        auto wk = w[k];
+        at::mm_out(wk, dk.t(), xk);
+      }
+      out.push_back(w);
+    }
+    if (!bias_name.empty()) out.push_back(onehot.t().to(d.scalar_type()).mm(d.sum(1)));
+    return out;
   }
 
   at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const override {
@@ -212,6 +254,31 @@ class Conv2dLayer : public CapturedLayer {
     }
     if (!bias_name.empty()) total += d.sum(3).pow(2).sum({1, 2});
     return total;
+  }
+
+  // One convolution weight-gradient per group: together the cost of one weight gradient.
+  std::vector<at::Tensor> group_sums(const at::Tensor& order, const std::vector<int64_t>& sizes,
+                                     const at::Tensor& onehot) const override {
+    std::vector<at::Tensor> out;
+    if (!weight_name.empty()) {
+      auto xs = split_groups(input, order, sizes), ds = split_groups(slot->d, order, sizes);
+      std::vector<int64_t> shape = {static_cast<int64_t>(sizes.size())};
+      shape.insert(shape.end(), weight_shape.begin(), weight_shape.end());
+      auto w = at::zeros(shape, slot->d.options());
+      auto proto = at::empty(weight_shape, slot->d.options());
+      for (const auto k : c10::irange(sizes.size())) {
+        if (sizes[k] == 0) continue;
+        auto g = at::convolution_backward(ds[k], xs[k], proto, std::nullopt, stride, padding, dilation,
+                                          /*transposed=*/false, {0, 0}, groups, {false, true, false});
+        w[k].copy_(std::get<1>(g));
+      }
+      out.push_back(w);
+    }
+    if (!bias_name.empty()) {
+      auto d = Dg();
+      out.push_back(onehot.t().to(d.scalar_type()).mm(d.sum(3).reshape({batch, -1})));
+    }
+    return out;
   }
 
   std::vector<at::Tensor> grads(const at::Tensor& idx) const override {
@@ -600,6 +667,47 @@ at::Tensor PerSampleGradients::dot(const std::vector<at::Tensor>& direction) con
   }
   return total.defined() ? total * scale() : at::zeros({batch_size_}, at::kDouble);
 }
+
+std::vector<at::Tensor> PerSampleGradients::group_sums(const at::Tensor& assignment, int64_t groups) const {
+  check_ready();
+  at::AutoGradMode no_grad(false);  // saved layer inputs may require grad
+  TORCH_CHECK(groups >= 1, "per-sample gradients: group_sums needs groups >= 1, got ", groups);
+  TORCH_CHECK(assignment.dim() == 1 && assignment.scalar_type() == at::kLong && assignment.numel() == batch_size_,
+              "per-sample gradients: group_sums needs a 1-D int64 assignment of ", batch_size_, " samples, got ",
+              assignment.scalar_type(), " ", assignment.sizes());
+  TORCH_CHECK(assignment.min().item<int64_t>() >= 0 && assignment.max().item<int64_t>() < groups,
+              "per-sample gradients: group indices must be in [0, ", groups, "), got [",
+              assignment.min().item<int64_t>(), ", ", assignment.max().item<int64_t>(), "]");
+  const auto params = model_.named_parameters(/*recurse=*/true);
+  std::unordered_map<std::string, size_t> index;
+  for (const auto k : c10::irange(param_names_.size())) index[param_names_[k]] = k;
+  std::vector<at::Tensor> out(param_names_.size());
+  const std::unordered_set<std::string> ignored(options_.ignore.begin(), options_.ignore.end());
+  for (const auto k : c10::irange(param_names_.size())) {
+    const auto& p = params[param_names_[k]];
+    if (!p.requires_grad() || ignored.count(param_names_[k])) continue;
+    auto shape = p.sizes().vec();
+    shape.insert(shape.begin(), groups);
+    out[k] = at::zeros(shape, p.options());  // parameters the loss does not use
+  }
+  auto sizes_t = at::bincount(assignment.cpu(), {}, groups);
+  std::vector<int64_t> sizes(sizes_t.data_ptr<int64_t>(), sizes_t.data_ptr<int64_t>() + groups);
+  for (const auto& l : layers_) {
+    const auto dev = l->slot->d.device();
+    auto a = assignment.to(dev);
+    auto order = at::argsort(a, /*stable=*/true);
+    auto onehot = at::one_hot(a, groups);
+    auto sums = l->group_sums(order, sizes, onehot);
+    size_t j = 0;
+    for (const auto* name : {&l->weight_name, &l->bias_name}) {
+      if (name->empty()) continue;
+      out[index.at(*name)] = sums[j++] * scale();
+    }
+  }
+  return out;
+}
+
+std::vector<at::Tensor> PerSampleGradients::parameters() const { return model_.parameters(/*recurse=*/true); }
 
 at::Tensor PerSampleGradients::per_sample_grad(const std::string& parameter_name) const {
   check_ready();

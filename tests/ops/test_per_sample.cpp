@@ -105,6 +105,27 @@ void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reducti
     if (std::count(brute.names.begin(), brute.names.end(), p.key())) included_dir.push_back(v.reshape(-1).to(torch::kDouble));
   }
   EXPECT_LE(rel_err(cap.dot(direction), brute.flat.mv(torch::cat(included_dir))), tol);
+
+  // Per-group sums (groups may be empty) against sums of the brute-force gradients.
+  const int64_t G = 3;
+  auto assignment = torch::randint(0, G, {B}, torch::kLong);
+  auto onehot = torch::one_hot(assignment, G).to(torch::kDouble);  // [B, G]
+  auto sums = cap.group_sums(assignment, G);
+  auto named = model->named_parameters();
+  ASSERT_EQ(sums.size(), named.size());
+  for (size_t k = 0; k < named.size(); ++k) {
+    const std::string name = named.keys()[k];
+    const auto it = std::find(brute.names.begin(), brute.names.end(), name);
+    if (it == brute.names.end()) {
+      EXPECT_FALSE(sums[k].defined()) << name;
+      continue;
+    }
+    const auto& g = brute.grads[it - brute.names.begin()];
+    auto want = onehot.t().mm(g.reshape({B, -1})).reshape(sums[k].sizes());
+    EXPECT_LE(rel_err(sums[k], want), tol) << "group sums of " << name;
+  }
+  SGDX_EXPECT_THROW_MSG(cap.group_sums(torch::zeros({B + 1}, torch::kLong), G), "assignment of");
+  SGDX_EXPECT_THROW_MSG(cap.group_sums(torch::full({B}, G, torch::kLong), G), "group indices must be in [0, 3)");
 }
 
 constexpr double kTol64 = 1e-10, kTol32 = 1e-5;

@@ -76,6 +76,16 @@ class PerSampleGradients {
   /// parameters' entries are not read; undefined entries count as zero).
   at::Tensor dot(const std::vector<at::Tensor>& direction) const;
 
+  /// Per-group sums of the per-sample gradients: for every parameter of the model
+  /// (named_parameters() order) a tensor [groups, *shape] whose row k is
+  /// sum_{i: assignment[i] = k} grad l_i; undefined for ignored and frozen
+  /// parameters. Costs about one weight gradient per layer (Linear, Conv2d).
+  std::vector<at::Tensor> group_sums(const at::Tensor& assignment, int64_t groups) const;
+  /// The model's parameters in named_parameters() order.
+  std::vector<at::Tensor> parameters() const;
+  const PerSampleOptions& options() const { return options_; }
+  int64_t batch_size() const { return batch_size_; }
+
   /// Per-sample gradients of one parameter, [B, *param.shape] (for tests and
   /// small models: this materialises them).
   at::Tensor per_sample_grad(const std::string& parameter_name) const;

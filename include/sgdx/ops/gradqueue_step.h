@@ -1,0 +1,38 @@
+#pragma once
+// The fused GradQueue-SGDM update of one parameter tensor (see
+// sgdx/optim/gradqueue.h for the rule). One pass over p, g, v, S1, S2 and the
+// queue rows (two passes for tensor granularity: a reduction, then the update):
+// 44 bytes per float32 parameter against SGD-momentum's 20.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace sgdx::ops {
+
+struct GradQueueStepConfig {
+  double lr = 0.0, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false;
+  double rho_min = 1.0, rho_max = 1.0, kappa = 1.0, eps = 1e-8;
+  bool per_element = true;  ///< false: one Delta-rho for the whole tensor
+};
+
+/// One tensor's operands. All tensors contiguous, same dtype/device/numel.
+struct GradQueueTensor {
+  at::Tensor param, grad;
+  at::Tensor momentum;  ///< the momentum buffer (read unless first_step; unused when momentum == 0)
+  at::Tensor s1, s2;    ///< window sums (exact storage) or running moments (ema storage)
+  at::Tensor slot;      ///< exact storage: the queue row that receives d; undefined for ema
+  at::Tensor old;       ///< exact storage: the row leaving the window (may alias slot); undefined if none
+  int64_t stats_count = 0;  ///< entries in the window before the push; < 1 or warm-up: pass 0 (Delta-rho = 1)
+  double ema_rate = 0.0;    ///< ema storage: s += ema_rate * (x - s); 0 selects exact storage
+  bool first_step = false;  ///< the momentum buffer starts as the update (as in torch::optim::SGD)
+};
+
+/// Applies one step in place and returns the sum of Delta-rho over the
+/// tensor's elements (numel * Delta-rho for tensor granularity).
+double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
+
+/// z-score reference constant: E|N(0,1)| = sqrt(2/pi).
+inline constexpr double kGradQueueZRef = 0.79788456080286535588;
+
+}  // namespace sgdx::ops

@@ -1,0 +1,154 @@
+#pragma once
+// GradQueue-SGDM: SGD with momentum whose gradient is reinforced by its
+// scarcity relative to a queue of recent gradients. After Al Hasib, "Grad Queue:
+// A probabilistic framework to reinforce sparse gradients", arXiv:2404.16917.
+// The paper's exact formulas could not be read; the rule below is sgdx's own,
+// faithful to its description, bounded, and equal to SGD-momentum when every
+// Delta-rho is 1 (docs/gradqueue.md). Per parameter tensor:
+//   d = grad + weight_decay * theta
+//   window: the last L raw d's (ring buffer of capacity q_max, running sums S1, S2)
+//   n < q_min: Delta-rho = 1 (warm-up)
+//   else mu = S1/n, sigma = sqrt(max(S2/n - mu^2, 0)),
+//        element: z = |d - mu| / (sigma + eps) / sqrt(2/pi)
+//        tensor:  z = ||d - mu|| / (sqrt(sum sigma^2) + eps)
+//        Delta-rho = clip(z^kappa, rho_min, rho_max)
+//   push d; v = momentum v + (1 - dampening) Delta-rho d  (v = Delta-rho d on the first step)
+//   theta -= lr * (nesterov ? Delta-rho d + momentum v : v)
+// L follows the loss trend: a loss EMA (factor loss_beta) that went down grows
+// L by one (<= q_max), otherwise L shrinks by one (>= q_min); no loss: L = q_init.
+//
+// The clustered variant (clustered_step) clusters the batch on per-sample
+// features (k-means), weights each cluster's mean gradient by its own scarcity
+// and steps on G* = sum_k |C_k|/B Delta-rho_k G_k.
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace sgdx::ops {
+class PerSampleGradients;
+}
+
+namespace sgdx::optim {
+
+enum class GradQueueGranularity : int64_t { element = 0, tensor = 1 };
+/// exact: a ring buffer of q_max gradients per tensor (q_max x the parameters'
+/// memory) and exact window statistics. ema: no queue; S1/S2 are running
+/// moments with rate 1/min(n, L) (2 x the parameters' memory), an approximation
+/// of the window for models whose queue would not fit.
+enum class GradQueueStorage : int64_t { exact = 0, ema = 1 };
+/// Clustered step: one Delta-rho per cluster and parameter tensor, or one per
+/// cluster from whole-model norms.
+enum class GradQueueScope : int64_t { per_tensor = 0, global = 1 };
+
+struct GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<GradQueueSGDMOptions> {
+  GradQueueSGDMOptions(double lr);  // NOLINT(google-explicit-constructor): LibTorch pattern
+  TORCH_ARG(double, lr);
+  TORCH_ARG(double, momentum) = 0.9;
+  TORCH_ARG(double, dampening) = 0.0;
+  TORCH_ARG(bool, nesterov) = false;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(int64_t, q_min) = 4;
+  TORCH_ARG(int64_t, q_init) = 8;
+  TORCH_ARG(int64_t, q_max) = 32;
+  TORCH_ARG(double, rho_min) = 0.5;
+  TORCH_ARG(double, rho_max) = 2.0;
+  TORCH_ARG(double, kappa) = 1.0;
+  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(GradQueueGranularity, granularity) = GradQueueGranularity::element;
+  TORCH_ARG(GradQueueStorage, storage) = GradQueueStorage::exact;
+  /// Exact storage: recompute S1/S2 from the queue every this many pushes (0: never),
+  /// bounding the rounding drift of the running sums.
+  TORCH_ARG(int64_t, resync_every) = 256;
+  // Optimizer-wide (read from the defaults, not per group):
+  TORCH_ARG(double, loss_beta) = 0.9;
+  TORCH_ARG(int64_t, clusters) = 1;
+  TORCH_ARG(int64_t, kmeans_iters) = 10;
+  TORCH_ARG(double, kmeans_tol) = 1e-4;
+  TORCH_ARG(GradQueueScope, scope) = GradQueueScope::per_tensor;
+  TORCH_ARG(uint64_t, seed) = 0;
+
+ public:
+  /// Throws c10::Error naming the first invalid option and its value.
+  void validate() const;
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+  friend bool operator==(const GradQueueSGDMOptions& lhs, const GradQueueSGDMOptions& rhs);
+};
+
+struct GradQueueSGDMParamState
+    : public torch::optim::OptimizerCloneableParamState<GradQueueSGDMParamState> {
+  TORCH_ARG(int64_t, step) = 0;
+  TORCH_ARG(torch::Tensor, momentum_buffer);  ///< undefined before the first step
+  TORCH_ARG(torch::Tensor, queue);            ///< [q_max, numel] (exact storage)
+  TORCH_ARG(torch::Tensor, s1);               ///< window sum of d (ema: running mean)
+  TORCH_ARG(torch::Tensor, s2);               ///< window sum of d^2 (ema: running mean)
+  TORCH_ARG(int64_t, head) = 0;               ///< queue row of the next push
+  TORCH_ARG(int64_t, count) = 0;              ///< gradients in the window
+  TORCH_ARG(int64_t, window) = 0;             ///< L
+  TORCH_ARG(int64_t, pushes) = 0;
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  friend bool operator==(const GradQueueSGDMParamState& lhs, const GradQueueSGDMParamState& rhs);
+};
+
+/// What the last step did (for logs).
+struct GradQueueStepInfo {
+  double mean_rho = 1.0;             ///< mean Delta-rho over all updated elements
+  int64_t window = 0;                ///< L of the first updated tensor
+  std::vector<int64_t> cluster_sizes;  ///< clustered step: |C_k|
+  int64_t kmeans_iterations = 0;
+};
+
+class GradQueueSGDM : public torch::optim::Optimizer {
+ public:
+  explicit GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                         GradQueueSGDMOptions defaults);
+  explicit GradQueueSGDM(std::vector<torch::Tensor> params, GradQueueSGDMOptions defaults);
+
+  /// Plain variant on the parameters' .grad. A closure's return value (the
+  /// batch loss) drives the window length.
+  torch::Tensor step(LossClosure closure = nullptr) override;
+
+  /// Tells the optimizer the batch loss of the coming step (instead of a closure).
+  void observe_loss(double loss);
+
+  /// Clustered variant. `losses` [B]: per-sample losses with their graph;
+  /// `features` [B, d]: per-sample features (detached). Clusters the batch into
+  /// `clusters` groups, forms each cluster's mean gradient, weights it by its
+  /// scarcity and steps. Runs the backward itself: afterwards each parameter's
+  /// .grad holds the plain batch-mean gradient. With `capture` (a
+  /// PerSampleGradients of the model being optimised) it is one backward plus
+  /// per-cluster sums from the captured layer factors; without, one autograd pass
+  /// per cluster (the reference). The mean loss drives the window length. Returns the batch-mean loss (detached).
+  torch::Tensor clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
+                               ops::PerSampleGradients* capture = nullptr);
+
+  const GradQueueStepInfo& last_step_info() const { return info_; }
+  /// Bytes of optimizer state (queues, sums, momentum) held now.
+  int64_t state_bytes() const;
+
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+  void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
+
+ private:
+  const GradQueueSGDMOptions& defaults_options() const;
+  GradQueueSGDMParamState& state_for(const torch::Tensor& p, const GradQueueSGDMOptions& o);
+  void apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
+  void after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
+
+  double loss_ema_ = 0.0;
+  bool has_loss_ema_ = false;
+  int64_t pending_trend_ = 0;  // +1 grow, -1 shrink, 0 none
+  uint64_t kmeans_calls_ = 0;
+  GradQueueStepInfo info_;
+};
+
+}  // namespace sgdx::optim

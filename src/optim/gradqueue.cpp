@@ -1,0 +1,573 @@
+#include "sgdx/optim/gradqueue.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/autograd.h>
+#include <torch/optim/serialize.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "sgdx/ops/gradqueue_step.h"
+#include "sgdx/ops/kmeans.h"
+#include "sgdx/ops/per_sample.h"
+#include "sgdx/optim/detail/param_groups.h"
+
+namespace sgdx::optim {
+
+GradQueueSGDMOptions::GradQueueSGDMOptions(double lr) : lr_(lr) {}
+
+void GradQueueSGDMOptions::validate() const {
+  const char* n = "GradQueueSGDM: ";
+  TORCH_CHECK(lr() >= 0 && std::isfinite(lr()), n, "lr must be finite and >= 0, got ", lr());
+  TORCH_CHECK(momentum() >= 0 && momentum() < 1, n, "momentum must be in [0, 1), got ", momentum());
+  TORCH_CHECK(dampening() >= 0 && dampening() <= 1, n, "dampening must be in [0, 1], got ", dampening());
+  TORCH_CHECK(!nesterov() || (momentum() > 0 && dampening() == 0), n,
+              "nesterov needs momentum > 0 and dampening = 0, got momentum ", momentum(), ", dampening ", dampening());
+  TORCH_CHECK(weight_decay() >= 0, n, "weight_decay must be >= 0, got ", weight_decay());
+  TORCH_CHECK(q_min() >= 1, n, "q_min must be >= 1, got ", q_min());
+  TORCH_CHECK(q_init() >= q_min() && q_init() <= q_max(), n, "q_init must be in [q_min, q_max] = [", q_min(), ", ",
+              q_max(), "], got ", q_init());
+  TORCH_CHECK(q_max() <= 65536, n, "q_max must be <= 65536, got ", q_max());
+  TORCH_CHECK(rho_min() > 0 && rho_min() <= rho_max() && std::isfinite(rho_max()), n,
+              "need 0 < rho_min <= rho_max < inf, got rho_min ", rho_min(), ", rho_max ", rho_max());
+  TORCH_CHECK(kappa() > 0 && std::isfinite(kappa()), n, "kappa must be finite and > 0, got ", kappa());
+  TORCH_CHECK(eps() > 0 && std::isfinite(eps()), n, "eps must be finite and > 0, got ", eps());
+  TORCH_CHECK(granularity() == GradQueueGranularity::element || granularity() == GradQueueGranularity::tensor, n,
+              "unknown granularity ", static_cast<int64_t>(granularity()));
+  TORCH_CHECK(storage() == GradQueueStorage::exact || storage() == GradQueueStorage::ema, n, "unknown storage ",
+              static_cast<int64_t>(storage()));
+  TORCH_CHECK(scope() == GradQueueScope::per_tensor || scope() == GradQueueScope::global, n, "unknown scope ",
+              static_cast<int64_t>(scope()));
+  TORCH_CHECK(resync_every() >= 0, n, "resync_every must be >= 0, got ", resync_every());
+  TORCH_CHECK(loss_beta() >= 0 && loss_beta() < 1, n, "loss_beta must be in [0, 1), got ", loss_beta());
+  TORCH_CHECK(clusters() >= 1, n, "clusters must be >= 1, got ", clusters());
+  TORCH_CHECK(kmeans_iters() >= 0, n, "kmeans_iters must be >= 0, got ", kmeans_iters());
+  TORCH_CHECK(kmeans_tol() >= 0, n, "kmeans_tol must be >= 0, got ", kmeans_tol());
+}
+
+bool operator==(const GradQueueSGDMOptions& a, const GradQueueSGDMOptions& b) {
+  return a.lr() == b.lr() && a.momentum() == b.momentum() && a.dampening() == b.dampening() &&
+         a.nesterov() == b.nesterov() && a.weight_decay() == b.weight_decay() && a.q_min() == b.q_min() &&
+         a.q_init() == b.q_init() && a.q_max() == b.q_max() && a.rho_min() == b.rho_min() &&
+         a.rho_max() == b.rho_max() && a.kappa() == b.kappa() && a.eps() == b.eps() &&
+         a.granularity() == b.granularity() && a.storage() == b.storage() && a.resync_every() == b.resync_every() &&
+         a.loss_beta() == b.loss_beta() && a.clusters() == b.clusters() && a.kmeans_iters() == b.kmeans_iters() &&
+         a.kmeans_tol() == b.kmeans_tol() && a.scope() == b.scope() && a.seed() == b.seed();
+}
+
+#define SGDX_GQ_FIELDS(X)                                                                                  \
+  X(lr, Double, double) X(momentum, Double, double) X(dampening, Double, double) X(nesterov, Bool, bool)  \
+  X(weight_decay, Double, double) X(q_min, Int, int64_t) X(q_init, Int, int64_t) X(q_max, Int, int64_t)   \
+  X(rho_min, Double, double) X(rho_max, Double, double) X(kappa, Double, double) X(eps, Double, double)    \
+  X(resync_every, Int, int64_t) X(loss_beta, Double, double) X(clusters, Int, int64_t)                    \
+  X(kmeans_iters, Int, int64_t) X(kmeans_tol, Double, double)
+
+void GradQueueSGDMOptions::serialize(torch::serialize::OutputArchive& archive) const {
+#define SGDX_W(name, Kind, T) archive.write(#name, c10::IValue(name()));
+  SGDX_GQ_FIELDS(SGDX_W)
+#undef SGDX_W
+  archive.write("granularity", c10::IValue(static_cast<int64_t>(granularity())));
+  archive.write("storage", c10::IValue(static_cast<int64_t>(storage())));
+  archive.write("scope", c10::IValue(static_cast<int64_t>(scope())));
+  archive.write("seed", c10::IValue(static_cast<int64_t>(seed())));
+}
+
+void GradQueueSGDMOptions::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue v;
+#define SGDX_R(name, Kind, T) \
+  archive.read(#name, v);     \
+  name(static_cast<T>(v.to##Kind()));
+  SGDX_GQ_FIELDS(SGDX_R)
+#undef SGDX_R
+  archive.read("granularity", v);
+  granularity(static_cast<GradQueueGranularity>(v.toInt()));
+  archive.read("storage", v);
+  storage(static_cast<GradQueueStorage>(v.toInt()));
+  archive.read("scope", v);
+  scope(static_cast<GradQueueScope>(v.toInt()));
+  archive.read("seed", v);
+  seed(static_cast<uint64_t>(v.toInt()));
+  validate();
+}
+
+double GradQueueSGDMOptions::get_lr() const { return lr(); }
+void GradQueueSGDMOptions::set_lr(const double lr) { this->lr(lr); }
+
+namespace {
+void write_opt(torch::serialize::OutputArchive& a, const char* key, const at::Tensor& t) {
+  a.write(std::string(key) + "_defined", c10::IValue(t.defined()));
+  if (t.defined()) a.write(key, t, /*is_buffer=*/true);
+}
+at::Tensor read_opt(torch::serialize::InputArchive& a, const char* key) {
+  c10::IValue v;
+  a.read(std::string(key) + "_defined", v);
+  if (!v.toBool()) return {};
+  at::Tensor t;  // a fresh tensor: reading into a defined one set_()s it in place
+  a.read(key, t, /*is_buffer=*/true);
+  return t;
+}
+}  // namespace
+
+void GradQueueSGDMParamState::serialize(torch::serialize::OutputArchive& archive) const {
+  archive.write("step", c10::IValue(step()));
+  write_opt(archive, "momentum_buffer", momentum_buffer());
+  write_opt(archive, "queue", queue());
+  write_opt(archive, "s1", s1());
+  write_opt(archive, "s2", s2());
+  archive.write("head", c10::IValue(head()));
+  archive.write("count", c10::IValue(count()));
+  archive.write("window", c10::IValue(window()));
+  archive.write("pushes", c10::IValue(pushes()));
+}
+
+void GradQueueSGDMParamState::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue v;
+  archive.read("step", v);
+  step(v.toInt());
+  momentum_buffer(read_opt(archive, "momentum_buffer"));
+  queue(read_opt(archive, "queue"));
+  s1(read_opt(archive, "s1"));
+  s2(read_opt(archive, "s2"));
+  archive.read("head", v);
+  head(v.toInt());
+  archive.read("count", v);
+  count(v.toInt());
+  archive.read("window", v);
+  window(v.toInt());
+  archive.read("pushes", v);
+  pushes(v.toInt());
+}
+
+bool operator==(const GradQueueSGDMParamState& a, const GradQueueSGDMParamState& b) {
+  auto same = [](const at::Tensor& x, const at::Tensor& y) {
+    return x.defined() == y.defined() && (!x.defined() || torch::equal(x, y));
+  };
+  return a.step() == b.step() && same(a.momentum_buffer(), b.momentum_buffer()) && same(a.queue(), b.queue()) &&
+         same(a.s1(), b.s1()) && same(a.s2(), b.s2()) && a.head() == b.head() && a.count() == b.count() &&
+         a.window() == b.window() && a.pushes() == b.pushes();
+}
+
+namespace {
+const GradQueueSGDMOptions& as_gq(const torch::optim::OptimizerOptions& o, size_t group) {
+  const auto* r = dynamic_cast<const GradQueueSGDMOptions*>(&o);
+  TORCH_CHECK(r != nullptr, "GradQueueSGDM: parameter group ", group,
+              " has options of another optimizer; pass sgdx::optim::GradQueueSGDMOptions");
+  return *r;
+}
+
+bool exact_storage(const GradQueueSGDMOptions& o) { return o.storage() == GradQueueStorage::exact; }
+
+// Queue rows of the window, oldest first.
+at::Tensor window_rows(const GradQueueSGDMParamState& st) {
+  const int64_t q = st.queue().size(0);
+  std::vector<int64_t> idx;
+  for (int64_t j = st.count(); j >= 1; --j) idx.push_back(((st.head() - j) % q + q) % q);
+  return st.queue().index_select(0, at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(st.queue().device()));
+}
+}  // namespace
+
+GradQueueSGDM::GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                             GradQueueSGDMOptions defaults)
+    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
+                std::make_unique<GradQueueSGDMOptions>(defaults)) {
+  defaults.validate();
+  for (const auto& g : param_groups) add_param_group(g);
+}
+
+GradQueueSGDM::GradQueueSGDM(std::vector<torch::Tensor> params, GradQueueSGDMOptions defaults)
+    : GradQueueSGDM({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+void GradQueueSGDM::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
+  detail::add_param_group_keeping_options<GradQueueSGDMOptions>(*this, param_group, "GradQueueSGDM");
+}
+
+const GradQueueSGDMOptions& GradQueueSGDM::defaults_options() const {
+  return static_cast<const GradQueueSGDMOptions&>(defaults());
+}
+
+void GradQueueSGDM::observe_loss(double loss) {
+  TORCH_CHECK(std::isfinite(loss), "GradQueueSGDM: the observed loss is not finite: ", loss);
+  if (!has_loss_ema_) {
+    loss_ema_ = loss;
+    has_loss_ema_ = true;
+    return;
+  }
+  const double beta = defaults_options().loss_beta();
+  const double next = beta * loss_ema_ + (1.0 - beta) * loss;
+  pending_trend_ = next < loss_ema_ ? 1 : -1;
+  loss_ema_ = next;
+}
+
+GradQueueSGDMParamState& GradQueueSGDM::state_for(const torch::Tensor& p, const GradQueueSGDMOptions& o) {
+  auto& slot = state_[p.unsafeGetTensorImpl()];
+  if (!slot) {
+    auto st = std::make_unique<GradQueueSGDMParamState>();
+    const auto opts = p.options().memory_format(at::MemoryFormat::Contiguous);
+    if (exact_storage(o)) st->queue(at::zeros({o.q_max(), p.numel()}, p.options()));
+    st->s1(at::zeros(p.sizes(), opts));
+    st->s2(at::zeros(p.sizes(), opts));
+    st->window(o.q_init());
+    slot = std::move(st);
+  }
+  auto& st = static_cast<GradQueueSGDMParamState&>(*slot);
+  TORCH_CHECK(st.s1().sizes() == p.sizes(), "GradQueueSGDM: state has shape ", st.s1().sizes(),
+              " but the parameter has ", p.sizes());
+  TORCH_CHECK(exact_storage(o) == st.queue().defined() && (!st.queue().defined() || st.queue().size(0) == o.q_max()),
+              "GradQueueSGDM: the state's queue does not match the options (storage or q_max changed mid-run)");
+  return st;
+}
+
+void GradQueueSGDM::apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const {
+  st.window(std::clamp(st.window() + pending_trend_, o.q_min(), o.q_max()));
+  if (exact_storage(o)) {
+    // Shrinking drops the oldest entries from the sums.
+    while (st.count() > st.window()) {
+      const int64_t q = o.q_max();
+      auto old = st.queue()[((st.head() - st.count()) % q + q) % q].view(st.s1().sizes());
+      st.s1().sub_(old);
+      st.s2().sub_(old * old);
+      st.count(st.count() - 1);
+    }
+  } else {
+    st.count(std::min(st.count(), st.window()));
+  }
+}
+
+void GradQueueSGDM::after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const {
+  st.pushes(st.pushes() + 1);
+  if (exact_storage(o)) {
+    st.head((st.head() + 1) % o.q_max());
+    st.count(std::min(st.count() + 1, st.window()));
+    if (o.resync_every() > 0 && st.pushes() % o.resync_every() == 0) {
+      auto rows = window_rows(st);
+      st.s1().copy_(rows.sum(0).view(st.s1().sizes()));
+      st.s2().copy_(rows.square().sum(0).view(st.s1().sizes()));
+    }
+  } else {
+    st.count(std::min(st.count() + 1, st.window()));
+  }
+}
+
+torch::Tensor GradQueueSGDM::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss = {};
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  if (loss.defined() && loss.numel() == 1) observe_loss(loss.item<double>());
+  info_ = {};
+  double rho_sum = 0.0, elements = 0.0;
+  bool first_info = true;
+  for (const auto gi : c10::irange(param_groups_.size())) {
+    auto& group = param_groups_[gi];
+    const auto& o = as_gq(group.options(), gi);
+    ops::GradQueueStepConfig c;
+    c.lr = o.lr();
+    c.momentum = o.momentum();
+    c.dampening = o.dampening();
+    c.weight_decay = o.weight_decay();
+    c.nesterov = o.nesterov();
+    c.rho_min = o.rho_min();
+    c.rho_max = o.rho_max();
+    c.kappa = o.kappa();
+    c.eps = o.eps();
+    c.per_element = o.granularity() == GradQueueGranularity::element;
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      TORCH_CHECK(!p.grad().is_sparse(), "GradQueueSGDM: sparse gradients are not supported");
+      TORCH_CHECK(p.grad().scalar_type() == p.scalar_type(), "GradQueueSGDM: gradient dtype ",
+                  p.grad().scalar_type(), " differs from parameter dtype ", p.scalar_type());
+      auto& st = state_for(p, o);
+      apply_trend(st, o);
+      st.step(st.step() + 1);
+      ops::GradQueueTensor t;
+      const bool copy_back = !p.is_contiguous();
+      t.param = copy_back ? p.contiguous() : p;
+      t.grad = p.grad().contiguous();
+      t.first_step = !st.momentum_buffer().defined();
+      if (o.momentum() != 0 && t.first_step) st.momentum_buffer(at::empty_like(t.param));
+      t.momentum = st.momentum_buffer();
+      t.s1 = st.s1();
+      t.s2 = st.s2();
+      t.stats_count = st.count() >= o.q_min() ? st.count() : 0;
+      if (exact_storage(o)) {
+        const int64_t q = o.q_max();
+        t.slot = st.queue()[st.head()];
+        if (st.count() == st.window()) t.old = st.queue()[((st.head() - st.count()) % q + q) % q];
+      } else {
+        t.ema_rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
+      }
+      rho_sum += ops::gradqueue_step_(t, c);
+      elements += static_cast<double>(p.numel());
+      if (copy_back) p.copy_(t.param);
+      after_push(st, o);
+      if (first_info) info_.window = st.window(), first_info = false;
+    }
+  }
+  pending_trend_ = 0;
+  info_.mean_rho = elements > 0 ? rho_sum / elements : 1.0;
+  return loss;
+}
+
+torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
+                                            ops::PerSampleGradients* capture) {
+  const auto& dflt = defaults_options();
+  TORCH_CHECK(losses.defined() && losses.dim() == 1 && losses.numel() >= 1,
+              "GradQueueSGDM::clustered_step: losses must be a non-empty 1-D tensor of per-sample losses, got shape ",
+              losses.defined() ? losses.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(losses.requires_grad() && losses.grad_fn(),
+              "GradQueueSGDM::clustered_step: the per-sample losses have no autograd graph");
+  TORCH_CHECK(features.defined() && features.dim() == 2,
+              "GradQueueSGDM::clustered_step: features must be 2-D [B, d], got shape ",
+              features.defined() ? features.sizes() : c10::IntArrayRef{});
+  const int64_t B = losses.size(0), K = dflt.clusters();
+  TORCH_CHECK(features.size(0) == B, "GradQueueSGDM::clustered_step: features have ", features.size(0),
+              " rows but there are ", B, " per-sample losses");
+  TORCH_CHECK(K <= B, "GradQueueSGDM::clustered_step: clusters = ", K, " exceeds the batch size ", B);
+  if (capture) {
+    TORCH_CHECK(capture->options().reduction == ops::LossReduction::mean,
+                "GradQueueSGDM::clustered_step: the capture must use LossReduction::mean");
+  }
+  // Parameters that take part (in group order).
+  struct Item {
+    at::Tensor p;
+    size_t group;
+  };
+  std::vector<Item> items;
+  std::vector<at::Tensor> params;
+  for (const auto gi : c10::irange(param_groups_.size())) {
+    for (auto& p : param_groups_[gi].params()) {
+      if (!p.requires_grad()) continue;
+      items.push_back({p, gi});
+      params.push_back(p);
+    }
+  }
+  TORCH_CHECK(!items.empty(), "GradQueueSGDM::clustered_step: no parameter requires grad");
+
+  // The batch loss drives the window length, as a closure's would.
+  observe_loss(losses.detach().mean().item<double>());
+  // 1. Clusters.
+  ops::KMeansOptions ko;
+  ko.max_iters = dflt.kmeans_iters();
+  ko.tol = dflt.kmeans_tol();
+  ko.seed = dflt.seed();
+  ko.stream = kmeans_calls_++;
+  const auto km = ops::kmeans(features.detach(), K, ko);
+  const auto assign = km.assignment.to(losses.device());
+  const auto counts = km.counts.cpu();
+  std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + K);
+
+  // 2. Per-cluster mean gradients G_k, [K, *shape] per parameter.
+  const auto mean_loss = losses.mean();
+  std::vector<at::Tensor> G(items.size());
+  if (capture) {
+    capture->attach(mean_loss, B);
+    auto grads = torch::autograd::grad({mean_loss}, params, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    auto sums = capture->group_sums(assign, K);
+    auto cap_params = capture->parameters();
+    std::unordered_map<const c10::TensorImpl*, size_t> where;
+    for (const auto k : c10::irange(cap_params.size())) where[cap_params[k].unsafeGetTensorImpl()] = k;
+    for (const auto j : c10::irange(items.size())) {
+      auto it = where.find(items[j].p.unsafeGetTensorImpl());
+      TORCH_CHECK(it != where.end() && sums[it->second].defined(), "GradQueueSGDM::clustered_step: optimised "
+                  "parameter ", j, " of shape ", items[j].p.sizes(), " is not captured by the PerSampleGradients "
+                  "(it must capture the model being optimised, without ignoring its parameters)");
+      G[j] = sums[it->second];
+    }
+  } else {
+    for (const auto j : c10::irange(items.size())) {
+      auto shape = items[j].p.sizes().vec();
+      shape.insert(shape.begin(), K);
+      G[j] = at::zeros(shape, items[j].p.options());
+    }
+    int64_t last = -1;
+    for (int64_t k = 0; k < K; ++k) if (sizes[k] > 0) last = k;
+    for (int64_t k = 0; k < K; ++k) {
+      if (sizes[k] == 0) continue;
+      auto idx = assign.eq(k).nonzero().flatten();
+      // The sum (not mean) of the cluster's losses, scaled below like the fast path.
+      auto lk = losses.index_select(0, idx).sum();
+      auto gk = torch::autograd::grad({lk}, params, {}, /*retain_graph=*/k != last, false, /*allow_unused=*/true);
+      for (const auto j : c10::irange(items.size())) {
+        if (gk[j].defined()) G[j][k].copy_(gk[j]);
+      }
+    }
+  }
+  // Sums -> means (empty clusters stay 0 and get weight 0).
+  auto inv = at::tensor(std::vector<double>(sizes.begin(), sizes.end())).clamp_min(1).reciprocal();
+  auto w = at::tensor(std::vector<double>(sizes.begin(), sizes.end())) / static_cast<double>(B);
+
+  torch::NoGradGuard no_grad;
+  // 3. Statistics per tensor and the cluster weights.
+  struct Work {
+    GradQueueSGDMParamState* st;
+    const GradQueueSGDMOptions* o;
+    at::Tensor Gk;       // [K, numel] incl. weight decay
+    at::Tensor dev;      // [K] ||G_k - mu||^2 (float64)
+    double var = 0.0;    // sum sigma^2
+    bool stats = false;
+  };
+  std::vector<Work> work(items.size());
+  for (const auto j : c10::irange(items.size())) {
+    const auto& p = items[j].p;
+    const auto& o = as_gq(param_groups_[items[j].group].options(), items[j].group);
+    auto& st = state_for(p, o);
+    apply_trend(st, o);
+    st.step(st.step() + 1);
+    auto Gk = G[j].reshape({K, -1}) * inv.to(p.device(), p.scalar_type()).unsqueeze(1);
+    if (o.weight_decay() != 0) Gk = Gk + o.weight_decay() * p.detach().reshape({1, -1});
+    Work& wk = work[j];
+    wk.st = &st;
+    wk.o = &o;
+    wk.Gk = Gk;
+    wk.stats = st.count() >= o.q_min();
+    if (wk.stats) {
+      const double n = exact_storage(o) ? static_cast<double>(st.count()) : 1.0;
+      auto mu = st.s1().reshape({1, -1}).to(at::kDouble) / n;
+      auto var = (st.s2().reshape({1, -1}).to(at::kDouble) / n - mu.square()).clamp_min(0);
+      wk.var = var.sum().item<double>();
+      wk.dev = (Gk.to(at::kDouble) - mu).square().sum(1);
+    }
+  }
+  auto rho_of = [&](const at::Tensor& dev, double var, const GradQueueSGDMOptions& o) {
+    auto z = dev.sqrt() / (std::sqrt(var) + o.eps());
+    return (o.kappa() == 1.0 ? z : z.pow(o.kappa())).clamp(o.rho_min(), o.rho_max());
+  };
+  at::Tensor global_rho;
+  if (dflt.scope() == GradQueueScope::global) {
+    bool all_stats = true;
+    at::Tensor dev = at::zeros({K}, at::kDouble);
+    double var = 0.0;
+    for (auto& wk : work) {
+      all_stats = all_stats && wk.stats;
+      if (wk.stats) dev += wk.dev.cpu(), var += wk.var;
+    }
+    global_rho = all_stats ? rho_of(dev, var, dflt) : at::ones({K}, at::kDouble);
+  }
+  // 4. G*, push of the plain mean, momentum step.
+  info_ = {};
+  info_.cluster_sizes = sizes;
+  info_.kmeans_iterations = km.iterations;
+  double rho_sum = 0.0, elements = 0.0;
+  for (const auto j : c10::irange(items.size())) {
+    auto& p = items[j].p;
+    auto& wk = work[j];
+    auto& st = *wk.st;
+    const auto& o = *wk.o;
+    at::Tensor rho = global_rho.defined()       ? global_rho
+                     : wk.stats                 ? rho_of(wk.dev.cpu(), wk.var, o)
+                                                : at::ones({K}, at::kDouble);
+    const auto wd = w.to(p.device(), at::kDouble);
+    auto coef_star = (wd * rho.to(p.device())).to(p.scalar_type());
+    auto g_star = coef_star.unsqueeze(0).mm(wk.Gk).view(p.sizes());
+    auto g_mean = wd.to(p.scalar_type()).unsqueeze(0).mm(wk.Gk).view(p.sizes());
+    // Plain batch-mean gradient (without weight decay) into .grad, as a backward would leave it.
+    auto plain = o.weight_decay() != 0 ? g_mean - o.weight_decay() * p.detach() : g_mean;
+    if (p.grad().defined()) {
+      p.mutable_grad().copy_(plain);
+    } else {
+      p.mutable_grad() = plain.clone();
+    }
+    // Push g_mean.
+    if (exact_storage(o)) {
+      const int64_t q = o.q_max();
+      auto flat = g_mean.reshape({-1});
+      if (st.count() == st.window()) {
+        auto old = st.queue()[((st.head() - st.count()) % q + q) % q].clone();
+        st.s1().sub_(old.view(p.sizes()));
+        st.s2().sub_(old.square().view(p.sizes()));
+      }
+      st.s1().add_(g_mean);
+      st.s2().add_(g_mean.square());
+      st.queue()[st.head()].copy_(flat);
+    } else {
+      const double rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
+      st.s1().add_(g_mean - st.s1(), rate);
+      st.s2().add_(g_mean.square() - st.s2(), rate);
+    }
+    after_push(st, o);
+    // Momentum step on G* (torch::optim::SGD's rule).
+    at::Tensor u = g_star;
+    if (o.momentum() != 0) {
+      if (!st.momentum_buffer().defined()) {
+        st.momentum_buffer(g_star.clone(at::MemoryFormat::Contiguous));
+      } else {
+        st.momentum_buffer().mul_(o.momentum()).add_(g_star, 1.0 - o.dampening());
+      }
+      u = o.nesterov() ? g_star + o.momentum() * st.momentum_buffer() : st.momentum_buffer();
+    }
+    p.add_(u, -o.lr());
+    rho_sum += (w * rho.cpu()).sum().item<double>() * static_cast<double>(p.numel());
+    elements += static_cast<double>(p.numel());
+    if (j == 0) info_.window = st.window();
+  }
+  pending_trend_ = 0;
+  info_.mean_rho = elements > 0 ? rho_sum / elements : 1.0;
+  return mean_loss.detach();
+}
+
+int64_t GradQueueSGDM::state_bytes() const {
+  int64_t total = 0;
+  for (const auto& [key, s] : state_) {
+    const auto& st = static_cast<const GradQueueSGDMParamState&>(*s);
+    for (const auto* t : {&st.momentum_buffer(), &st.queue(), &st.s1(), &st.s2()}) {
+      if (t->defined()) total += t->numel() * static_cast<int64_t>(t->element_size());
+    }
+  }
+  return total;
+}
+
+void GradQueueSGDM::save(torch::serialize::OutputArchive& archive) const {
+  torch::optim::serialize<GradQueueSGDMParamState, GradQueueSGDMOptions>(archive, *this);
+  archive.write("gradqueue_loss_ema", c10::IValue(loss_ema_));
+  archive.write("gradqueue_has_loss_ema", c10::IValue(has_loss_ema_));
+  archive.write("gradqueue_pending_trend", c10::IValue(pending_trend_));
+  archive.write("gradqueue_kmeans_calls", c10::IValue(static_cast<int64_t>(kmeans_calls_)));
+  // The optimizer-wide settings (loss_beta, clusters, k-means, scope, seed) live in the defaults.
+  torch::serialize::OutputArchive d;
+  defaults_options().serialize(d);
+  archive.write("gradqueue_defaults", d);
+}
+
+void GradQueueSGDM::load(torch::serialize::InputArchive& archive) {
+  torch::optim::serialize<GradQueueSGDMParamState, GradQueueSGDMOptions>(archive, *this);
+  c10::IValue v;
+  archive.read("gradqueue_loss_ema", v);
+  loss_ema_ = v.toDouble();
+  archive.read("gradqueue_has_loss_ema", v);
+  has_loss_ema_ = v.toBool();
+  archive.read("gradqueue_pending_trend", v);
+  pending_trend_ = v.toInt();
+  archive.read("gradqueue_kmeans_calls", v);
+  kmeans_calls_ = static_cast<uint64_t>(v.toInt());
+  torch::serialize::InputArchive d;
+  archive.read("gradqueue_defaults", d);
+  static_cast<GradQueueSGDMOptions&>(defaults()).serialize(d);
+  for (const auto gi : c10::irange(param_groups_.size())) {
+    const auto& o = as_gq(param_groups_[gi].options(), gi);
+    for (auto& p : param_groups_[gi].params()) {
+      auto it = state_.find(p.unsafeGetTensorImpl());
+      if (it == state_.end()) continue;
+      auto& st = static_cast<GradQueueSGDMParamState&>(*it->second);
+      TORCH_CHECK(st.s1().defined() && st.s1().sizes() == p.sizes(), "GradQueueSGDM::load: saved state has shape ",
+                  st.s1().defined() ? st.s1().sizes() : c10::IntArrayRef{}, " but the parameter has ", p.sizes());
+      TORCH_CHECK(st.s1().scalar_type() == p.scalar_type(), "GradQueueSGDM::load: saved state has dtype ",
+                  st.s1().scalar_type(), " but the parameter has ", p.scalar_type());
+      TORCH_CHECK(exact_storage(o) == st.queue().defined() &&
+                      (!st.queue().defined() || st.queue().size(0) == o.q_max()),
+                  "GradQueueSGDM::load: the saved queue does not match the options' storage/q_max");
+      auto to_dev = [&](const at::Tensor& t) { return t.defined() ? t.to(p.device()).contiguous() : t; };
+      st.s1(to_dev(st.s1()));
+      st.s2(to_dev(st.s2()));
+      st.queue(to_dev(st.queue()));
+      st.momentum_buffer(to_dev(st.momentum_buffer()));
+    }
+  }
+}
+
+}  // namespace sgdx::optim
