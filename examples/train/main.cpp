@@ -69,22 +69,23 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", cfg.data_dir, "Directory with the dataset's files (default: Debian's for fashion-mnist, $SGDX_DATA_DIR/<dataset> otherwise)");
   app.add_option("--model", cfg.model, "mlp, cnn or resnet")->check(CLI::IsMember(sgdx::models::model_names()))->capture_default_str();
-  auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam, rsgd or svrg")
+  auto* opt_flag = app.add_option("--optimizer", optimizer, "sgd, sgdm, nesterov, adam, rsgd, svrg or gqsgdm (GradQueue-SGDM)")
                        ->check(CLI::IsMember(sgdx_train::optimizer_names()))
                        ->capture_default_str();
   app.add_option("--compare", compare,
                  "Comma-separated runs to train one after another and compare: optimizer[@balance[:tau]], "
-                 "e.g. sgd,sgdm,rsgd,adam or sgdm@ts:1,sgdm@ts:5,sgdm@cooldown:5,sgdm@scalarize:5")
+                 "e.g. sgd,sgdm,rsgd,adam or sgdm@ts:1,sgdm@ts:5,sgdm@cooldown:5,sgdm@scalarize:5; gqsgdm-kN is "
+                 "GradQueue-SGDM with N clusters, e.g. sgdm,gqsgdm,gqsgdm-k4")
       ->excludes(opt_flag);
   // (compare items: optimizer[@balance[:tau]][+sampling], e.g. sgdm+upper-bound)
-  app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd 0.01, adam 0.001)")
+  app.add_option("--lr", lr, "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd/gqsgdm 0.01, adam 0.001)")
       ->check(bounded_below(0, false));
   app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(bounded_below(0, true))->capture_default_str();
   app.add_option("--epochs", cfg.epochs, "Training epochs")->check(bounded_below(0, true))->capture_default_str();
   app.add_option("--seed", seed, "First seed (model init, data order, R-SGD draws)")->capture_default_str();
   app.add_option("--seeds", seeds, "Number of seeds per optimizer (seed, seed+1, ...)")->check(bounded_below(0, true))->capture_default_str();
   app.add_option("--device", cfg.device, "auto (cuda when available), cpu or cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
-  app.add_option("--momentum", cfg.momentum, "Momentum of sgdm and nesterov")->capture_default_str();
+  app.add_option("--momentum", cfg.momentum, "Momentum of sgdm, nesterov and gqsgdm")->capture_default_str();
   app.add_option("--weight-decay", cfg.weight_decay, "L2 weight decay for every optimizer")->check(bounded_below(0, false))->capture_default_str();
   app.add_option("--schedule", cfg.schedule, "Learning-rate schedule: constant or cosine (per step, to 0)")->check(CLI::IsMember({"constant", "cosine"}))->capture_default_str();
   app.add_option("--rsgd-gamma", cfg.rsgd_gamma, "R-SGD: per-step decay of the non-reinforcement probability, in (0, 1)")->capture_default_str();
@@ -92,6 +93,23 @@ int main(int argc, char** argv) {
   app.add_option("--rsgd-max-prob", cfg.rsgd_max_prob, "R-SGD: cap on the reinforcement probability, in [0, 1]")->capture_default_str();
   app.add_option("--rsgd-granularity", cfg.rsgd_granularity, "R-SGD: element or tensor")->capture_default_str();
   app.add_option("--rsgd-memory", cfg.rsgd_memory, "R-SGD: accumulated or previous")->capture_default_str();
+  app.add_option("--clusters", cfg.clusters,
+                 "GradQueue: k-means clusters per batch on the last Linear's inputs (1: plain variant)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--gq-granularity", cfg.gq_granularity, "GradQueue plain variant: element or tensor scarcity")
+      ->check(CLI::IsMember({"element", "tensor"}))
+      ->capture_default_str();
+  app.add_option("--gq-scope", cfg.gq_scope, "GradQueue clustered: per-tensor or global cluster weights")
+      ->check(CLI::IsMember({"per-tensor", "global"}))
+      ->capture_default_str();
+  app.add_option("--gq-path", cfg.gq_path,
+                 "GradQueue clustered: fast (per-sample capture) or reference (one backward per cluster)")
+      ->check(CLI::IsMember({"fast", "reference"}))
+      ->capture_default_str();
+  app.add_option("--gq-storage", cfg.gq_storage, "GradQueue: exact (queue of q_max gradients) or ema (no queue)")
+      ->check(CLI::IsMember({"exact", "ema"}))
+      ->capture_default_str();
   app.add_option("--imbalance", cfg.imbalance,
                  "Make the training set long-tailed: class c keeps n_0 * R^(-c/(C-1)) examples (R >= 1; 0: off). "
                  "The test set stays as it is; head/tail accuracy is reported")

@@ -12,6 +12,7 @@
 #include "sgdx/data/temperature.h"
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/models/models.h"
+#include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"
 
@@ -21,14 +22,14 @@ thread_local double last_grad_sq_ = 0;  // squared gradient norm of the last ste
 }  // namespace
 
 const std::vector<std::string>& optimizer_names() {
-  static const std::vector<std::string> names = {"sgd", "sgdm", "nesterov", "adam", "rsgd", "svrg"};
+  static const std::vector<std::string> names = {"sgd", "sgdm", "nesterov", "adam", "rsgd", "svrg", "gqsgdm"};
   return names;
 }
 
 double default_lr(const std::string& optimizer) {
   if (optimizer == "sgd") return 0.1;
   if (optimizer == "adam") return 1e-3;
-  return 0.01;  // sgdm, nesterov, rsgd: momentum-like methods
+  return 0.01;  // sgdm, nesterov, rsgd, gqsgdm: momentum-like methods
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
@@ -63,7 +64,29 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
     // n and b are set by the trainer (train_one); these are placeholders for validation.
     return std::make_unique<sgdx::optim::SVRG>(params, sgdx::optim::SVRGOptions(lr).n(1).b(1).l2(cfg.weight_decay));
   }
-  TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg)");
+  if (name == "gqsgdm") {
+    namespace so = sgdx::optim;
+    TORCH_CHECK(cfg.momentum >= 0 && cfg.momentum < 1, "momentum must be in [0, 1), got ", cfg.momentum);
+    TORCH_CHECK(cfg.gq_granularity == "element" || cfg.gq_granularity == "tensor",
+                "gq granularity must be element or tensor, got '", cfg.gq_granularity, "'");
+    TORCH_CHECK(cfg.gq_scope == "per-tensor" || cfg.gq_scope == "global", "gq scope must be per-tensor or global, got '",
+                cfg.gq_scope, "'");
+    TORCH_CHECK(cfg.gq_storage == "exact" || cfg.gq_storage == "ema", "gq storage must be exact or ema, got '",
+                cfg.gq_storage, "'");
+    TORCH_CHECK(cfg.gq_path == "fast" || cfg.gq_path == "reference", "gq path must be fast or reference, got '",
+                cfg.gq_path, "'");
+    TORCH_CHECK(cfg.clusters >= 1, "--clusters must be >= 1, got ", cfg.clusters);
+    auto opts = so::GradQueueSGDMOptions(lr)
+                    .momentum(cfg.momentum)
+                    .weight_decay(cfg.weight_decay)
+                    .granularity(cfg.gq_granularity == "tensor" ? so::GradQueueGranularity::tensor
+                                                                : so::GradQueueGranularity::element)
+                    .scope(cfg.gq_scope == "global" ? so::GradQueueScope::global : so::GradQueueScope::per_tensor)
+                    .storage(cfg.gq_storage == "ema" ? so::GradQueueStorage::ema : so::GradQueueStorage::exact)
+                    .clusters(cfg.clusters);
+    return std::make_unique<so::GradQueueSGDM>(params, opts);
+  }
+  TORCH_CHECK(false, "unknown optimizer '", name, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg, gqsgdm)");
 }
 
 RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
@@ -90,9 +113,30 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
       }
     }
   }
+  if (spec.optimizer.rfind("gqsgdm-k", 0) == 0) {
+    const auto k_text = spec.optimizer.substr(8);
+    int64_t k = 0;
+    try {
+      size_t used = 0;
+      k = std::stoll(k_text, &used);
+      if (used != k_text.size()) k = 0;
+    } catch (const std::exception&) {
+      k = 0;
+    }
+    TORCH_CHECK(k >= 1, "'", item_in, "': the cluster count of gqsgdm-kN must be an integer >= 1, got '", k_text, "'");
+    spec.optimizer = "gqsgdm";
+    spec.clusters = k;
+  } else {
+    spec.clusters = spec.optimizer == "gqsgdm" ? cfg.clusters : 1;
+  }
+  TORCH_CHECK(spec.clusters >= 1, "--clusters must be >= 1, got ", spec.clusters);
+  if (spec.optimizer == "gqsgdm" && spec.clusters > 1 && spec.label.find("gqsgdm-k") == std::string::npos)
+    spec.label.replace(spec.label.find("gqsgdm"), 6, "gqsgdm-k" + std::to_string(spec.clusters));
   const auto& known = optimizer_names();
   TORCH_CHECK(std::find(known.begin(), known.end(), spec.optimizer) != known.end(), "unknown optimizer '",
-              spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg)");
+              spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg, gqsgdm, gqsgdm-kN)");
+  TORCH_CHECK(spec.clusters == 1 || (spec.sampling == "uniform" && spec.balance == "none"), "'", item_in,
+              "': the clustered GradQueue step cannot be combined with importance sampling or class balancing");
   TORCH_CHECK(spec.balance == "none" || spec.balance == "ts" || spec.balance == "scalarize" || spec.balance == "cooldown",
               "unknown balance '", spec.balance, "' in '", item, "' (choose none, ts, scalarize or cooldown)");
   TORCH_CHECK(spec.tau > 0 && std::isfinite(spec.tau), "tau must be > 0, got ", spec.tau, " in '", item, "'");
@@ -214,6 +258,13 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
   if (auto* r = dynamic_cast<sgdx::optim::RSGD*>(optimizer.get())) {
     for (auto& g : r->param_groups()) static_cast<sgdx::optim::RSGDOptions&>(g.options()).seed(static_cast<uint64_t>(seed));
   }
+  auto* gq = dynamic_cast<sgdx::optim::GradQueueSGDM*>(optimizer.get());
+  if (gq != nullptr) {
+    static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq->defaults()).clusters(spec.clusters).seed(static_cast<uint64_t>(seed));
+  }
+  const bool clustered = gq != nullptr && spec.clusters > 1;
+  std::optional<sgdx::ops::PerSampleGradients> gq_capture;
+  if (clustered && cfg.gq_path == "fast") gq_capture.emplace(*model);
 
   auto train = data.train;
   if (cfg.train_subset > 0 && cfg.train_subset < train.inputs().size(0)) {
@@ -273,9 +324,16 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     optimizer->zero_grad();
     std::optional<sgdx::ops::PerSampleGradients> cap;
     if (scores != nullptr && spec.sampling == "exact") cap.emplace(*model);
-    auto logits = model->forward(x);
-    at::Tensor loss;
-    if (weights.defined()) {
+    at::Tensor logits, features, loss;
+    if (clustered) {
+      std::tie(logits, features) = model->forward_features(x);
+    } else {
+      logits = model->forward(x);
+    }
+    if (clustered) {
+      // k-means on the last Linear's inputs, scarcity-weighted cluster gradients, momentum step.
+      loss = gq->clustered_step(per_example_ce(logits, y), features.detach(), gq_capture ? &*gq_capture : nullptr);
+    } else if (weights.defined()) {
       loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
     } else if (class_weights.defined()) {
       loss = (class_weights.index_select(0, y) * per_example_ce(logits, y)).mean();  // mean of w*l, not / sum(w)
@@ -283,7 +341,9 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
       loss = torch::nn::functional::cross_entropy(logits, y);
     }
     if (cap) cap->attach(loss, x.size(0));
-    if (svrg != nullptr) {
+    if (clustered) {
+      // clustered_step ran the backward and the step.
+    } else if (svrg != nullptr) {
       // The same minibatch at the snapshot and at the current point.
       loss = svrg->step([&] {
         auto l = torch::nn::functional::cross_entropy(model->forward(x), y);
@@ -305,7 +365,8 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     for (auto& p : model->parameters())
       if (p.grad().defined()) grads.push_back(p.grad());
     last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-    if (svrg == nullptr) optimizer->step();
+    if (gq != nullptr && !clustered) gq->observe_loss(loss.item<double>());  // drives the queue length
+    if (svrg == nullptr && !clustered) optimizer->step();
     ++step;
     const double l = loss.item<double>();
     TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label, ", lr ",

@@ -33,13 +33,20 @@ struct TrainConfig {
   int64_t presample = 0;        ///< K&F presampling ratio (0: off)
   double mix = 0.1;             ///< importance sampling: uniform mixing eps
   double score_beta = 0.0;      ///< importance sampling: score smoothing
+  int64_t clusters = 1;          ///< GradQueue: k-means clusters per batch (1: plain variant)
+  std::string gq_granularity = "element";  ///< GradQueue plain variant: element | tensor
+  std::string gq_scope = "per-tensor";     ///< GradQueue clustered: per-tensor | global
+  std::string gq_path = "fast";            ///< GradQueue clustered: fast | reference
+  std::string gq_storage = "exact";        ///< GradQueue: exact | ema
 };
 
-/// One training configuration of a comparison: "optimizer[@balance[:tau]][+sampling]".
+/// One training configuration of a comparison: "optimizer[@balance[:tau]][+sampling]";
+/// the optimizer "gqsgdm-kN" is GradQueue-SGDM with N clusters.
 struct RunSpec {
   std::string label, optimizer, balance;
   double tau = 5.0;
   std::string sampling = "uniform";
+  int64_t clusters = 1;
 };
 
 /// Parses a --compare item; balance and tau default to the config's.

@@ -26,6 +26,13 @@ MLP::MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes) {
 
 torch::Tensor MLP::forward(torch::Tensor x) { return net_->forward(x.flatten(1)); }
 
+std::pair<torch::Tensor, torch::Tensor> MLP::forward_features(torch::Tensor x) {
+  auto h = x.flatten(1);
+  auto it = net_->begin();
+  for (size_t i = 0; i + 1 < net_->size(); ++i, ++it) h = it->forward<torch::Tensor>(h);
+  return {it->forward<torch::Tensor>(h), h};
+}
+
 SmallCNN::SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t classes) {
   features_ = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(channels, 32, 5).padding(2)), nn::ReLU(),
                              nn::MaxPool2d(2),
@@ -38,6 +45,13 @@ SmallCNN::SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t clas
 }
 
 torch::Tensor SmallCNN::forward(torch::Tensor x) { return head_->forward(features_->forward(x)); }
+
+std::pair<torch::Tensor, torch::Tensor> SmallCNN::forward_features(torch::Tensor x) {
+  auto h = features_->forward(x);
+  auto it = head_->begin();
+  for (size_t i = 0; i + 1 < head_->size(); ++i, ++it) h = it->forward<torch::Tensor>(h);
+  return {it->forward<torch::Tensor>(h), h};
+}
 
 namespace {
 
@@ -86,6 +100,11 @@ ResNetCifar::ResNetCifar(int64_t channels, int64_t classes, int64_t blocks_per_s
 }
 
 torch::Tensor ResNetCifar::forward(torch::Tensor x) { return head_->forward(body_->forward(x)); }
+
+std::pair<torch::Tensor, torch::Tensor> ResNetCifar::forward_features(torch::Tensor x) {
+  auto h = body_->forward(x);
+  return {head_->forward(h), h};
+}
 
 const std::vector<std::string>& model_names() {
   static const std::vector<std::string> names = {"mlp", "cnn", "resnet"};

@@ -1,3 +1,9 @@
+// The fused GradQueue-SGDM step on CPU. Every loop is branch-free inside (the
+// options are template parameters) so that GCC vectorises it, and the hot
+// functions are compiled for AVX-512, AVX2 and baseline x86-64 (target_clones).
+// Reductions (sum of Delta-rho, tensor moments) go through 16 lane
+// accumulators per tile and fixed blocks, so the result does not depend on the
+// thread count (a resumed run is bit-identical).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
@@ -11,119 +17,264 @@
 namespace sgdx::ops {
 namespace {
 
-// Fixed blocks so that the reductions do not depend on the thread count
-// (a resumed run must be bit-identical).
-constexpr int64_t kBlock = 1 << 15;
+constexpr int64_t kBlock = 1 << 15;  // elements per parallel work item
+constexpr int64_t kTile = 256;       // elements per inner tile
+constexpr int kLanes = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SGDX_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SGDX_MULTIVERSION
+#endif
+#define SGDX_INLINE __attribute__((always_inline)) inline
 
 template <typename T>
 struct Ptrs {
-  T *p, *g, *v, *s1, *s2, *slot;
-  const T* old;
+  T* __restrict__ p;
+  const T* __restrict__ g;
+  T* __restrict__ v;
+  T* __restrict__ s1;
+  T* __restrict__ s2;
+  T* __restrict__ slot;
+  const T* __restrict__ old;  // null when there is no leaving row or it is `slot` itself (old_in_slot)
 };
 
 template <typename T>
-inline double clip_rho(double z, const GradQueueStepConfig& c) {
-  const double r = c.kappa == 1.0 ? z : std::pow(z, c.kappa);
-  return std::clamp(r, c.rho_min, c.rho_max);
-}
+struct Scalars {
+  T wd, lr, mom, damp1, inv_n, eps, inv_zref, rmin, rmax, rate, rho_fixed, kappa;
+};
 
-// The update of elements [i0, i1). kPerElement: Delta-rho from each element's
-// z-score; otherwise `rho` for all. kExact: window sums, else running moments.
-template <typename T, bool kPerElement, bool kExact>
-double update_range(const Ptrs<T>& P, int64_t i0, int64_t i1, const GradQueueTensor& t,
-                    const GradQueueStepConfig& c, bool stats, double rho_tensor) {
-  const T wd = static_cast<T>(c.weight_decay), lr = static_cast<T>(c.lr);
-  const T mom = static_cast<T>(c.momentum), damp1 = static_cast<T>(1.0 - c.dampening);
-  const T inv_n = stats && kExact ? static_cast<T>(1.0 / double(t.stats_count)) : T(1);
-  const T eps = static_cast<T>(c.eps), inv_zref = static_cast<T>(1.0 / kGradQueueZRef);
-  const T rmin = static_cast<T>(c.rho_min), rmax = static_cast<T>(c.rho_max);
-  const T rate = static_cast<T>(t.ema_rate);
-  const bool kappa1 = c.kappa == 1.0, use_mom = c.momentum != 0.0, first = t.first_step;
-  const bool nesterov = c.nesterov;
-  const T rho_fixed = stats ? static_cast<T>(rho_tensor) : T(1);
-  double rho_sum = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    const T d = P.g[i] + wd * P.p[i];
+// kMom: 0 none, 1 heavy ball first step, 2 heavy ball, 3 nesterov first step, 4 nesterov.
+template <typename T, bool kElem, bool kExact, int kOld, bool kStats, bool kKappa1, int kMom>
+SGDX_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Scalars<T>& s, T* __restrict__ rho_out) {
+  T* __restrict__ p = P.p + i0;
+  const T* __restrict__ g = P.g + i0;
+  T* __restrict__ v = P.v ? P.v + i0 : nullptr;
+  T* __restrict__ s1 = P.s1 + i0;
+  T* __restrict__ s2 = P.s2 + i0;
+  T* __restrict__ slot = kExact ? P.slot + i0 : nullptr;
+  const T* __restrict__ old = kOld == 1 ? P.old + i0 : nullptr;
+  // Locals, not loads through `s` (which the stores could alias): lets GCC vectorise.
+  const T wd = s.wd, lr = s.lr, mom = s.mom, damp1 = s.damp1, inv_n = s.inv_n, eps = s.eps;
+  const T inv_zref = s.inv_zref, rmin = s.rmin, rmax = s.rmax, rate = s.rate, rho_fixed = s.rho_fixed;
+  const T kappa = s.kappa;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < len; ++i) {
+    const T d = g[i] + wd * p[i];
     T rho = rho_fixed;
-    if constexpr (kPerElement) {
-      if (stats) {
-        const T mu = P.s1[i] * inv_n;
-        const T var = P.s2[i] * inv_n - mu * mu;
-        const T sigma = std::sqrt(std::max(var, T(0)));
-        const T z = std::abs(d - mu) / (sigma + eps) * inv_zref;
-        rho = std::clamp(kappa1 ? z : static_cast<T>(std::pow(z, static_cast<T>(c.kappa))), rmin, rmax);
-      }
-      rho_sum += static_cast<double>(rho);
+    if constexpr (kElem && kStats) {
+      const T mu = s1[i] * inv_n;
+      const T var = s2[i] * inv_n - mu * mu;
+      const T sigma = std::sqrt(var > T(0) ? var : T(0));
+      const T z = std::abs(d - mu) / (sigma + eps) * inv_zref;
+      const T zk = kKappa1 ? z : static_cast<T>(std::pow(z, kappa));
+      rho = std::min(std::max(zk, rmin), rmax);
     }
+    if constexpr (kElem) rho_out[i] = rho;
     const T gh = rho * d;
     if constexpr (kExact) {
-      const T o = P.old ? P.old[i] : T(0);
-      P.s1[i] += d - o;
-      P.s2[i] += d * d - o * o;
-      P.slot[i] = d;
+      T o = T(0);
+      if constexpr (kOld == 1) o = old[i];
+      if constexpr (kOld == 2) o = slot[i];  // the leaving row is the one being overwritten
+      s1[i] += d - o;
+      s2[i] += d * d - o * o;
+      slot[i] = d;
     } else {
-      P.s1[i] += rate * (d - P.s1[i]);
-      P.s2[i] += rate * (d * d - P.s2[i]);
+      s1[i] += rate * (d - s1[i]);
+      s2[i] += rate * (d * d - s2[i]);
     }
     T u = gh;
-    if (use_mom) {
-      const T v = first ? gh : mom * P.v[i] + damp1 * gh;
-      P.v[i] = v;
-      u = nesterov ? gh + mom * v : v;
+    if constexpr (kMom == 1 || kMom == 3) {
+      v[i] = gh;
+      u = kMom == 3 ? gh + mom * gh : gh;
+    } else if constexpr (kMom == 2 || kMom == 4) {
+      const T nv = mom * v[i] + damp1 * gh;
+      v[i] = nv;
+      u = kMom == 4 ? gh + mom * nv : nv;
     }
-    P.p[i] -= lr * u;
+    p[i] -= lr * u;
   }
-  return rho_sum;
 }
 
-// Sum of (d - mu)^2 and of sigma^2 over [i0, i1).
+// Elements [b0, b1) (whole tiles but the last); returns the sum of Delta-rho.
+template <typename T, bool kElem, bool kExact, int kOld, bool kStats, bool kKappa1, int kMom>
+SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s) {
+  alignas(64) T rho[kTile];
+  double acc[kLanes] = {};
+  for (int64_t t = b0; t < b1; t += kTile) {
+    const int64_t len = std::min(kTile, b1 - t);
+    update_tile<T, kElem, kExact, kOld, kStats, kKappa1, kMom>(P, t, len, s, rho);
+    if constexpr (kElem) {
+      if (len == kTile) {
+        for (int64_t j = 0; j < kTile; j += kLanes)
+          for (int l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(rho[j + l]);
+      } else {
+        for (int64_t j = 0; j < len; ++j) acc[j % kLanes] += static_cast<double>(rho[j]);
+      }
+    }
+  }
+  double total = 0;
+  for (double a : acc) total += a;
+  return total;
+}
+
 template <typename T, bool kExact>
-std::pair<double, double> tensor_moments(const Ptrs<T>& P, int64_t i0, int64_t i1, const GradQueueTensor& t,
-                                         const GradQueueStepConfig& c) {
-  const T wd = static_cast<T>(c.weight_decay);
-  const T inv_n = kExact ? static_cast<T>(1.0 / double(t.stats_count)) : T(1);
-  double dev = 0.0, var_sum = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    const T d = P.g[i] + wd * P.p[i];
-    const T mu = P.s1[i] * inv_n;
-    const T var = P.s2[i] * inv_n - mu * mu;
-    dev += static_cast<double>((d - mu) * (d - mu));
-    var_sum += static_cast<double>(std::max(var, T(0)));
+SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, double* dev_out,
+                               double* var_out) {
+  double dev[kLanes] = {}, var[kLanes] = {};
+  alignas(64) T a[kTile], b[kTile];
+  for (int64_t t = b0; t < b1; t += kTile) {
+    const int64_t len = std::min(kTile, b1 - t);
+    const T* __restrict__ p = P.p + t;
+    const T* __restrict__ g = P.g + t;
+    const T* __restrict__ s1 = P.s1 + t;
+    const T* __restrict__ s2 = P.s2 + t;
+    const T wd = s.wd, inv_n = s.inv_n;
+    for (int64_t i = 0; i < len; ++i) {
+      const T d = g[i] + wd * p[i];
+      const T mu = s1[i] * inv_n;
+      const T v = s2[i] * inv_n - mu * mu;
+      a[i] = (d - mu) * (d - mu);
+      b[i] = v > T(0) ? v : T(0);
+    }
+    if (len == kTile) {
+      for (int64_t j = 0; j < kTile; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) dev[l] += static_cast<double>(a[j + l]), var[l] += static_cast<double>(b[j + l]);
+    } else {
+      for (int64_t j = 0; j < len; ++j) dev[j % kLanes] += static_cast<double>(a[j]), var[j % kLanes] += static_cast<double>(b[j]);
+    }
   }
-  return {dev, var_sum};
+  double sd = 0, sv = 0;
+  for (int l = 0; l < kLanes; ++l) sd += dev[l], sv += var[l];
+  *dev_out = sd;
+  *var_out = sv;
 }
 
-template <typename T, bool kPerElement, bool kExact>
+struct Flags {
+  bool elem, exact, stats, kappa1;
+  int old;  // 0 none, 1 separate row, 2 the slot itself
+  int mom;
+};
+
+// One multiversioned entry per dtype; the switch picks the instantiation.
+template <typename T>
+SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+#define SGDX_GQ_MOM(E, X, O, S, K)                                                     \
+  switch (f.mom) {                                                                   \
+    case 0: return update_block<T, E, X, O, S, K, 0>(P, b0, b1, s);                  \
+    case 1: return update_block<T, E, X, O, S, K, 1>(P, b0, b1, s);                  \
+    case 2: return update_block<T, E, X, O, S, K, 2>(P, b0, b1, s);                  \
+    case 3: return update_block<T, E, X, O, S, K, 3>(P, b0, b1, s);                  \
+    default: return update_block<T, E, X, O, S, K, 4>(P, b0, b1, s);                 \
+  }
+#define SGDX_GQ_K(E, X, O, S) \
+  if (f.kappa1) { SGDX_GQ_MOM(E, X, O, S, true) } else { SGDX_GQ_MOM(E, X, O, S, false) }
+#define SGDX_GQ_S(E, X, O) \
+  if (f.stats) { SGDX_GQ_K(E, X, O, true) } else { SGDX_GQ_MOM(E, X, O, false, true) }
+#define SGDX_GQ_X(E)                                        \
+  if (f.exact) {                                            \
+    if (f.old == 1) { SGDX_GQ_S(E, true, 1) } else if (f.old == 2) { SGDX_GQ_S(E, true, 2) } else { SGDX_GQ_S(E, true, 0) } \
+  } else {                                                  \
+    SGDX_GQ_S(E, false, 0)                                  \
+  }
+  if (f.elem) {
+    SGDX_GQ_X(true)
+  } else {
+    SGDX_GQ_X(false)
+  }
+#undef SGDX_GQ_X
+#undef SGDX_GQ_S
+#undef SGDX_GQ_K
+#undef SGDX_GQ_MOM
+}
+
+SGDX_MULTIVERSION double update_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
+                                    const Flags& f) {
+  return dispatch_update<float>(P, b0, b1, s, f);
+}
+SGDX_MULTIVERSION double update_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
+                                    const Flags& f) {
+  return dispatch_update<double>(P, b0, b1, s, f);
+}
+SGDX_MULTIVERSION void moments_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool exact,
+                                   double* dev, double* var) {
+  if (exact) moments_block<float, true>(P, b0, b1, s, dev, var);
+  else moments_block<float, false>(P, b0, b1, s, dev, var);
+}
+SGDX_MULTIVERSION void moments_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool exact,
+                                   double* dev, double* var) {
+  if (exact) moments_block<double, true>(P, b0, b1, s, dev, var);
+  else moments_block<double, false>(P, b0, b1, s, dev, var);
+}
+inline double update_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, const Flags& f) {
+  return update_f32(P, b0, b1, s, f);
+}
+inline double update_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, const Flags& f) {
+  return update_f64(P, b0, b1, s, f);
+}
+inline void moments_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool e, double* d,
+                        double* v) {
+  moments_f32(P, b0, b1, s, e, d, v);
+}
+inline void moments_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool e, double* d,
+                        double* v) {
+  moments_f64(P, b0, b1, s, e, d, v);
+}
+
+template <typename T>
 double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
-  Ptrs<T> P{t.param.data_ptr<T>(), t.grad.data_ptr<T>(),
+  const bool exact = t.ema_rate == 0.0;
+  Ptrs<T> P{t.param.data_ptr<T>(), t.grad.const_data_ptr<T>(),
             t.momentum.defined() ? t.momentum.data_ptr<T>() : nullptr,
             t.s1.data_ptr<T>(), t.s2.data_ptr<T>(),
-            t.slot.defined() ? t.slot.data_ptr<T>() : nullptr,
-            t.old.defined() ? t.old.const_data_ptr<T>() : nullptr};
+            t.slot.defined() ? t.slot.data_ptr<T>() : nullptr, nullptr};
+  const bool old_in_slot = t.old.defined() && t.slot.defined() && t.old.is_same(t.slot);
+  const bool old_same_memory = t.old.defined() && t.slot.defined() && t.old.const_data_ptr() == t.slot.const_data_ptr();
+  if (t.old.defined() && !old_in_slot && !old_same_memory) P.old = t.old.const_data_ptr<T>();
   const int64_t n = t.param.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const bool stats = t.stats_count > 0;
+  Scalars<T> s;
+  s.wd = static_cast<T>(c.weight_decay);
+  s.lr = static_cast<T>(c.lr);
+  s.mom = static_cast<T>(c.momentum);
+  s.damp1 = static_cast<T>(1.0 - c.dampening);
+  s.inv_n = stats && exact ? static_cast<T>(1.0 / double(t.stats_count)) : T(1);
+  s.eps = static_cast<T>(c.eps);
+  s.inv_zref = static_cast<T>(1.0 / kGradQueueZRef);
+  s.rmin = static_cast<T>(c.rho_min);
+  s.rmax = static_cast<T>(c.rho_max);
+  s.rate = static_cast<T>(t.ema_rate);
+  s.kappa = static_cast<T>(c.kappa);
+  s.rho_fixed = T(1);
   double rho_tensor = 1.0;
-  if (!kPerElement && stats) {
-    std::vector<std::pair<double, double>> part(blocks);
+  if (!c.per_element && stats) {
+    std::vector<double> dev(blocks), var(blocks);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        part[b] = tensor_moments<T, kExact>(P, b * kBlock, std::min(n, (b + 1) * kBlock), t, c);
+        moments_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, exact, &dev[b], &var[b]);
     });
-    double dev = 0.0, var = 0.0;
-    for (const auto& [a, v] : part) dev += a, var += v;
-    rho_tensor = clip_rho<T>(std::sqrt(dev) / (std::sqrt(var) + c.eps), c);
+    double sd = 0.0, sv = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) sd += dev[b], sv += var[b];
+    const double z = std::sqrt(sd) / (std::sqrt(sv) + c.eps);
+    rho_tensor = std::clamp(c.kappa == 1.0 ? z : std::pow(z, c.kappa), c.rho_min, c.rho_max);
+    s.rho_fixed = static_cast<T>(rho_tensor);
   }
+  Flags f;
+  f.elem = c.per_element;
+  f.exact = exact;
+  f.old = !exact || !t.old.defined() ? 0 : (P.old != nullptr ? 1 : 2);
+  f.stats = stats;
+  f.kappa1 = c.kappa == 1.0;
+  f.mom = c.momentum == 0.0 ? 0 : (c.nesterov ? (t.first_step ? 3 : 4) : (t.first_step ? 1 : 2));
   std::vector<double> rho_part(blocks, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      rho_part[b] = update_range<T, kPerElement, kExact>(P, b * kBlock, std::min(n, (b + 1) * kBlock), t, c,
-                                                          stats, rho_tensor);
+    for (int64_t b = b0; b < b1; ++b) rho_part[b] = update_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
   });
-  if (!kPerElement) return rho_tensor * static_cast<double>(n);
-  double s = 0.0;
-  for (double r : rho_part) s += r;
-  return s;
+  if (!c.per_element) return rho_tensor * static_cast<double>(n);
+  double total = 0.0;
+  for (double r : rho_part) total += r;
+  return total;
 }
 
 }  // namespace
@@ -146,15 +297,9 @@ double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   }
   TORCH_CHECK(p.is_contiguous(), "gradqueue_step_: the parameter must be contiguous");
   TORCH_CHECK(t.stats_count >= 0, "gradqueue_step_: stats_count must be >= 0, got ", t.stats_count);
-  double out = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gradqueue_step_", [&] {
-    if (c.per_element) {
-      out = exact ? run<scalar_t, true, true>(t, c) : run<scalar_t, true, false>(t, c);
-    } else {
-      out = exact ? run<scalar_t, false, true>(t, c) : run<scalar_t, false, false>(t, c);
-    }
-  });
-  return out;
+  TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble,
+              "gradqueue_step_: the CPU path supports float32 and float64 parameters, got ", p.scalar_type());
+  return p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
 }
 
 }  // namespace sgdx::ops

@@ -427,11 +427,12 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     wk.Gk = Gk;
     wk.stats = st.count() >= o.q_min();
     if (wk.stats) {
+      // In the parameters' dtype (ATen's cascade sums keep float32 accurate); K x numel is
+      // the largest operand of the step.
       const double n = exact_storage(o) ? static_cast<double>(st.count()) : 1.0;
-      auto mu = st.s1().reshape({1, -1}).to(at::kDouble) / n;
-      auto var = (st.s2().reshape({1, -1}).to(at::kDouble) / n - mu.square()).clamp_min(0);
-      wk.var = var.sum().item<double>();
-      wk.dev = (Gk.to(at::kDouble) - mu).square().sum(1);
+      auto mu = st.s1().reshape({1, -1}) / n;
+      wk.var = (st.s2().reshape({1, -1}) / n - mu.square()).clamp_min(0).sum().item<double>();
+      wk.dev = (Gk - mu).square().sum(1).to(at::kDouble).cpu();
     }
   }
   auto rho_of = [&](const at::Tensor& dev, double var, const GradQueueSGDMOptions& o) {

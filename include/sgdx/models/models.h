@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sgdx::models {
@@ -16,6 +17,9 @@ namespace sgdx::models {
 class Classifier : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;
+  /// {logits, input of the last Linear layer} (the per-sample features that the
+  /// clustered GradQueue step clusters on).
+  virtual std::pair<torch::Tensor, torch::Tensor> forward_features(torch::Tensor x) = 0;
 };
 
 /// Flatten -> (Linear -> ReLU) per hidden width -> Linear.
@@ -23,6 +27,7 @@ class MLP : public Classifier {
  public:
   MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes);
   torch::Tensor forward(torch::Tensor x) override;
+  std::pair<torch::Tensor, torch::Tensor> forward_features(torch::Tensor x) override;
 
  private:
   torch::nn::Sequential net_;
@@ -33,6 +38,7 @@ class SmallCNN : public Classifier {
  public:
   SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t classes);
   torch::Tensor forward(torch::Tensor x) override;
+  std::pair<torch::Tensor, torch::Tensor> forward_features(torch::Tensor x) override;
 
  private:
   torch::nn::Sequential features_, head_;
@@ -45,6 +51,7 @@ class ResNetCifar : public Classifier {
  public:
   ResNetCifar(int64_t channels, int64_t classes, int64_t blocks_per_stage = 1, int64_t width = 16);
   torch::Tensor forward(torch::Tensor x) override;
+  std::pair<torch::Tensor, torch::Tensor> forward_features(torch::Tensor x) override;
 
  private:
   torch::nn::Sequential body_;
