@@ -130,6 +130,8 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
     spec.clusters = spec.optimizer == "gqsgdm" ? cfg.clusters : 1;
   }
   TORCH_CHECK(spec.clusters >= 1, "--clusters must be >= 1, got ", spec.clusters);
+  TORCH_CHECK(spec.clusters <= cfg.batch_size, "'", item_in, "': clusters = ", spec.clusters,
+              " exceeds the batch size ", cfg.batch_size);
   if (spec.optimizer == "gqsgdm" && spec.clusters > 1 && spec.label.find("gqsgdm-k") == std::string::npos)
     spec.label.replace(spec.label.find("gqsgdm"), 6, "gqsgdm-k" + std::to_string(spec.clusters));
   const auto& known = optimizer_names();
@@ -332,7 +334,11 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     }
     if (clustered) {
       // k-means on the last Linear's inputs, scarcity-weighted cluster gradients, momentum step.
+      // A last batch smaller than K is split into one cluster per example.
+      auto& gq_opts = static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq->defaults());
+      gq_opts.clusters(std::min<int64_t>(spec.clusters, x.size(0)));
       loss = gq->clustered_step(per_example_ce(logits, y), features.detach(), gq_capture ? &*gq_capture : nullptr);
+      gq_opts.clusters(spec.clusters);
     } else if (weights.defined()) {
       loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
     } else if (class_weights.defined()) {

@@ -38,7 +38,7 @@ TEST(TrainCli, HelpListsOptions) {
   TempDir dir;
   auto r = run("--help", dir);
   EXPECT_EQ(r.code, 0);
-  for (const char* opt : {"--dataset", "--optimizer", "--compare", "--lr", "--epochs", "--device", "--rsgd-gamma"})
+  for (const char* opt : {"--dataset", "--optimizer", "--compare", "--lr", "--epochs", "--device", "--rsgd-gamma", "--clusters", "--gq-path"})
     EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
 }
 
@@ -153,4 +153,33 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
     EXPECT_TRUE(std::filesystem::exists(dir.file("out/training.png")));
     EXPECT_GT(std::filesystem::file_size(dir.file("out/training.png")), 10000u);
   }
+}
+
+TEST(TrainCli, GradQueuePlainAndClusteredRun) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 96, 28, 28, true);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 32, 28, 28, true);
+  const std::string data = "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 24 --no-progress";
+  auto r = run(data + " --compare sgdm,gqsgdm,gqsgdm-k3 --out " + dir.file("out"), dir);
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ifstream js(dir.file("out/metrics.json"));
+  auto j = nlohmann::json::parse(js);
+  ASSERT_EQ(j["runs"].size(), 3u);
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_EQ(j["runs"][k]["epochs"][1]["steps"].get<int>(), 8) << k;
+    EXPECT_TRUE(std::isfinite(j["runs"][k]["epochs"][1]["train_loss"].get<double>())) << k;
+  }
+  EXPECT_NE(r.out.find("| gqsgdm-k3 |"), std::string::npos) << r.out;
+  // --optimizer gqsgdm --clusters 4 (the command), both paths, and the global scope.
+  for (const char* extra : {"", " --gq-path reference", " --gq-scope global --gq-granularity tensor --gq-storage ema"}) {
+    auto c = run(data + " --optimizer gqsgdm --clusters 4" + extra + " --out " + dir.file("c"), dir);
+    ASSERT_EQ(c.code, 0) << extra << c.err;
+    EXPECT_NE(c.out.find("| gqsgdm-k4 |"), std::string::npos) << c.out;
+  }
+  TempDir edir;  // errors: nothing may be written under edir/out
+  const std::string out = " --out " + edir.file("out");
+  expect_one_error_line(run(data + " --optimizer gqsgdm --clusters 25" + out, edir), "clusters = 25 exceeds the batch size 24", edir);
+  expect_one_error_line(run(data + " --compare gqsgdm-kx" + out, edir), "must be an integer >= 1, got 'x'", edir);
+  expect_one_error_line(run(data + " --compare gqsgdm-k2+loss" + out, edir), "cannot be combined", edir);
+  expect_one_error_line(run(data + " --optimizer gqsgdm --gq-scope layer" + out, edir), "layer", edir);
 }
