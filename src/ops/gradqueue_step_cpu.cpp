@@ -4,8 +4,10 @@
 // Reductions (sum of Delta-rho, tensor moments) go through 16 lane
 // accumulators per tile and fixed blocks, so the result does not depend on the
 // thread count (a resumed run is bit-identical).
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/irange.h>
 
 #include <algorithm>
@@ -279,14 +281,14 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
 
 }  // namespace
 
-double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
+namespace {
+void check_operands(const GradQueueTensor& t, const GradQueueStepConfig& c) {
   const auto& p = t.param;
   TORCH_CHECK(p.defined() && t.grad.defined() && t.s1.defined() && t.s2.defined(),
               "gradqueue_step_: param, grad, s1 and s2 must be defined");
   const bool exact = t.ema_rate == 0.0;
   TORCH_CHECK(!exact || t.slot.defined(), "gradqueue_step_: exact storage needs the queue slot");
   TORCH_CHECK(c.momentum == 0.0 || t.momentum.defined(), "gradqueue_step_: momentum buffer is undefined");
-  TORCH_CHECK(p.device().is_cpu(), "gradqueue_step_: the CPU path got a tensor on ", p.device());
   for (const at::Tensor* x : {&t.grad, &t.momentum, &t.s1, &t.s2, &t.slot, &t.old}) {
     if (!x->defined()) continue;
     TORCH_CHECK(x->device() == p.device() && x->scalar_type() == p.scalar_type(),
@@ -297,9 +299,67 @@ double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   }
   TORCH_CHECK(p.is_contiguous(), "gradqueue_step_: the parameter must be contiguous");
   TORCH_CHECK(t.stats_count >= 0, "gradqueue_step_: stats_count must be >= 0, got ", t.stats_count);
-  TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble,
-              "gradqueue_step_: the CPU path supports float32 and float64 parameters, got ", p.scalar_type());
-  return p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
+  TORCH_CHECK(at::isFloatingType(p.scalar_type()), "gradqueue_step_: parameters must be floating point, got ",
+              p.scalar_type());
+}
+}  // namespace
+
+double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
+  check_operands(t, c);
+  const auto& p = t.param;
+  if (p.device().is_cpu() && (p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble))
+    return p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
+  return gradqueue_step_aten_(t, c);
+}
+
+double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
+  check_operands(t, c);
+  c10::AutoGradMode no_grad(false);
+  const auto p = t.param.view(-1);
+  const auto dt = at::promote_types(p.scalar_type(), at::kFloat);  // opmath: fp32 for half/bf16
+  const auto P = p.to(dt);
+  const auto d = t.grad.view(-1).to(dt) + c.weight_decay * P;
+  auto s1 = t.s1.view(-1), s2 = t.s2.view(-1);
+  const bool exact = t.ema_rate == 0.0;
+  const bool stats = t.stats_count > 0;
+  at::Tensor rho;
+  double rho_sum = static_cast<double>(p.numel());
+  if (stats) {
+    const double inv_n = exact ? 1.0 / static_cast<double>(t.stats_count) : 1.0;
+    const auto mu = s1.to(dt) * inv_n;
+    const auto var = (s2.to(dt) * inv_n - mu * mu).clamp_min(0);
+    if (c.per_element) {
+      auto z = (d - mu).abs() / (var.sqrt() + c.eps) / kGradQueueZRef;
+      rho = (c.kappa == 1.0 ? z : z.pow(c.kappa)).clamp(c.rho_min, c.rho_max);
+      rho_sum = rho.sum(at::kDouble).item<double>();
+    } else {
+      const double dev = (d - mu).square().sum(at::kDouble).item<double>();
+      const double vs = var.sum(at::kDouble).item<double>();
+      const double z = std::sqrt(dev) / (std::sqrt(vs) + c.eps);
+      const double r = std::clamp(c.kappa == 1.0 ? z : std::pow(z, c.kappa), c.rho_min, c.rho_max);
+      rho = at::full({}, r, d.options());
+      rho_sum = r * static_cast<double>(p.numel());
+    }
+  }
+  const auto gh = rho.defined() ? rho * d : d;
+  if (exact) {
+    const auto o = t.old.defined() ? t.old.view(-1).to(dt) : at::zeros_like(d);  // before the slot is written
+    s1.add_((d - o).to(s1.scalar_type()));
+    s2.add_((d * d - o * o).to(s2.scalar_type()));
+    t.slot.view(-1).copy_(d);
+  } else {
+    s1.add_((t.ema_rate * (d - s1.to(dt))).to(s1.scalar_type()));
+    s2.add_((t.ema_rate * (d * d - s2.to(dt))).to(s2.scalar_type()));
+  }
+  auto u = gh;
+  if (c.momentum != 0.0) {
+    auto v = t.momentum.view(-1);
+    const auto nv = t.first_step ? gh : c.momentum * v.to(dt) + (1.0 - c.dampening) * gh;
+    v.copy_(nv);
+    u = c.nesterov ? gh + c.momentum * nv : nv;
+  }
+  p.copy_(P - c.lr * u);
+  return rho_sum;
 }
 
 }  // namespace sgdx::ops

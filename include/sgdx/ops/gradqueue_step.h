@@ -29,8 +29,14 @@ struct GradQueueTensor {
 };
 
 /// Applies one step in place and returns the sum of Delta-rho over the
-/// tensor's elements (numel * Delta-rho for tensor granularity).
+/// tensor's elements (numel * Delta-rho for tensor granularity). float32/float64
+/// CPU tensors take the fused kernel; every other device or dtype (CUDA, half,
+/// bfloat16) the ATen composition below (same rule, opmath in float32 or wider).
 double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
+
+/// The same step from ATen ops, for any device and floating dtype (the
+/// reference the fused kernel is tested against).
+double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
 
 /// z-score reference constant: E|N(0,1)| = sqrt(2/pi).
 inline constexpr double kGradQueueZRef = 0.79788456080286535588;

@@ -1,0 +1,138 @@
+// The fused CPU GradQueue step against its ATen composition (the path CUDA,
+// half and bfloat16 tensors take) on fresh random operands of many sizes,
+// including sizes that are not multiples of the tile or vector width, one
+// element and empty tensors.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "sgdx/ops/gradqueue_step.h"
+#include "test_util.h"
+
+namespace {
+
+using sgdx::ops::GradQueueStepConfig;
+using sgdx::ops::GradQueueTensor;
+
+struct Operands {
+  at::Tensor p, g, v, s1, s2, queue;
+};
+
+Operands make(int64_t n, at::ScalarType dt, int64_t q) {
+  Operands o;
+  auto opt = at::TensorOptions().dtype(dt);
+  o.p = at::randn({n}, opt);
+  o.g = at::randn({n}, opt) * 3;
+  o.v = at::randn({n}, opt);
+  o.queue = at::randn({q, n}, opt);
+  o.s1 = o.queue.sum(0);
+  o.s2 = o.queue.square().sum(0) + 0.1;  // positive variance
+  return o;
+}
+
+Operands clone(const Operands& a) {
+  return {a.p.clone(), a.g.clone(), a.v.clone(), a.s1.clone(), a.s2.clone(), a.queue.clone()};
+}
+
+GradQueueTensor view(Operands& o, bool exact, int old_mode, int64_t stats, bool first) {
+  GradQueueTensor t;
+  t.param = o.p;
+  t.grad = o.g;
+  t.momentum = o.v;
+  t.s1 = o.s1;
+  t.s2 = o.s2;
+  if (exact) {
+    t.slot = o.queue[0];
+    if (old_mode == 1) t.old = o.queue[1];
+    if (old_mode == 2) t.old = o.queue[0];  // the leaving row is the one overwritten
+  } else {
+    t.ema_rate = 0.25;
+  }
+  t.stats_count = stats;
+  t.first_step = first;
+  return t;
+}
+
+TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
+  at::manual_seed(0);
+  int cases = 0;
+  for (auto dt : {at::kFloat, at::kDouble}) {
+    const double tol = dt == at::kFloat ? 2e-6 : 1e-13;
+    for (int64_t n : {0, 1, 7, 16, 255, 256, 257, 1000, 32768 + 13, 100003}) {
+      for (bool elem : {true, false}) {
+        for (bool exact : {true, false}) {
+          for (int old_mode : {0, 1, 2}) {
+            if (!exact && old_mode != 0) continue;
+            for (int mom : {0, 1, 2, 3}) {  // none, heavy ball first/later, nesterov later
+              GradQueueStepConfig c;
+              c.lr = 0.1;
+              c.weight_decay = 0.01;
+              c.momentum = mom == 0 ? 0.0 : 0.9;
+              c.dampening = mom == 2 ? 0.1 : 0.0;
+              c.nesterov = mom == 3;
+              c.per_element = elem;
+              c.kappa = (n % 2 == 0) ? 1.0 : 1.5;
+              c.rho_min = 0.5;
+              c.rho_max = 2.0;
+              const int64_t stats = (n % 3 == 0) ? 0 : 5;
+              auto base = make(n, dt, 4);
+              auto a = clone(base), b = clone(base);
+              // Poison nothing but outputs: slot rows of both copies start as NaN when no row leaves through them.
+              if (exact && old_mode != 2) a.queue[0].fill_(NAN), b.queue[0].fill_(NAN);
+              auto ta = view(a, exact, old_mode, stats, mom == 1);
+              auto tb = view(b, exact, old_mode, stats, mom == 1);
+              const double ra = sgdx::ops::gradqueue_step_(ta, c);
+              const double rb = sgdx::ops::gradqueue_step_aten_(tb, c);
+              const std::string where = "dtype " + std::string(c10::toString(dt)) + " n " + std::to_string(n) +
+                                        " elem " + std::to_string(elem) + " exact " + std::to_string(exact) +
+                                        " old " + std::to_string(old_mode) + " mom " + std::to_string(mom);
+              for (auto [x, y, what] : {std::tuple{a.p, b.p, "param"}, {a.v, b.v, "momentum"}, {a.s1, b.s1, "s1"},
+                                        {a.s2, b.s2, "s2"}, {a.queue, b.queue, "queue"}}) {
+                ASSERT_TRUE(at::allclose(x, y, tol, tol, /*equal_nan=*/false)) << what << " " << where;
+              }
+              EXPECT_NEAR(ra, rb, 1e-5 * std::max<double>(1.0, n)) << where;
+              if (stats > 0) {
+                EXPECT_GE(ra, c.rho_min * n - 1e-6) << where;
+                EXPECT_LE(ra, c.rho_max * n + 1e-6) << where;
+              }
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 500);
+}
+
+TEST(GradQueueStep, HalfPrecisionTakesTheAtenPath) {
+  auto base = make(1001, at::kHalf, 3);
+  GradQueueStepConfig c;
+  c.lr = 0.1;
+  c.momentum = 0.9;
+  auto t = view(base, true, 1, 3, true);
+  const auto before = base.p.clone();
+  const double r = sgdx::ops::gradqueue_step_(t, c);
+  EXPECT_TRUE(at::isfinite(base.p).all().item<bool>());
+  EXPECT_FALSE(at::equal(before, base.p));
+  EXPECT_GT(r, 0);
+}
+
+TEST(GradQueueStep, ClearErrors) {
+  auto o = make(10, at::kFloat, 2);
+  GradQueueStepConfig c;
+  auto t = view(o, true, 1, 0, false);
+  t.grad = at::randn({11});
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "operand of 11 elements");
+  t = view(o, true, 1, 0, false);
+  t.grad = at::randn({10}, at::kDouble);
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "does not match the parameter");
+  t = view(o, true, 1, 0, false);
+  t.slot = at::Tensor();
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "exact storage needs the queue slot");
+  t = view(o, true, 1, 0, false);
+  t.momentum = at::Tensor();
+  c.momentum = 0.9;
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "momentum buffer is undefined");
+}
+
+}  // namespace
