@@ -14,26 +14,9 @@
 
 namespace {
 
-std::vector<std::vector<int64_t>> resnet18_shapes() {
-  std::vector<std::vector<int64_t>> s = {{64, 3, 7, 7}, {64}, {64}};
-  int64_t in = 64;
-  for (int64_t out : {64, 128, 256, 512}) {
-    for (int block = 0; block < 2; ++block) {
-      const int64_t cin = block == 0 ? in : out;
-      s.push_back({out, cin, 3, 3}); s.push_back({out}); s.push_back({out});
-      s.push_back({out, out, 3, 3}); s.push_back({out}); s.push_back({out});
-      if (block == 0 && cin != out) { s.push_back({out, cin, 1, 1}); s.push_back({out}); s.push_back({out}); }
-    }
-    in = out;
-  }
-  s.push_back({1000, 512});
-  s.push_back({1000});
-  return s;
-}
-
 std::vector<torch::Tensor> make_params(torch::Device device) {
   std::vector<torch::Tensor> ps;
-  for (auto& shape : resnet18_shapes()) {
+  for (auto& shape : sgdx::bench::resnet18_shapes()) {
     auto p = torch::randn(shape, torch::TensorOptions().device(device)).requires_grad_();
     p.mutable_grad() = torch::randn_like(p);
     ps.push_back(p);

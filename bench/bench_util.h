@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -12,6 +13,24 @@
 #include <vector>
 
 namespace sgdx::bench {
+
+/// The parameter shapes of a torchvision ResNet-18 (11.7M parameters in 62 tensors).
+inline std::vector<std::vector<int64_t>> resnet18_shapes() {
+  std::vector<std::vector<int64_t>> s = {{64, 3, 7, 7}, {64}, {64}};
+  int64_t in = 64;
+  for (int64_t out : {64, 128, 256, 512}) {
+    for (int block = 0; block < 2; ++block) {
+      const int64_t cin = block == 0 ? in : out;
+      s.push_back({out, cin, 3, 3}); s.push_back({out}); s.push_back({out});
+      s.push_back({out, out, 3, 3}); s.push_back({out}); s.push_back({out});
+      if (block == 0 && cin != out) { s.push_back({out, cin, 1, 1}); s.push_back({out}); s.push_back({out}); }
+    }
+    in = out;
+  }
+  s.push_back({1000, 512});
+  s.push_back({1000});
+  return s;
+}
 
 struct Timing {
   double median = 0, min = 0, max = 0;  // seconds
