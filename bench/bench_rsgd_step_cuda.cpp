@@ -8,31 +8,11 @@
 #include <cstdio>
 #include <string>
 
-#include "bench_util.h"
+#include "bench_cuda_util.h"
 #include "sgdx/config.h"
 #include "sgdx/ops/rsgd_step.h"
-#if SGDX_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
-namespace {
-
-// Median seconds of one call, timing `inner` calls between synchronisations.
-sgdx::bench::Timing time_cuda(const std::function<void()>& f, int samples = 15, int inner = 10) {
-  for (int w = 0; w < 3; ++w) f();
-  torch::cuda::synchronize();
-  std::vector<double> t;
-  for (int s = 0; s < samples; ++s) {
-    const double sec = sgdx::bench::seconds_of([&] {
-      for (int i = 0; i < inner; ++i) f();
-      torch::cuda::synchronize();
-    });
-    t.push_back(sec / inner);
-  }
-  return sgdx::bench::summarize(t);
-}
-
-}  // namespace
+using sgdx::bench::time_cuda;
 
 int main(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "bench_rsgd_step_cuda.json";
@@ -68,12 +48,8 @@ int main(int argc, char** argv) {
   });
   const double bytes = 20.0 * double(10 * (n / 10));  // read p, g, m; write p, m
   auto frac = [&](const sgdx::bench::Timing& t) { return bytes / t.median / copy_bw; };
-#if SGDX_WITH_CUDA
-  const std::string name = at::cuda::getCurrentDeviceProperties()->name;
-#else
-  const std::string name = "cuda";
-#endif
-  std::printf("device %s, %lld parameters, copy bandwidth %.0f GB/s\n", name, static_cast<long long>(n), copy_bw / 1e9);
+  const std::string name = sgdx::bench::cuda_device_name();
+  std::printf("device %s, %lld parameters, copy bandwidth %.0f GB/s\n", name.c_str(), static_cast<long long>(n), copy_bw / 1e9);
   std::printf("%-32s %10s %12s\n", "", "median ms", "of copy BW");
   std::printf("%-32s %10.3f %12.3f\n", "sgdx R-SGD (Gamma=0.5, draws)", 1e3 * rsgd_draw.median, frac(rsgd_draw));
   std::printf("%-32s %10.3f %12.3f\n", "sgdx R-SGD (Gamma=1, no draws)", 1e3 * rsgd_fixed.median, frac(rsgd_fixed));

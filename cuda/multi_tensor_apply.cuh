@@ -16,22 +16,30 @@ constexpr int kMaxTensors = 40;
 constexpr int kMaxBlocks = 320;
 
 /// Per-launch metadata: N pointer lists plus per-tensor scalars of type Extra.
-template <int N, typename Extra>
+/// (Kernel parameters are limited to 4 KiB: many lists need smaller MaxTensors/MaxBlocks.)
+template <int N, typename Extra, int MaxTensors = kMaxTensors, int MaxBlocks = kMaxBlocks>
 struct TensorListMeta {
-  void* addresses[N][kMaxTensors];
-  int64_t numel[kMaxTensors];
-  Extra extra[kMaxTensors];
-  unsigned char block_to_tensor[kMaxBlocks];
-  int block_to_chunk[kMaxBlocks];
+  static constexpr int kTensors = MaxTensors;
+  static constexpr int kBlocks = MaxBlocks;
+  void* addresses[N][MaxTensors];
+  int64_t numel[MaxTensors];
+  Extra extra[MaxTensors];
+  unsigned char block_to_tensor[MaxBlocks];
+  int block_to_chunk[MaxBlocks];
 };
 
 /// Launches `kernel<<<blocks, kBlockSize, 0, stream>>>(meta, args...)` as many
 /// times as needed to cover all tensors. lists[i][k] is tensor k of list i.
-template <int N, typename Extra, typename Kernel, typename... Args>
+template <int N, typename Extra, int MaxTensors = kMaxTensors, int MaxBlocks = kMaxBlocks, typename Kernel,
+          typename... Args>
 void multi_tensor_apply(const std::vector<std::vector<void*>>& lists,
                         const std::vector<int64_t>& numels, const std::vector<Extra>& extras,
                         Kernel kernel, Args... args) {
-  TensorListMeta<N, Extra> meta{};
+  static_assert(sizeof(TensorListMeta<N, Extra, MaxTensors, MaxBlocks>) <= 4000,
+                "kernel parameter space: lower MaxTensors / MaxBlocks");
+  constexpr int kMaxTensors = MaxTensors;  // the limits of this instantiation
+  constexpr int kMaxBlocks = MaxBlocks;
+  TensorListMeta<N, Extra, MaxTensors, MaxBlocks> meta{};
   auto stream = at::cuda::getCurrentCUDAStream();
   int tensors = 0, blocks = 0;
   auto launch = [&] {

@@ -13,5 +13,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" >"$out/configure.log" 2>&1 ||
   { tail -50 "$out/configure.log"; exit 1; }
 cmake --build "$build" -j"$(nproc)" >"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
-(cd "$build" && ctest --output-on-failure -R 'Cuda|RSGD' 2>&1 | tee "$out/ctest_cuda.log" | tail -15)
+(cd "$build" && ctest --output-on-failure -R 'Cuda|RSGD|GradQueue' 2>&1 | tee "$out/ctest_cuda.log" | tail -15)
 "$build/bench/bench_rsgd_step_cuda" "$out/rsgd_step_cuda.json"
+"$build/bench/bench_gradqueue_cuda" "$out/gradqueue_step_cuda.json"

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <vector>
 
+#include "sgdx/config.h"
 #include "sgdx/ops/gradqueue_step.h"
 
 namespace sgdx::ops {
@@ -361,5 +362,40 @@ double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   p.copy_(P - c.lr * u);
   return rho_sum;
 }
+
+namespace detail {
+void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
+                          const at::Tensor& grad_scale, const at::Tensor& found_inf, bool cuda) {
+  if (tensors.empty()) return;
+  const auto device = tensors[0].param.device();
+  const auto dtype = tensors[0].param.scalar_type();
+  TORCH_CHECK(!cuda || device.is_cuda(), "gradqueue_step_cuda_: tensors must be on a CUDA device, got ", device);
+  for (const auto k : c10::irange(tensors.size())) {
+    const auto& t = tensors[k];
+    TORCH_CHECK(t.param.defined() && t.param.device() == device && t.param.scalar_type() == dtype,
+                "gradqueue_step: tensor ", k, " is on ", t.param.defined() ? t.param.device() : c10::Device("cpu"),
+                " with dtype ", t.param.defined() ? t.param.scalar_type() : at::ScalarType::Undefined,
+                "; every tensor must be on ", device, " with dtype ", dtype);
+    try {
+      check_operands(t, config);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "gradqueue_step: tensor ", k, ": ", e.msg());
+    }
+  }
+  for (const auto& [s, name] : {std::pair{&grad_scale, "grad_scale"}, std::pair{&found_inf, "found_inf"}}) {
+    if (!s->defined()) continue;
+    TORCH_CHECK(s->numel() == 1 && s->scalar_type() == at::kFloat && s->device() == device, "gradqueue_step: ",
+                name, " must be one float32 value on ", device, ", got ", s->numel(), " ", s->scalar_type(),
+                " value(s) on ", s->device());
+  }
+}
+}  // namespace detail
+
+#if !SGDX_WITH_CUDA
+at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>&, const GradQueueStepConfig&, const at::Tensor&,
+                                const at::Tensor&) {
+  TORCH_CHECK(false, "gradqueue_step_cuda_: sgdx was built without CUDA (SGDX_WITH_CUDA=OFF)");
+}
+#endif
 
 }  // namespace sgdx::ops

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace sgdx::ops {
 
@@ -37,6 +38,25 @@ double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
 /// The same step from ATen ops, for any device and floating dtype (the
 /// reference the fused kernel is tested against).
 double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
+
+/// The fused multi-tensor CUDA kernel: every tensor on one CUDA device, one
+/// floating dtype (float32, float64, float16, bfloat16; opmath float32 or wider).
+/// `grad_scale` (optional float32 scalar on the device) divides the gradients;
+/// a nonzero `found_inf` (optional float32 scalar) makes the step write nothing
+/// (parameters, momentum, sums, queue rows). The caller's ring bookkeeping
+/// (head, count) is host state: an optimizer that uses found_inf must read it
+/// before advancing its counters. Returns the per-tensor sums of Delta-rho as a
+/// float64 device tensor [T] (no host synchronisation). Throws when sgdx was
+/// built without CUDA.
+at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
+                                const at::Tensor& grad_scale = {}, const at::Tensor& found_inf = {});
+
+namespace detail {
+/// Validation of a tensor list for the multi-tensor paths (device, dtype, layout,
+/// sizes, grad_scale/found_inf), with messages that name the tensor and the value.
+void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
+                          const at::Tensor& grad_scale, const at::Tensor& found_inf, bool cuda);
+}  // namespace detail
 
 /// z-score reference constant: E|N(0,1)| = sqrt(2/pi).
 inline constexpr double kGradQueueZRef = 0.79788456080286535588;

@@ -1,0 +1,263 @@
+// The fused multi-tensor GradQueue-SGDM step on CUDA (sgdx/ops/gradqueue_step.h):
+// the same rule as the CPU kernel, one pass per element (a moments pass first
+// for tensor granularity), mixed-precision friendly (opmath in float32 or wider,
+// grad_scale divides the gradients, a nonzero found_inf skips every write).
+// Reductions are deterministic: per-chunk partials, reduced per tensor in order.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/irange.h>
+
+#include "multi_tensor_apply.cuh"
+#include "sgdx/ops/gradqueue_step.h"
+
+namespace sgdx::ops {
+namespace {
+
+constexpr int kLists = 7;  // p, g, v, s1, s2, slot, old
+constexpr int kGQTensors = 24;
+constexpr int kGQBlocks = 160;
+
+struct GQArgs {
+  float inv_n;       // 1/n of the window (exact storage), 1 for ema
+  float rate;        // ema storage: the running-moment rate; 0 for exact
+  int flags;         // bit 0: stats, bit 1: first step, bit 2: exact, bits 3-4: old mode (0 none, 1 row, 2 slot)
+  int chunk_offset;  // this tensor's first chunk in the partial buffers
+  int tensor;        // index into the per-tensor rho array
+};
+
+template <int L>
+using Meta = sgdx::cuda::TensorListMeta<L, GQArgs, kGQTensors, kGQBlocks>;
+
+struct Common {
+  float lr, wd, mom, damp1, eps, inv_zref, rho_min, rho_max, kappa;
+  bool nesterov, per_element;
+};
+
+__device__ __forceinline__ bool skip(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
+__device__ __forceinline__ float inv_scale_of(const float* grad_scale) {
+  return grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
+}
+
+template <typename T>
+__device__ __forceinline__ double block_sum(double x, double* shared) {
+  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  double total = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += shared[w];  // fixed order
+  }
+  __syncthreads();
+  return total;  // valid in thread 0
+}
+
+// Tensor granularity: per chunk, sum (d - mu)^2 and sum sigma^2.
+template <typename scalar_t>
+__global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
+    gq_moments_kernel(Meta<kLists> meta, Common c, double* partial, const float* grad_scale, const float* found_inf) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if (skip(found_inf)) return;
+  __shared__ double sh[sgdx::cuda::kBlockSize / 32];
+  const int t = meta.block_to_tensor[blockIdx.x];
+  const int chunk = meta.block_to_chunk[blockIdx.x];
+  const GQArgs a = meta.extra[t];
+  const int64_t n = meta.numel[t];
+  const auto* p = static_cast<const scalar_t*>(meta.addresses[0][t]);
+  const auto* g = static_cast<const scalar_t*>(meta.addresses[1][t]);
+  const auto* s1 = static_cast<const scalar_t*>(meta.addresses[3][t]);
+  const auto* s2 = static_cast<const scalar_t*>(meta.addresses[4][t]);
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = c.wd, inv_n = a.inv_n;
+  const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
+  const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
+  double dev = 0.0, var = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * static_cast<opmath_t>(p[i]);
+    const opmath_t mu = static_cast<opmath_t>(s1[i]) * inv_n;
+    const opmath_t v = static_cast<opmath_t>(s2[i]) * inv_n - mu * mu;
+    dev += static_cast<double>((d - mu) * (d - mu));
+    var += static_cast<double>(v > opmath_t(0) ? v : opmath_t(0));
+  }
+  const double sd = block_sum<double>(dev, sh);
+  const double sv = block_sum<double>(var, sh);
+  if (threadIdx.x == 0) {
+    partial[2 * (a.chunk_offset + chunk)] = sd;
+    partial[2 * (a.chunk_offset + chunk) + 1] = sv;
+  }
+}
+
+// One block per tensor: its chunks' partials, in order, to Delta-rho.
+__global__ void gq_rho_kernel(const double* partial, const int* first_chunk, const int* chunks, const int* stats,
+                              Common c, float* rho, const float* found_inf) {
+  if (skip(found_inf)) return;
+  __shared__ double sh[sgdx::cuda::kBlockSize / 32];
+  const int t = blockIdx.x;
+  double dev = 0.0, var = 0.0;
+  for (int k = threadIdx.x; k < chunks[t]; k += blockDim.x) {
+    dev += partial[2 * (first_chunk[t] + k)];
+    var += partial[2 * (first_chunk[t] + k) + 1];
+  }
+  const double sd = block_sum<double>(dev, sh);
+  const double sv = block_sum<double>(var, sh);
+  if (threadIdx.x == 0) {
+    double r = 1.0;
+    if (stats[t]) {
+      const double z = sqrt(sd) / (sqrt(sv) + static_cast<double>(c.eps));
+      r = c.kappa == 1.f ? z : pow(z, static_cast<double>(c.kappa));
+      r = fmin(fmax(r, static_cast<double>(c.rho_min)), static_cast<double>(c.rho_max));
+    }
+    rho[t] = static_cast<float>(r);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
+    gq_update_kernel(Meta<kLists> meta, Common c, const float* rho_tensor, double* rho_partial,
+                     const float* grad_scale, const float* found_inf) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if (skip(found_inf)) return;
+  __shared__ double sh[sgdx::cuda::kBlockSize / 32];
+  const int t = meta.block_to_tensor[blockIdx.x];
+  const int chunk = meta.block_to_chunk[blockIdx.x];
+  const GQArgs a = meta.extra[t];
+  const int64_t n = meta.numel[t];
+  auto* p = static_cast<scalar_t*>(meta.addresses[0][t]);
+  const auto* g = static_cast<const scalar_t*>(meta.addresses[1][t]);
+  auto* v = static_cast<scalar_t*>(meta.addresses[2][t]);
+  auto* s1 = static_cast<scalar_t*>(meta.addresses[3][t]);
+  auto* s2 = static_cast<scalar_t*>(meta.addresses[4][t]);
+  auto* slot = static_cast<scalar_t*>(meta.addresses[5][t]);
+  const auto* old = static_cast<const scalar_t*>(meta.addresses[6][t]);
+  const bool stats = a.flags & 1, first = a.flags & 2, exact = a.flags & 4;
+  const int old_mode = (a.flags >> 3) & 3;
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = c.wd, lr = c.lr, mom = c.mom, damp1 = c.damp1;
+  const opmath_t inv_n = a.inv_n, rate = a.rate, eps = c.eps, inv_zref = c.inv_zref;
+  const opmath_t rmin = c.rho_min, rmax = c.rho_max, kappa = c.kappa;
+  const bool use_mom = c.mom != 0.f;
+  const opmath_t rho_fixed = (!c.per_element && stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
+  const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
+  const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
+  double rho_sum = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const opmath_t pi = static_cast<opmath_t>(p[i]);
+    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * pi;
+    opmath_t rho = rho_fixed;
+    if (c.per_element && stats) {
+      const opmath_t mu = static_cast<opmath_t>(s1[i]) * inv_n;
+      const opmath_t var = static_cast<opmath_t>(s2[i]) * inv_n - mu * mu;
+      const opmath_t sigma = sqrt(var > opmath_t(0) ? var : opmath_t(0));
+      const opmath_t z = fabs(d - mu) / (sigma + eps) * inv_zref;
+      const opmath_t zk = kappa == opmath_t(1) ? z : pow(z, kappa);
+      rho = zk < rmin ? rmin : (zk > rmax ? rmax : zk);
+    }
+    rho_sum += static_cast<double>(rho);
+    const opmath_t gh = rho * d;
+    if (exact) {
+      opmath_t o = 0;
+      if (old_mode == 1) o = static_cast<opmath_t>(old[i]);
+      if (old_mode == 2) o = static_cast<opmath_t>(slot[i]);
+      s1[i] = static_cast<scalar_t>(static_cast<opmath_t>(s1[i]) + (d - o));
+      s2[i] = static_cast<scalar_t>(static_cast<opmath_t>(s2[i]) + (d * d - o * o));
+      slot[i] = static_cast<scalar_t>(d);
+    } else {
+      const opmath_t m1 = static_cast<opmath_t>(s1[i]), m2 = static_cast<opmath_t>(s2[i]);
+      s1[i] = static_cast<scalar_t>(m1 + rate * (d - m1));
+      s2[i] = static_cast<scalar_t>(m2 + rate * (d * d - m2));
+    }
+    opmath_t u = gh;
+    if (use_mom) {
+      const opmath_t nv = first ? gh : mom * static_cast<opmath_t>(v[i]) + damp1 * gh;
+      v[i] = static_cast<scalar_t>(nv);
+      u = c.nesterov ? gh + mom * nv : nv;
+    }
+    p[i] = static_cast<scalar_t>(pi - lr * u);
+  }
+  const double s = block_sum<double>(rho_sum, sh);
+  if (threadIdx.x == 0) rho_partial[a.chunk_offset + chunk] = s;
+}
+
+}  // namespace
+
+at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
+                                const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  detail::check_gradqueue_list(tensors, config, grad_scale, found_inf, /*cuda=*/true);
+  const int64_t T = static_cast<int64_t>(tensors.size());
+  if (T == 0) return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
+  const auto& p0 = tensors[0].param;
+  const c10::cuda::CUDAGuard guard(p0.device());
+  std::vector<std::vector<void*>> lists(kLists);
+  std::vector<int64_t> numels;
+  std::vector<GQArgs> extras;
+  std::vector<int> first_chunk, chunks, stats;
+  int total_chunks = 0;
+  for (const auto k : c10::irange(T)) {
+    auto& t = tensors[k];
+    const bool exact = t.ema_rate == 0.0;
+    int old_mode = 0;
+    if (exact && t.old.defined()) old_mode = t.old.const_data_ptr() == t.slot.const_data_ptr() ? 2 : 1;
+    lists[0].push_back(t.param.data_ptr());
+    lists[1].push_back(const_cast<void*>(t.grad.const_data_ptr()));
+    lists[2].push_back(t.momentum.defined() ? t.momentum.data_ptr() : nullptr);
+    lists[3].push_back(t.s1.data_ptr());
+    lists[4].push_back(t.s2.data_ptr());
+    lists[5].push_back(exact ? t.slot.data_ptr() : nullptr);
+    lists[6].push_back(old_mode == 1 ? const_cast<void*>(t.old.const_data_ptr()) : nullptr);
+    const int64_t n = t.param.numel();
+    numels.push_back(n);
+    const int c = static_cast<int>((n + sgdx::cuda::kChunkSize - 1) / sgdx::cuda::kChunkSize);
+    GQArgs a;
+    a.inv_n = t.stats_count > 0 && exact ? static_cast<float>(1.0 / double(t.stats_count)) : 1.f;
+    a.rate = static_cast<float>(t.ema_rate);
+    a.flags = (t.stats_count > 0 ? 1 : 0) | (t.first_step ? 2 : 0) | (exact ? 4 : 0) | (old_mode << 3);
+    a.chunk_offset = total_chunks;
+    a.tensor = static_cast<int>(k);
+    extras.push_back(a);
+    first_chunk.push_back(total_chunks);
+    chunks.push_back(c);
+    stats.push_back(t.stats_count > 0 ? 1 : 0);
+    total_chunks += c;
+  }
+  Common c;
+  c.lr = static_cast<float>(config.lr);
+  c.wd = static_cast<float>(config.weight_decay);
+  c.mom = static_cast<float>(config.momentum);
+  c.damp1 = static_cast<float>(1.0 - config.dampening);
+  c.eps = static_cast<float>(config.eps);
+  c.inv_zref = static_cast<float>(1.0 / kGradQueueZRef);
+  c.rho_min = static_cast<float>(config.rho_min);
+  c.rho_max = static_cast<float>(config.rho_max);
+  c.kappa = static_cast<float>(config.kappa);
+  c.nesterov = config.nesterov;
+  c.per_element = config.per_element;
+  const auto dev = p0.device();
+  auto dopt = at::TensorOptions().dtype(at::kDouble).device(dev);
+  auto iopt = at::TensorOptions().dtype(at::kInt);
+  auto rho_partial = at::zeros({std::max(total_chunks, 1)}, dopt);
+  auto rho = at::ones({T}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  const float* gs = grad_scale.defined() ? grad_scale.const_data_ptr<float>() : nullptr;
+  const float* fi = found_inf.defined() ? found_inf.const_data_ptr<float>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p0.scalar_type(), "gradqueue_step_cuda_", [&] {
+    if (!config.per_element) {
+      auto partial = at::zeros({2 * std::max(total_chunks, 1)}, dopt);
+      sgdx::cuda::multi_tensor_apply<kLists, GQArgs, kGQTensors, kGQBlocks>(
+          lists, numels, extras, gq_moments_kernel<scalar_t>, c, partial.data_ptr<double>(), gs, fi);
+      auto fc = at::tensor(first_chunk, iopt).to(dev), ch = at::tensor(chunks, iopt).to(dev),
+           st = at::tensor(stats, iopt).to(dev);
+      gq_rho_kernel<<<T, sgdx::cuda::kBlockSize, 0, at::cuda::getCurrentCUDAStream()>>>(
+          partial.const_data_ptr<double>(), fc.const_data_ptr<int>(), ch.const_data_ptr<int>(),
+          st.const_data_ptr<int>(), c, rho.data_ptr<float>(), fi);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    sgdx::cuda::multi_tensor_apply<kLists, GQArgs, kGQTensors, kGQBlocks>(
+        lists, numels, extras, gq_update_kernel<scalar_t>, c, rho.const_data_ptr<float>(),
+        rho_partial.data_ptr<double>(), gs, fi);
+  });
+  // Per-tensor sums of Delta-rho, in chunk order (deterministic).
+  std::vector<at::Tensor> sums;
+  for (const auto k : c10::irange(T)) sums.push_back(rho_partial.narrow(0, first_chunk[k], chunks[k]).sum());
+  return at::stack(sums);
+}
+
+}  // namespace sgdx::ops

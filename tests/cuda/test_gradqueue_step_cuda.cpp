@@ -1,0 +1,175 @@
+// The fused multi-tensor GradQueue CUDA kernel against the ATen composition on
+// the CPU (gradqueue_step_aten_, itself tested equal to the fused CPU kernel) on
+// fresh random operands: sizes around the chunk size, empty and one-element
+// tensors, more tensors than one launch holds, every dtype, both granularities
+// and storages, every momentum mode; output rows poisoned before each run;
+// grad_scale and found_inf. Skips without a CUDA device.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "sgdx/config.h"
+#include "sgdx/ops/gradqueue_step.h"
+#include "test_util.h"
+
+using sgdx::ops::GradQueueStepConfig;
+using sgdx::ops::GradQueueTensor;
+
+#define SGDX_REQUIRE_CUDA()                                               \
+  do {                                                                    \
+    if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";       \
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";   \
+  } while (0)
+
+namespace {
+
+struct Ops {
+  torch::Tensor p, g, v, s1, s2, queue;
+  Ops to(const torch::Device& d) const { return {p.to(d), g.to(d), v.to(d), s1.to(d), s2.to(d), queue.to(d)}; }
+  Ops clone() const { return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()}; }
+};
+
+Ops make(int64_t n, torch::ScalarType dt) {
+  Ops o;
+  auto q = torch::randn({3, n});
+  o.p = torch::randn({n}).to(dt);
+  o.g = (3 * torch::randn({n})).to(dt);
+  o.v = torch::randn({n}).to(dt);
+  o.queue = q.to(dt);
+  o.s1 = q.sum(0).to(dt);
+  o.s2 = (q.square().sum(0) + 0.1).to(dt);
+  return o;
+}
+
+GradQueueTensor view(Ops& o, bool exact, int old_mode, int64_t stats, bool first) {
+  GradQueueTensor t;
+  t.param = o.p;
+  t.grad = o.g;
+  t.momentum = o.v;
+  t.s1 = o.s1;
+  t.s2 = o.s2;
+  if (exact) {
+    t.slot = o.queue[0];
+    if (old_mode == 1) t.old = o.queue[1];
+    if (old_mode == 2) t.old = o.queue[0];
+  } else {
+    t.ema_rate = 0.25;
+  }
+  t.stats_count = stats;
+  t.first_step = first;
+  return t;
+}
+
+}  // namespace
+
+TEST(GradQueueStepCuda, MatchesAtenReference) {
+  SGDX_REQUIRE_CUDA();
+  torch::manual_seed(0);
+  const std::vector<int64_t> sizes = {0, 1, 3, 4, 5, 255, 32767, 32768, 32769, 100003, 1 << 20};
+  for (auto dt : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16}) {
+    const bool low = dt == torch::kHalf || dt == torch::kBFloat16;
+    const double tol = low ? 2e-2 : (dt == torch::kFloat ? 1e-5 : 1e-12);
+    for (bool elem : {true, false}) {
+      for (bool exact : {true, false}) {
+        for (int mom : {0, 1, 2, 3}) {
+          GradQueueStepConfig c;
+          c.lr = 0.1;
+          c.weight_decay = 0.01;
+          c.momentum = mom == 0 ? 0.0 : 0.9;
+          c.dampening = mom == 2 ? 0.1 : 0.0;
+          c.nesterov = mom == 3;
+          c.per_element = elem;
+          c.kappa = mom == 2 ? 1.5 : 1.0;
+          std::vector<Ops> cpu, gpu;
+          std::vector<GradQueueTensor> tg;
+          std::vector<int64_t> stats;
+          for (int k = 0; k < 60; ++k) {  // > 24 tensors: several launches
+            const int64_t n = sizes[k % sizes.size()] + k / static_cast<int>(sizes.size());
+            auto o = make(n, dt);
+            cpu.push_back(o.clone());
+            gpu.push_back(o.to(torch::kCUDA));
+          }
+          for (int k = 0; k < 60; ++k) {
+            const int old_mode = exact ? k % 3 : 0;
+            stats.push_back(k % 4 == 0 ? 0 : 3);
+            if (exact && old_mode != 2) gpu[k].queue[0].fill_(NAN), cpu[k].queue[0].fill_(NAN);  // poison the output row
+            tg.push_back(view(gpu[k], exact, old_mode, stats[k], mom == 1));
+          }
+          auto rho = sgdx::ops::gradqueue_step_cuda_(tg, c).cpu();
+          torch::cuda::synchronize();
+          for (int k = 0; k < 60; ++k) {
+            auto tc = view(cpu[k], exact, exact ? k % 3 : 0, stats[k], mom == 1);
+            const double r = sgdx::ops::gradqueue_step_aten_(tc, c);
+            const std::string where = std::string(c10::toString(dt)) + " elem " + std::to_string(elem) + " exact " +
+                                      std::to_string(exact) + " mom " + std::to_string(mom) + " tensor " +
+                                      std::to_string(k) + " n " + std::to_string(cpu[k].p.numel());
+            for (auto [a, b, what] : {std::tuple{gpu[k].p, cpu[k].p, "param"}, {gpu[k].v, cpu[k].v, "momentum"},
+                                      {gpu[k].s1, cpu[k].s1, "s1"}, {gpu[k].s2, cpu[k].s2, "s2"},
+                                      {gpu[k].queue, cpu[k].queue, "queue"}}) {
+              ASSERT_TRUE(torch::allclose(a.cpu().to(torch::kDouble), b.to(torch::kDouble), tol, tol)) << what << " " << where;
+            }
+            EXPECT_NEAR(rho[k].item<double>(), r, (low ? 1e-2 : 1e-4) * std::max<double>(1.0, cpu[k].p.numel()))
+                << where;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(GradQueueStepCuda, GradScaleDividesAndFoundInfSkipsEverything) {
+  SGDX_REQUIRE_CUDA();
+  torch::manual_seed(1);
+  GradQueueStepConfig c;
+  c.lr = 0.1;
+  c.momentum = 0.9;
+  for (bool elem : {true, false}) {
+    c.per_element = elem;
+    auto base = make(70001, torch::kFloat).to(torch::kCUDA);
+    auto scaled = base.clone();
+    scaled.g.mul_(1024);
+    auto plain = base.clone();
+    std::vector<GradQueueTensor> a = {view(scaled, true, 1, 3, false)}, b = {view(plain, true, 1, 3, false)};
+    auto scale = torch::full({1}, 1024.f, torch::TensorOptions().device(torch::kCUDA));
+    sgdx::ops::gradqueue_step_cuda_(a, c, scale);
+    sgdx::ops::gradqueue_step_cuda_(b, c);
+    EXPECT_TRUE(torch::allclose(scaled.p, plain.p, 1e-6, 1e-6));
+    EXPECT_TRUE(torch::allclose(scaled.v, plain.v, 1e-6, 1e-6));
+    // found_inf: nothing may change, momentum and queue included.
+    auto skip = base.clone();
+    const auto before = skip.clone();
+    std::vector<GradQueueTensor> s = {view(skip, true, 1, 3, false)};
+    auto inf = torch::ones({1}, torch::TensorOptions().device(torch::kCUDA));
+    sgdx::ops::gradqueue_step_cuda_(s, c, scale, inf);
+    torch::cuda::synchronize();
+    for (auto [x, y] : {std::pair{skip.p, before.p}, {skip.v, before.v}, {skip.s1, before.s1}, {skip.s2, before.s2},
+                        {skip.queue, before.queue}})
+      EXPECT_TRUE(torch::equal(x, y));
+  }
+}
+
+TEST(GradQueueStepCuda, RejectsBadListsClearly) {
+  SGDX_REQUIRE_CUDA();
+  auto g = make(10, torch::kFloat).to(torch::kCUDA);
+  auto h = make(10, torch::kFloat);
+  std::vector<GradQueueTensor> mixed = {view(g, true, 1, 0, false), view(h, true, 1, 0, false)};
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(mixed, GradQueueStepConfig{}), "tensor 1 is on cpu");
+  std::vector<GradQueueTensor> one = {view(g, true, 1, 0, false)};
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::ops::gradqueue_step_cuda_(one, GradQueueStepConfig{}, torch::ones({1}, torch::kCUDA).to(torch::kDouble)),
+      "grad_scale must be one float32 value");
+}
+
+TEST(GradQueueStepCuda, BuiltWithoutCudaThrowsClearly) {
+  if (SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built with CUDA";
+  auto o = make(4, torch::kFloat);
+  std::vector<GradQueueTensor> t = {view(o, true, 1, 0, false)};
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(t, GradQueueStepConfig{}), "built without CUDA");
+}
+
+TEST(GradQueueStepCuda, CpuListsAreRejectedByTheCudaEntry) {
+  if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";
+  auto o = make(4, torch::kFloat);
+  std::vector<GradQueueTensor> t = {view(o, true, 1, 0, false)};
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(t, GradQueueStepConfig{}), "must be on a CUDA device, got cpu");
+}
