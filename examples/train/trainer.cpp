@@ -332,12 +332,18 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     } else {
       logits = model->forward(x);
     }
+    auto check_finite = [&](double l) {
+      TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step + 1, " (", spec.label, ", lr ",
+                  base_lr, "); lower --lr");
+    };
     if (clustered) {
       // k-means on the last Linear's inputs, scarcity-weighted cluster gradients, momentum step.
       // A last batch smaller than K is split into one cluster per example.
       auto& gq_opts = static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq->defaults());
       gq_opts.clusters(std::min<int64_t>(spec.clusters, x.size(0)));
-      loss = gq->clustered_step(per_example_ce(logits, y), features.detach(), gq_capture ? &*gq_capture : nullptr);
+      auto losses = per_example_ce(logits, y);
+      check_finite(losses.detach().mean().item<double>());
+      loss = gq->clustered_step(losses, features.detach(), gq_capture ? &*gq_capture : nullptr);
       gq_opts.clusters(spec.clusters);
     } else if (weights.defined()) {
       loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
@@ -371,7 +377,10 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     for (auto& p : model->parameters())
       if (p.grad().defined()) grads.push_back(p.grad());
     last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-    if (gq != nullptr && !clustered) gq->observe_loss(loss.item<double>());  // drives the queue length
+    if (gq != nullptr && !clustered) {
+      check_finite(loss.item<double>());
+      gq->observe_loss(loss.item<double>());  // drives the queue length
+    }
     if (svrg == nullptr && !clustered) optimizer->step();
     ++step;
     const double l = loss.item<double>();
