@@ -20,8 +20,8 @@ constexpr int kGQTensors = 24;
 constexpr int kGQBlocks = 160;
 
 struct GQArgs {
-  float inv_n;       // 1/n of the window (exact storage), 1 for ema
-  float rate;        // ema storage: the running-moment rate; 0 for exact
+  double inv_n;      // 1/n of the window (exact storage), 1 for ema
+  double rate;       // ema storage: the running-moment rate; 0 for exact
   int flags;         // bit 0: stats, bit 1: first step, bit 2: exact, bits 3-4: old mode (0 none, 1 row, 2 slot)
   int chunk_offset;  // this tensor's first chunk in the partial buffers
   int tensor;        // index into the per-tensor rho array
@@ -30,8 +30,9 @@ struct GQArgs {
 template <int L>
 using Meta = sgdx::cuda::TensorListMeta<L, GQArgs, kGQTensors, kGQBlocks>;
 
+// Scalars in double: float64 tensors compute with them unrounded, the others round once to opmath.
 struct Common {
-  float lr, wd, mom, damp1, eps, inv_zref, rho_min, rho_max, kappa;
+  double lr, wd, mom, damp1, eps, inv_zref, rho_min, rho_max, kappa;
   bool nesterov, per_element;
 };
 
@@ -69,7 +70,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   const auto* g = static_cast<const scalar_t*>(meta.addresses[1][t]);
   const auto* s1 = static_cast<const scalar_t*>(meta.addresses[3][t]);
   const auto* s2 = static_cast<const scalar_t*>(meta.addresses[4][t]);
-  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = c.wd, inv_n = a.inv_n;
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
+  const opmath_t inv_n = static_cast<opmath_t>(a.inv_n);
   const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
   const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
   double dev = 0.0, var = 0.0;
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
 
 // One block per tensor: its chunks' partials, in order, to Delta-rho.
 __global__ void gq_rho_kernel(const double* partial, const int* first_chunk, const int* chunks, const int* stats,
-                              Common c, float* rho, const float* found_inf) {
+                              Common c, double* rho, const float* found_inf) {
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
   const int t = blockIdx.x;
@@ -104,17 +106,17 @@ __global__ void gq_rho_kernel(const double* partial, const int* first_chunk, con
   if (threadIdx.x == 0) {
     double r = 1.0;
     if (stats[t]) {
-      const double z = sqrt(sd) / (sqrt(sv) + static_cast<double>(c.eps));
-      r = c.kappa == 1.f ? z : pow(z, static_cast<double>(c.kappa));
-      r = fmin(fmax(r, static_cast<double>(c.rho_min)), static_cast<double>(c.rho_max));
+      const double z = sqrt(sd) / (sqrt(sv) + c.eps);
+      r = c.kappa == 1.0 ? z : pow(z, c.kappa);
+      r = fmin(fmax(r, c.rho_min), c.rho_max);
     }
-    rho[t] = static_cast<float>(r);
+    rho[t] = r;
   }
 }
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
-    gq_update_kernel(Meta<kLists> meta, Common c, const float* rho_tensor, double* rho_partial,
+    gq_update_kernel(Meta<kLists> meta, Common c, const double* rho_tensor, double* rho_partial,
                      const float* grad_scale, const float* found_inf) {
   using opmath_t = at::opmath_type<scalar_t>;
   if (skip(found_inf)) return;
@@ -132,10 +134,13 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   const auto* old = static_cast<const scalar_t*>(meta.addresses[6][t]);
   const bool stats = a.flags & 1, first = a.flags & 2, exact = a.flags & 4;
   const int old_mode = (a.flags >> 3) & 3;
-  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = c.wd, lr = c.lr, mom = c.mom, damp1 = c.damp1;
-  const opmath_t inv_n = a.inv_n, rate = a.rate, eps = c.eps, inv_zref = c.inv_zref;
-  const opmath_t rmin = c.rho_min, rmax = c.rho_max, kappa = c.kappa;
-  const bool use_mom = c.mom != 0.f;
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
+  const opmath_t lr = static_cast<opmath_t>(c.lr), mom = static_cast<opmath_t>(c.mom);
+  const opmath_t damp1 = static_cast<opmath_t>(c.damp1), inv_n = static_cast<opmath_t>(a.inv_n);
+  const opmath_t rate = static_cast<opmath_t>(a.rate), eps = static_cast<opmath_t>(c.eps);
+  const opmath_t inv_zref = static_cast<opmath_t>(c.inv_zref), rmin = static_cast<opmath_t>(c.rho_min);
+  const opmath_t rmax = static_cast<opmath_t>(c.rho_max), kappa = static_cast<opmath_t>(c.kappa);
+  const bool use_mom = c.mom != 0.0;
   const opmath_t rho_fixed = (!c.per_element && stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
   const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
   const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
@@ -208,8 +213,8 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
     numels.push_back(n);
     const int c = static_cast<int>((n + sgdx::cuda::kChunkSize - 1) / sgdx::cuda::kChunkSize);
     GQArgs a;
-    a.inv_n = t.stats_count > 0 && exact ? static_cast<float>(1.0 / double(t.stats_count)) : 1.f;
-    a.rate = static_cast<float>(t.ema_rate);
+    a.inv_n = t.stats_count > 0 && exact ? 1.0 / double(t.stats_count) : 1.0;
+    a.rate = t.ema_rate;
     a.flags = (t.stats_count > 0 ? 1 : 0) | (t.first_step ? 2 : 0) | (exact ? 4 : 0) | (old_mode << 3);
     a.chunk_offset = total_chunks;
     a.tensor = static_cast<int>(k);
@@ -220,22 +225,22 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
     total_chunks += c;
   }
   Common c;
-  c.lr = static_cast<float>(config.lr);
-  c.wd = static_cast<float>(config.weight_decay);
-  c.mom = static_cast<float>(config.momentum);
-  c.damp1 = static_cast<float>(1.0 - config.dampening);
-  c.eps = static_cast<float>(config.eps);
-  c.inv_zref = static_cast<float>(1.0 / kGradQueueZRef);
-  c.rho_min = static_cast<float>(config.rho_min);
-  c.rho_max = static_cast<float>(config.rho_max);
-  c.kappa = static_cast<float>(config.kappa);
+  c.lr = config.lr;
+  c.wd = config.weight_decay;
+  c.mom = config.momentum;
+  c.damp1 = 1.0 - config.dampening;
+  c.eps = config.eps;
+  c.inv_zref = 1.0 / kGradQueueZRef;
+  c.rho_min = config.rho_min;
+  c.rho_max = config.rho_max;
+  c.kappa = config.kappa;
   c.nesterov = config.nesterov;
   c.per_element = config.per_element;
   const auto dev = p0.device();
   auto dopt = at::TensorOptions().dtype(at::kDouble).device(dev);
   auto iopt = at::TensorOptions().dtype(at::kInt);
   auto rho_partial = at::zeros({std::max(total_chunks, 1)}, dopt);
-  auto rho = at::ones({T}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  auto rho = at::ones({T}, dopt);
   const float* gs = grad_scale.defined() ? grad_scale.const_data_ptr<float>() : nullptr;
   const float* fi = found_inf.defined() ? found_inf.const_data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p0.scalar_type(), "gradqueue_step_cuda_", [&] {
@@ -243,15 +248,16 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
       auto partial = at::zeros({2 * std::max(total_chunks, 1)}, dopt);
       sgdx::cuda::multi_tensor_apply<kLists, GQArgs, kGQTensors, kGQBlocks>(
           lists, numels, extras, gq_moments_kernel<scalar_t>, c, partial.data_ptr<double>(), gs, fi);
-      auto fc = at::tensor(first_chunk, iopt).to(dev), ch = at::tensor(chunks, iopt).to(dev),
-           st = at::tensor(stats, iopt).to(dev);
+      // Pinned and non-blocking: no host synchronisation.
+      auto up = [&](const std::vector<int>& v) { return at::tensor(v, iopt).pin_memory().to(dev, /*non_blocking=*/true); };
+      auto fc = up(first_chunk), ch = up(chunks), st = up(stats);
       gq_rho_kernel<<<T, sgdx::cuda::kBlockSize, 0, at::cuda::getCurrentCUDAStream()>>>(
           partial.const_data_ptr<double>(), fc.const_data_ptr<int>(), ch.const_data_ptr<int>(),
-          st.const_data_ptr<int>(), c, rho.data_ptr<float>(), fi);
+          st.const_data_ptr<int>(), c, rho.data_ptr<double>(), fi);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     sgdx::cuda::multi_tensor_apply<kLists, GQArgs, kGQTensors, kGQBlocks>(
-        lists, numels, extras, gq_update_kernel<scalar_t>, c, rho.const_data_ptr<float>(),
+        lists, numels, extras, gq_update_kernel<scalar_t>, c, rho.const_data_ptr<double>(),
         rho_partial.data_ptr<double>(), gs, fi);
   });
   // Per-tensor sums of Delta-rho, in chunk order (deterministic).

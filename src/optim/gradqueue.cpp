@@ -277,7 +277,12 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
     c.eps = o.eps();
     c.per_element = o.granularity() == GradQueueGranularity::element;
     for (auto& p : group.params()) {
-      if (!p.grad().defined()) continue;
+      if (!p.grad().defined()) {
+        // No gradient this step: no push, but the window length follows the loss like the others'.
+        auto it = state_.find(p.unsafeGetTensorImpl());
+        if (it != state_.end()) apply_trend(static_cast<GradQueueSGDMParamState&>(*it->second), o);
+        continue;
+      }
       TORCH_CHECK(!p.grad().is_sparse(), "GradQueueSGDM: sparse gradients are not supported");
       TORCH_CHECK(p.grad().scalar_type() == p.scalar_type(), "GradQueueSGDM: gradient dtype ",
                   p.grad().scalar_type(), " differs from parameter dtype ", p.scalar_type());
