@@ -10,6 +10,7 @@
 
 #include "sgdx/config.h"
 #include "sgdx/ops/gradqueue_step.h"
+#include "ops/gradqueue_step_util.h"
 #include "test_util.h"
 
 using sgdx::ops::GradQueueStepConfig;
@@ -22,44 +23,9 @@ using sgdx::ops::GradQueueTensor;
   } while (0)
 
 namespace {
-
-struct Ops {
-  torch::Tensor p, g, v, s1, s2, queue;
-  Ops to(const torch::Device& d) const { return {p.to(d), g.to(d), v.to(d), s1.to(d), s2.to(d), queue.to(d)}; }
-  Ops clone() const { return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()}; }
-};
-
-Ops make(int64_t n, torch::ScalarType dt) {
-  Ops o;
-  auto q = torch::randn({3, n});
-  o.p = torch::randn({n}).to(dt);
-  o.g = (3 * torch::randn({n})).to(dt);
-  o.v = torch::randn({n}).to(dt);
-  o.queue = q.to(dt);
-  o.s1 = q.sum(0).to(dt);
-  o.s2 = (q.square().sum(0) + 0.1).to(dt);
-  return o;
-}
-
-GradQueueTensor view(Ops& o, bool exact, int old_mode, int64_t stats, bool first) {
-  GradQueueTensor t;
-  t.param = o.p;
-  t.grad = o.g;
-  t.momentum = o.v;
-  t.s1 = o.s1;
-  t.s2 = o.s2;
-  if (exact) {
-    t.slot = o.queue[0];
-    if (old_mode == 1) t.old = o.queue[1];
-    if (old_mode == 2) t.old = o.queue[0];
-  } else {
-    t.ema_rate = 0.25;
-  }
-  t.stats_count = stats;
-  t.first_step = first;
-  return t;
-}
-
+using Ops = sgdx::testing::GQOperands;
+Ops make(int64_t n, torch::ScalarType dt) { return sgdx::testing::make_gq_operands(n, dt, 3); }
+using sgdx::testing::gq_view;
 }  // namespace
 
 TEST(GradQueueStepCuda, MatchesAtenReference) {
@@ -96,12 +62,12 @@ TEST(GradQueueStepCuda, MatchesAtenReference) {
             const int old_mode = exact ? k % 3 : 0;
             stats.push_back(k % 4 == 0 ? 0 : 3);
             if (exact && old_mode != 2) gpu[k].queue[0].fill_(NAN), cpu[k].queue[0].fill_(NAN);  // poison the output row
-            tg.push_back(view(gpu[k], exact, old_mode, stats[k], mom == 1));
+            tg.push_back(gq_view(gpu[k], exact, old_mode, stats[k], mom == 1));
           }
           auto rho = sgdx::ops::gradqueue_step_cuda_(tg, c).cpu();
           torch::cuda::synchronize();
           for (int k = 0; k < 60; ++k) {
-            auto tc = view(cpu[k], exact, exact ? k % 3 : 0, stats[k], mom == 1);
+            auto tc = gq_view(cpu[k], exact, exact ? k % 3 : 0, stats[k], mom == 1);
             const double r = sgdx::ops::gradqueue_step_aten_(tc, c);
             const std::string where = std::string(c10::toString(dt)) + " elem " + std::to_string(elem) + " exact " +
                                       std::to_string(exact) + " mom " + std::to_string(mom) + " tensor " +
@@ -134,7 +100,7 @@ TEST(GradQueueStepCuda, GradScaleDividesAndFoundInfSkipsEverything) {
     auto scaled = base.clone();
     scaled.g.mul_(1024);
     auto plain = base.clone();
-    std::vector<GradQueueTensor> a = {view(scaled, true, 1, 3, false)}, b = {view(plain, true, 1, 3, false)};
+    std::vector<GradQueueTensor> a = {gq_view(scaled, true, 1, 3, false)}, b = {gq_view(plain, true, 1, 3, false)};
     auto scale = torch::full({1}, 1024.f, torch::TensorOptions().device(torch::kCUDA));
     sgdx::ops::gradqueue_step_cuda_(a, c, scale);
     sgdx::ops::gradqueue_step_cuda_(b, c);
@@ -143,7 +109,7 @@ TEST(GradQueueStepCuda, GradScaleDividesAndFoundInfSkipsEverything) {
     // found_inf: nothing may change, momentum and queue included.
     auto skip = base.clone();
     const auto before = skip.clone();
-    std::vector<GradQueueTensor> s = {view(skip, true, 1, 3, false)};
+    std::vector<GradQueueTensor> s = {gq_view(skip, true, 1, 3, false)};
     auto inf = torch::ones({1}, torch::TensorOptions().device(torch::kCUDA));
     auto sums = sgdx::ops::gradqueue_step_cuda_(s, c, scale, inf);
     torch::cuda::synchronize();
@@ -158,9 +124,9 @@ TEST(GradQueueStepCuda, RejectsBadListsClearly) {
   SGDX_REQUIRE_CUDA();
   auto g = make(10, torch::kFloat).to(torch::kCUDA);
   auto h = make(10, torch::kFloat);
-  std::vector<GradQueueTensor> mixed = {view(g, true, 1, 0, false), view(h, true, 1, 0, false)};
+  std::vector<GradQueueTensor> mixed = {gq_view(g, true, 1, 0, false), gq_view(h, true, 1, 0, false)};
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(mixed, GradQueueStepConfig{}), "tensor 1 is on cpu");
-  std::vector<GradQueueTensor> one = {view(g, true, 1, 0, false)};
+  std::vector<GradQueueTensor> one = {gq_view(g, true, 1, 0, false)};
   SGDX_EXPECT_THROW_MSG(
       sgdx::ops::gradqueue_step_cuda_(one, GradQueueStepConfig{}, torch::ones({1}, torch::kCUDA).to(torch::kDouble)),
       "grad_scale must be one float32 value");
@@ -169,13 +135,13 @@ TEST(GradQueueStepCuda, RejectsBadListsClearly) {
 TEST(GradQueueStepCuda, BuiltWithoutCudaThrowsClearly) {
   if (SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built with CUDA";
   auto o = make(4, torch::kFloat);
-  std::vector<GradQueueTensor> t = {view(o, true, 1, 0, false)};
+  std::vector<GradQueueTensor> t = {gq_view(o, true, 1, 0, false)};
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(t, GradQueueStepConfig{}), "built without CUDA");
 }
 
 TEST(GradQueueStepCuda, CpuListsAreRejectedByTheCudaEntry) {
   if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";
   auto o = make(4, torch::kFloat);
-  std::vector<GradQueueTensor> t = {view(o, true, 1, 0, false)};
+  std::vector<GradQueueTensor> t = {gq_view(o, true, 1, 0, false)};
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(t, GradQueueStepConfig{}), "must be on a CUDA device, got cpu");
 }

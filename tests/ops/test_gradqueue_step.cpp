@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "sgdx/ops/gradqueue_step.h"
+#include "gradqueue_step_util.h"
 #include "test_util.h"
 
 namespace {
@@ -13,44 +14,8 @@ namespace {
 using sgdx::ops::GradQueueStepConfig;
 using sgdx::ops::GradQueueTensor;
 
-struct Operands {
-  at::Tensor p, g, v, s1, s2, queue;
-};
-
-Operands make(int64_t n, at::ScalarType dt, int64_t q) {
-  Operands o;
-  auto opt = at::TensorOptions().dtype(dt);
-  o.p = at::randn({n}, opt);
-  o.g = at::randn({n}, opt) * 3;
-  o.v = at::randn({n}, opt);
-  o.queue = at::randn({q, n}, opt);
-  o.s1 = o.queue.sum(0);
-  o.s2 = o.queue.square().sum(0) + 0.1;  // positive variance
-  return o;
-}
-
-Operands clone(const Operands& a) {
-  return {a.p.clone(), a.g.clone(), a.v.clone(), a.s1.clone(), a.s2.clone(), a.queue.clone()};
-}
-
-GradQueueTensor view(Operands& o, bool exact, int old_mode, int64_t stats, bool first) {
-  GradQueueTensor t;
-  t.param = o.p;
-  t.grad = o.g;
-  t.momentum = o.v;
-  t.s1 = o.s1;
-  t.s2 = o.s2;
-  if (exact) {
-    t.slot = o.queue[0];
-    if (old_mode == 1) t.old = o.queue[1];
-    if (old_mode == 2) t.old = o.queue[0];  // the leaving row is the one overwritten
-  } else {
-    t.ema_rate = 0.25;
-  }
-  t.stats_count = stats;
-  t.first_step = first;
-  return t;
-}
+using Operands = sgdx::testing::GQOperands;
+using sgdx::testing::gq_view;
 
 TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
   at::manual_seed(0);
@@ -74,12 +39,12 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
               c.rho_min = 0.5;
               c.rho_max = 2.0;
               const int64_t stats = (n % 3 == 0) ? 0 : 5;
-              auto base = make(n, dt, 4);
-              auto a = clone(base), b = clone(base);
+              auto base = sgdx::testing::make_gq_operands(n, dt, 4);
+              auto a = base.clone(), b = base.clone();
               // Poison nothing but outputs: slot rows of both copies start as NaN when no row leaves through them.
               if (exact && old_mode != 2) a.queue[0].fill_(NAN), b.queue[0].fill_(NAN);
-              auto ta = view(a, exact, old_mode, stats, mom == 1);
-              auto tb = view(b, exact, old_mode, stats, mom == 1);
+              auto ta = gq_view(a, exact, old_mode, stats, mom == 1);
+              auto tb = gq_view(b, exact, old_mode, stats, mom == 1);
               const double ra = sgdx::ops::gradqueue_step_(ta, c);
               const double rb = sgdx::ops::gradqueue_step_aten_(tb, c);
               const std::string where = "dtype " + std::string(c10::toString(dt)) + " n " + std::to_string(n) +
@@ -105,11 +70,11 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
 }
 
 TEST(GradQueueStep, HalfPrecisionTakesTheAtenPath) {
-  auto base = make(1001, at::kHalf, 3);
+  auto base = sgdx::testing::make_gq_operands(1001, at::kHalf, 3);
   GradQueueStepConfig c;
   c.lr = 0.1;
   c.momentum = 0.9;
-  auto t = view(base, true, 1, 3, true);
+  auto t = gq_view(base, true, 1, 3, true);
   const auto before = base.p.clone();
   const double r = sgdx::ops::gradqueue_step_(t, c);
   EXPECT_TRUE(at::isfinite(base.p).all().item<bool>());
@@ -118,18 +83,18 @@ TEST(GradQueueStep, HalfPrecisionTakesTheAtenPath) {
 }
 
 TEST(GradQueueStep, ClearErrors) {
-  auto o = make(10, at::kFloat, 2);
+  auto o = sgdx::testing::make_gq_operands(10, at::kFloat, 2);
   GradQueueStepConfig c;
-  auto t = view(o, true, 1, 0, false);
+  auto t = gq_view(o, true, 1, 0, false);
   t.grad = at::randn({11});
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "operand of 11 elements");
-  t = view(o, true, 1, 0, false);
+  t = gq_view(o, true, 1, 0, false);
   t.grad = at::randn({10}, at::kDouble);
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "does not match the parameter");
-  t = view(o, true, 1, 0, false);
+  t = gq_view(o, true, 1, 0, false);
   t.slot = at::Tensor();
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "exact storage needs the queue slot");
-  t = view(o, true, 1, 0, false);
+  t = gq_view(o, true, 1, 0, false);
   t.momentum = at::Tensor();
   c.momentum = 0.9;
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_(t, c), "momentum buffer is undefined");

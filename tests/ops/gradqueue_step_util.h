@@ -1,0 +1,42 @@
+#pragma once
+// Operands of one GradQueue tensor step for the CPU and CUDA step tests.
+#include <ATen/ATen.h>
+
+#include "sgdx/ops/gradqueue_step.h"
+
+namespace sgdx::testing {
+
+struct GQOperands {
+  at::Tensor p, g, v, s1, s2, queue;
+  GQOperands to(const c10::Device& d) const { return {p.to(d), g.to(d), v.to(d), s1.to(d), s2.to(d), queue.to(d)}; }
+  GQOperands clone() const { return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()}; }
+};
+
+/// Random operands of n elements with a queue of q rows whose sums are S1, S2 (+0.1: positive variance).
+inline GQOperands make_gq_operands(int64_t n, at::ScalarType dt, int64_t q) {
+  auto rows = at::randn({q, n}, at::kFloat);
+  return {at::randn({n}).to(dt), (3 * at::randn({n})).to(dt), at::randn({n}).to(dt), rows.sum(0).to(dt),
+          (rows.square().sum(0) + 0.1).to(dt), rows.to(dt)};
+}
+
+/// The step's view: the new row is queue[0]; old_mode 1: queue[1] leaves, 2: queue[0] itself leaves.
+inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mode, int64_t stats, bool first) {
+  sgdx::ops::GradQueueTensor t;
+  t.param = o.p;
+  t.grad = o.g;
+  t.momentum = o.v;
+  t.s1 = o.s1;
+  t.s2 = o.s2;
+  if (exact) {
+    t.slot = o.queue[0];
+    if (old_mode == 1) t.old = o.queue[1];
+    if (old_mode == 2) t.old = o.queue[0];
+  } else {
+    t.ema_rate = 0.25;
+  }
+  t.stats_count = stats;
+  t.first_step = first;
+  return t;
+}
+
+}  // namespace sgdx::testing
