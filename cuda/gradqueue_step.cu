@@ -55,6 +55,26 @@ __device__ __forceinline__ double block_sum(double x, double* shared) {
   return total;  // valid in thread 0
 }
 
+// The tensor, its scalars and the element range of this block.
+struct BlockWork {
+  int t, chunk;
+  GQArgs a;
+  int64_t begin, end;
+};
+__device__ __forceinline__ BlockWork block_work(const Meta<kLists>& meta) {
+  BlockWork w;
+  w.t = meta.block_to_tensor[blockIdx.x];
+  w.chunk = meta.block_to_chunk[blockIdx.x];
+  w.a = meta.extra[w.t];
+  w.begin = static_cast<int64_t>(w.chunk) * sgdx::cuda::kChunkSize;
+  w.end = min(meta.numel[w.t], w.begin + sgdx::cuda::kChunkSize);
+  return w;
+}
+template <typename T>
+__device__ __forceinline__ T* list(const Meta<kLists>& meta, int l, int t) {
+  return static_cast<T*>(meta.addresses[l][t]);
+}
+
 // Tensor granularity: per chunk, sum (d - mu)^2 and sum sigma^2.
 template <typename scalar_t>
 __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
@@ -62,18 +82,16 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   using opmath_t = at::opmath_type<scalar_t>;
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
-  const int t = meta.block_to_tensor[blockIdx.x];
-  const int chunk = meta.block_to_chunk[blockIdx.x];
-  const GQArgs a = meta.extra[t];
-  const int64_t n = meta.numel[t];
-  const auto* p = static_cast<const scalar_t*>(meta.addresses[0][t]);
-  const auto* g = static_cast<const scalar_t*>(meta.addresses[1][t]);
-  const auto* s1 = static_cast<const scalar_t*>(meta.addresses[3][t]);
-  const auto* s2 = static_cast<const scalar_t*>(meta.addresses[4][t]);
+  const BlockWork w = block_work(meta);
+  const int t = w.t;
+  const GQArgs& a = w.a;
+  const auto* p = list<const scalar_t>(meta, 0, t);
+  const auto* g = list<const scalar_t>(meta, 1, t);
+  const auto* s1 = list<const scalar_t>(meta, 3, t);
+  const auto* s2 = list<const scalar_t>(meta, 4, t);
   const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
   const opmath_t inv_n = static_cast<opmath_t>(a.inv_n);
-  const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
-  const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
+  const int64_t begin = w.begin, end = w.end;
   double dev = 0.0, var = 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * static_cast<opmath_t>(p[i]);
@@ -85,8 +103,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   const double sd = block_sum<double>(dev, sh);
   const double sv = block_sum<double>(var, sh);
   if (threadIdx.x == 0) {
-    partial[2 * (a.chunk_offset + chunk)] = sd;
-    partial[2 * (a.chunk_offset + chunk) + 1] = sv;
+    partial[2 * (a.chunk_offset + w.chunk)] = sd;
+    partial[2 * (a.chunk_offset + w.chunk) + 1] = sv;
   }
 }
 
@@ -121,17 +139,16 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   using opmath_t = at::opmath_type<scalar_t>;
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
-  const int t = meta.block_to_tensor[blockIdx.x];
-  const int chunk = meta.block_to_chunk[blockIdx.x];
-  const GQArgs a = meta.extra[t];
-  const int64_t n = meta.numel[t];
-  auto* p = static_cast<scalar_t*>(meta.addresses[0][t]);
-  const auto* g = static_cast<const scalar_t*>(meta.addresses[1][t]);
-  auto* v = static_cast<scalar_t*>(meta.addresses[2][t]);
-  auto* s1 = static_cast<scalar_t*>(meta.addresses[3][t]);
-  auto* s2 = static_cast<scalar_t*>(meta.addresses[4][t]);
-  auto* slot = static_cast<scalar_t*>(meta.addresses[5][t]);
-  const auto* old = static_cast<const scalar_t*>(meta.addresses[6][t]);
+  const BlockWork w = block_work(meta);
+  const int t = w.t;
+  const GQArgs& a = w.a;
+  auto* p = list<scalar_t>(meta, 0, t);
+  const auto* g = list<const scalar_t>(meta, 1, t);
+  auto* v = list<scalar_t>(meta, 2, t);
+  auto* s1 = list<scalar_t>(meta, 3, t);
+  auto* s2 = list<scalar_t>(meta, 4, t);
+  auto* slot = list<scalar_t>(meta, 5, t);
+  const auto* old = list<const scalar_t>(meta, 6, t);
   const bool stats = a.flags & 1, first = a.flags & 2, exact = a.flags & 4;
   const int old_mode = (a.flags >> 3) & 3;
   const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
@@ -142,8 +159,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   const opmath_t rmax = static_cast<opmath_t>(c.rho_max), kappa = static_cast<opmath_t>(c.kappa);
   const bool use_mom = c.mom != 0.0;
   const opmath_t rho_fixed = (!c.per_element && stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
-  const int64_t begin = static_cast<int64_t>(chunk) * sgdx::cuda::kChunkSize;
-  const int64_t end = min(n, begin + sgdx::cuda::kChunkSize);
+  const int64_t begin = w.begin, end = w.end;
   double rho_sum = 0.0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     const opmath_t pi = static_cast<opmath_t>(p[i]);
@@ -180,7 +196,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
     p[i] = static_cast<scalar_t>(pi - lr * u);
   }
   const double s = block_sum<double>(rho_sum, sh);
-  if (threadIdx.x == 0) rho_partial[a.chunk_offset + chunk] = s;
+  if (threadIdx.x == 0) rho_partial[a.chunk_offset + w.chunk] = s;
 }
 
 }  // namespace
