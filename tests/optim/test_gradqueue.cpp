@@ -411,3 +411,25 @@ TEST(GradQueueSGDM, ClearErrors) {
 }
 
 }  // namespace
+
+namespace {
+// A parameter that gets no gradient for a while keeps the same window length as
+// the others (the loss trend applies to every tensor with state).
+TEST(GradQueueSGDM, WindowFollowsTheLossWithoutAGradient) {
+  auto a = torch::zeros({4}, torch::requires_grad());
+  auto b = torch::zeros({4}, torch::requires_grad());
+  GradQueueSGDM opt({a, b}, GradQueueSGDMOptions(0.1).q_min(2).q_init(3).q_max(10));
+  auto st = [&](const torch::Tensor& p) -> const sgdx::optim::GradQueueSGDMParamState& {
+    return static_cast<const sgdx::optim::GradQueueSGDMParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+  };
+  for (int t = 0; t < 8; ++t) {
+    a.mutable_grad() = torch::randn({4});
+    if (t < 2) b.mutable_grad() = torch::randn({4}); else b.mutable_grad() = torch::Tensor();
+    opt.observe_loss(10.0 - t);  // falling: the window grows every step after the first
+    opt.step();
+    EXPECT_EQ(st(a).window(), st(b).window()) << "step " << t;
+  }
+  EXPECT_EQ(st(a).window(), 3 + 7);
+  EXPECT_EQ(st(b).count(), 2);  // b pushed only twice
+}
+}  // namespace
