@@ -290,7 +290,7 @@ void check_operands(const GradQueueTensor& t, const GradQueueStepConfig& c) {
   const bool exact = t.ema_rate == 0.0;
   TORCH_CHECK(!exact || t.slot.defined(), "gradqueue_step_: exact storage needs the queue slot");
   TORCH_CHECK(c.momentum == 0.0 || t.momentum.defined(), "gradqueue_step_: momentum buffer is undefined");
-  for (const at::Tensor* x : {&t.grad, &t.momentum, &t.s1, &t.s2, &t.slot, &t.old}) {
+  for (const at::Tensor* x : {&t.grad, &t.momentum, &t.s1, &t.s2, &t.slot, &t.old, &t.direction}) {
     if (!x->defined()) continue;
     TORCH_CHECK(x->device() == p.device() && x->scalar_type() == p.scalar_type(),
                 "gradqueue_step_: operand on ", x->device(), " with dtype ", x->scalar_type(),
@@ -308,7 +308,8 @@ void check_operands(const GradQueueTensor& t, const GradQueueStepConfig& c) {
 double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   check_operands(t, c);
   const auto& p = t.param;
-  if (p.device().is_cpu() && (p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble))
+  if (p.device().is_cpu() && (p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble) &&
+      !t.direction.defined())
     return p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
   return gradqueue_step_aten_(t, c);
 }
@@ -342,7 +343,7 @@ double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
       rho_sum = r * static_cast<double>(p.numel());
     }
   }
-  const auto gh = rho.defined() ? rho * d : d;
+  const auto gh = t.direction.defined() ? t.direction.view(-1).to(dt) : (rho.defined() ? rho * d : d);
   if (exact) {
     const auto o = t.old.defined() ? t.old.view(-1).to(dt) : at::zeros_like(d);  // before the slot is written
     s1.add_((d - o).to(s1.scalar_type()));
@@ -370,6 +371,10 @@ void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const Gra
   const auto device = tensors[0].param.device();
   const auto dtype = tensors[0].param.scalar_type();
   TORCH_CHECK(!cuda || device.is_cuda(), "gradqueue_step_cuda_: tensors must be on a CUDA device, got ", device);
+  for (const auto k : c10::irange(tensors.size())) {
+    TORCH_CHECK(!cuda || !tensors[k].direction.defined(), "gradqueue_step_cuda_: tensor ", k,
+                " has a direction; the CUDA kernel takes Delta-rho * d only (use gradqueue_step_aten_)");
+  }
   for (const auto k : c10::irange(tensors.size())) {
     const auto& t = tensors[k];
     TORCH_CHECK(t.param.defined() && t.param.device() == device && t.param.scalar_type() == dtype,

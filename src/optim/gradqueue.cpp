@@ -251,6 +251,55 @@ void GradQueueSGDM::after_push(GradQueueSGDMParamState& st, const GradQueueSGDMO
   }
 }
 
+namespace {
+ops::GradQueueStepConfig step_config(const GradQueueSGDMOptions& o) {
+  ops::GradQueueStepConfig c;
+  c.lr = o.lr();
+  c.momentum = o.momentum();
+  c.dampening = o.dampening();
+  c.weight_decay = o.weight_decay();
+  c.nesterov = o.nesterov();
+  c.rho_min = o.rho_min();
+  c.rho_max = o.rho_max();
+  c.kappa = o.kappa();
+  c.eps = o.eps();
+  c.per_element = o.granularity() == GradQueueGranularity::element;
+  return c;
+}
+}  // namespace
+
+double GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st,
+                                    const GradQueueSGDMOptions& o, const torch::Tensor& grad,
+                                    const torch::Tensor& direction) {
+  auto c = step_config(o);
+  ops::GradQueueTensor t;
+  const bool copy_back = !p.is_contiguous();
+  t.param = copy_back ? p.contiguous() : p;
+  t.grad = grad.contiguous();
+  if (direction.defined()) {
+    t.direction = direction.contiguous();
+    c.weight_decay = 0.0;  // the clustered step's gradients include it already
+  } else {
+    t.stats_count = st.count() >= o.q_min() ? st.count() : 0;
+  }
+  t.first_step = !st.momentum_buffer().defined();
+  if (o.momentum() != 0 && t.first_step) st.momentum_buffer(at::empty_like(t.param));
+  t.momentum = st.momentum_buffer();
+  t.s1 = st.s1();
+  t.s2 = st.s2();
+  if (exact_storage(o)) {
+    const int64_t q = o.q_max();
+    t.slot = st.queue()[st.head()];
+    if (st.count() == st.window()) t.old = st.queue()[((st.head() - st.count()) % q + q) % q];
+  } else {
+    t.ema_rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
+  }
+  const double rho_sum = ops::gradqueue_step_(t, c);
+  if (copy_back) p.copy_(t.param);
+  after_push(st, o);
+  return rho_sum;
+}
+
 torch::Tensor GradQueueSGDM::step(LossClosure closure) {
   torch::NoGradGuard no_grad;
   torch::Tensor loss = {};
@@ -265,17 +314,6 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];
     const auto& o = as_gq(group.options(), gi);
-    ops::GradQueueStepConfig c;
-    c.lr = o.lr();
-    c.momentum = o.momentum();
-    c.dampening = o.dampening();
-    c.weight_decay = o.weight_decay();
-    c.nesterov = o.nesterov();
-    c.rho_min = o.rho_min();
-    c.rho_max = o.rho_max();
-    c.kappa = o.kappa();
-    c.eps = o.eps();
-    c.per_element = o.granularity() == GradQueueGranularity::element;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) {
         // No gradient this step: no push, but the window length follows the loss like the others'.
@@ -289,27 +327,8 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
       auto& st = state_for(p, o);
       apply_trend(st, o);
       st.step(st.step() + 1);
-      ops::GradQueueTensor t;
-      const bool copy_back = !p.is_contiguous();
-      t.param = copy_back ? p.contiguous() : p;
-      t.grad = p.grad().contiguous();
-      t.first_step = !st.momentum_buffer().defined();
-      if (o.momentum() != 0 && t.first_step) st.momentum_buffer(at::empty_like(t.param));
-      t.momentum = st.momentum_buffer();
-      t.s1 = st.s1();
-      t.s2 = st.s2();
-      t.stats_count = st.count() >= o.q_min() ? st.count() : 0;
-      if (exact_storage(o)) {
-        const int64_t q = o.q_max();
-        t.slot = st.queue()[st.head()];
-        if (st.count() == st.window()) t.old = st.queue()[((st.head() - st.count()) % q + q) % q];
-      } else {
-        t.ema_rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
-      }
-      rho_sum += ops::gradqueue_step_(t, c);
+      rho_sum += push_and_step(p, st, o, p.grad(), at::Tensor());
       elements += static_cast<double>(p.numel());
-      if (copy_back) p.copy_(t.param);
-      after_push(st, o);
       if (first_info) info_.window = st.window(), first_info = false;
     }
   }
@@ -468,10 +487,10 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     at::Tensor rho = global_rho.defined()       ? global_rho
                      : wk.stats                 ? rho_of(wk.dev.cpu(), wk.var, o)
                                                 : at::ones({K}, at::kDouble);
-    const auto wd = w.to(p.device(), at::kDouble);
-    auto coef_star = (wd * rho.to(p.device())).to(p.scalar_type());
+    const auto w_dev = w.to(p.device(), at::kDouble);  // |C_k| / B
+    auto coef_star = (w_dev * rho.to(p.device())).to(p.scalar_type());
     auto g_star = coef_star.unsqueeze(0).mm(wk.Gk).view(p.sizes());
-    auto g_mean = wd.to(p.scalar_type()).unsqueeze(0).mm(wk.Gk).view(p.sizes());
+    auto g_mean = w_dev.to(p.scalar_type()).unsqueeze(0).mm(wk.Gk).view(p.sizes());
     // Plain batch-mean gradient (without weight decay) into .grad, as a backward would leave it.
     auto plain = o.weight_decay() != 0 ? g_mean - o.weight_decay() * p.detach() : g_mean;
     if (p.grad().defined()) {
@@ -479,35 +498,8 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     } else {
       p.mutable_grad() = plain.clone();
     }
-    // Push g_mean.
-    if (exact_storage(o)) {
-      const int64_t q = o.q_max();
-      auto flat = g_mean.reshape({-1});
-      if (st.count() == st.window()) {
-        auto old = st.queue()[((st.head() - st.count()) % q + q) % q].clone();
-        st.s1().sub_(old.view(p.sizes()));
-        st.s2().sub_(old.square().view(p.sizes()));
-      }
-      st.s1().add_(g_mean);
-      st.s2().add_(g_mean.square());
-      st.queue()[st.head()].copy_(flat);
-    } else {
-      const double rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
-      st.s1().add_(g_mean - st.s1(), rate);
-      st.s2().add_(g_mean.square() - st.s2(), rate);
-    }
-    after_push(st, o);
-    // Momentum step on G* (torch::optim::SGD's rule).
-    at::Tensor u = g_star;
-    if (o.momentum() != 0) {
-      if (!st.momentum_buffer().defined()) {
-        st.momentum_buffer(g_star.clone(at::MemoryFormat::Contiguous));
-      } else {
-        st.momentum_buffer().mul_(o.momentum()).add_(g_star, 1.0 - o.dampening());
-      }
-      u = o.nesterov() ? g_star + o.momentum() * st.momentum_buffer() : st.momentum_buffer();
-    }
-    p.add_(u, -o.lr());
+    // Push the plain mean, momentum step on G* (torch::optim::SGD's rule).
+    push_and_step(p, st, o, g_mean, g_star);
     rho_sum += (w * rho.cpu()).sum().item<double>() * static_cast<double>(p.numel());
     elements += static_cast<double>(p.numel());
     if (j == 0) info_.window = st.window();

@@ -27,6 +27,9 @@ struct GradQueueTensor {
   int64_t stats_count = 0;  ///< entries in the window before the push; < 1 or warm-up: pass 0 (Delta-rho = 1)
   double ema_rate = 0.0;    ///< ema storage: s += ema_rate * (x - s); 0 selects exact storage
   bool first_step = false;  ///< the momentum buffer starts as the update (as in torch::optim::SGD)
+  /// Optional: the step direction in place of Delta-rho * d (the clustered step's G*); d is
+  /// still what enters the window. Taken by the ATen path (CPU tensors are routed there).
+  at::Tensor direction;
 };
 
 /// Applies one step in place and returns the sum of Delta-rho over the

@@ -143,6 +143,11 @@ class GradQueueSGDM : public torch::optim::Optimizer {
   GradQueueSGDMParamState& state_for(const torch::Tensor& p, const GradQueueSGDMOptions& o);
   void apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
   void after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
+  /// Pushes `grad` (+ weight decay unless `direction` is given) into the window and
+  /// takes the momentum step on Delta-rho * d, or on `direction` when defined
+  /// (the clustered step's G*). Returns the sum of Delta-rho.
+  double push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o,
+                       const torch::Tensor& grad, const torch::Tensor& direction);
 
   double loss_ema_ = 0.0;
   bool has_loss_ema_ = false;
