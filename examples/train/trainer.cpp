@@ -377,15 +377,11 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     for (auto& p : model->parameters())
       if (p.grad().defined()) grads.push_back(p.grad());
     last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-    if (gq != nullptr && !clustered) {
-      check_finite(loss.item<double>());
-      gq->observe_loss(loss.item<double>());  // drives the queue length
-    }
+    const double l = loss.item<double>();
+    check_finite(l);  // before the step: a diverged loss never reaches the optimizer
+    if (gq != nullptr && !clustered) gq->observe_loss(l);  // drives the queue length
     if (svrg == nullptr && !clustered) optimizer->step();
     ++step;
-    const double l = loss.item<double>();
-    TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step, " (", spec.label, ", lr ",
-                base_lr, "); lower --lr");
     return l;
   };
 
