@@ -39,16 +39,8 @@ TEST(GradQueueStepCuda, MatchesAtenReference) {
     for (bool elem : {true, false}) {
       for (bool exact : {true, false}) {
         for (int mom : {0, 1, 2, 3}) {
-          GradQueueStepConfig c;
-          c.lr = 0.1;
-          c.weight_decay = 0.01;
-          c.momentum = mom == 0 ? 0.0 : 0.9;
-          c.dampening = mom == 2 ? 0.1 : 0.0;
-          c.nesterov = mom == 3;
-          c.per_element = elem;
-          c.kappa = mom == 2 ? 1.5 : 1.0;
-          c.rho_min = 0.25;  // a live Delta-rho (the config's default range is [1, 1])
-          c.rho_max = 4.0;
+          // A live Delta-rho in [0.25, 4] (the config's default range is [1, 1]).
+          const auto c = sgdx::testing::gq_config(mom, elem, mom == 2 ? 1.5 : 1.0, 0.25, 4.0);
           std::vector<Ops> cpu, gpu;
           std::vector<GradQueueTensor> tg;
           std::vector<int64_t> stats;

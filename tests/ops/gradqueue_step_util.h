@@ -39,4 +39,22 @@ inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mod
   return t;
 }
 
+/// The step settings of the test grids: lr 0.1, weight decay 0.01, momentum mode `mom`
+/// (0 none, 1 heavy ball first step, 2 heavy ball with dampening 0.1, 3 nesterov),
+/// element or tensor granularity, kappa and the Delta-rho range as given.
+inline sgdx::ops::GradQueueStepConfig gq_config(int mom, bool per_element, double kappa, double rho_min,
+                                                double rho_max) {
+  sgdx::ops::GradQueueStepConfig c;
+  c.lr = 0.1;
+  c.weight_decay = 0.01;
+  c.momentum = mom == 0 ? 0.0 : 0.9;
+  c.dampening = mom == 2 ? 0.1 : 0.0;
+  c.nesterov = mom == 3;
+  c.per_element = per_element;
+  c.kappa = kappa;
+  c.rho_min = rho_min;
+  c.rho_max = rho_max;
+  return c;
+}
+
 }  // namespace sgdx::testing

@@ -28,16 +28,7 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
           for (int old_mode : {0, 1, 2}) {
             if (!exact && old_mode != 0) continue;
             for (int mom : {0, 1, 2, 3}) {  // none, heavy ball first/later, nesterov later
-              GradQueueStepConfig c;
-              c.lr = 0.1;
-              c.weight_decay = 0.01;
-              c.momentum = mom == 0 ? 0.0 : 0.9;
-              c.dampening = mom == 2 ? 0.1 : 0.0;
-              c.nesterov = mom == 3;
-              c.per_element = elem;
-              c.kappa = (n % 2 == 0) ? 1.0 : 1.5;
-              c.rho_min = 0.5;
-              c.rho_max = 2.0;
+              const auto c = sgdx::testing::gq_config(mom, elem, (n % 2 == 0) ? 1.0 : 1.5, 0.5, 2.0);
               const int64_t stats = (n % 3 == 0) ? 0 : 5;
               auto base = sgdx::testing::make_gq_operands(n, dt, 4);
               auto a = base.clone(), b = base.clone();

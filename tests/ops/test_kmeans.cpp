@@ -227,6 +227,7 @@ TEST(KMeans, ClearErrors) {
   o.max_iters = -1;
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "max_iters must be >= 0, got -1");
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(at::ones({3, 2}, at::kInt), 1), "floating point");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::nearest_centroid(x, at::zeros({2, 3})), "centroids must be [k, 2], got [2, 3]");
 }
 
 }  // namespace
