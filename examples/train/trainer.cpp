@@ -376,8 +376,11 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     std::vector<at::Tensor> grads;
     for (auto& p : model->parameters())
       if (p.grad().defined()) grads.push_back(p.grad());
-    last_grad_sq_ = grads.empty() ? 0.0 : at::stack(at::_foreach_norm(grads)).pow(2).sum().item<double>();
-    const double l = loss.item<double>();
+    // One device-to-host read per step for both numbers (each read is a GPU sync).
+    auto gsq = grads.empty() ? torch::zeros({}, loss.options()) : at::stack(at::_foreach_norm(grads)).pow(2).sum();
+    const auto host = at::stack({gsq.detach().to(torch::kDouble), loss.detach().to(torch::kDouble).reshape({})}).cpu();
+    last_grad_sq_ = host[0].item<double>();
+    const double l = host[1].item<double>();
     check_finite(l);  // before the step: a diverged loss never reaches the optimizer
     if (gq != nullptr && !clustered) gq->observe_loss(l);  // drives the queue length
     if (svrg == nullptr && !clustered) optimizer->step();
