@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "sgdx/config.h"
 #include "sgdx/detail/philox.h"
 
 namespace sgdx::ops {
@@ -34,12 +35,7 @@ at::Tensor partial_distances(const at::Tensor& x, const at::Tensor& c) {
 }  // namespace
 
 double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t draw) {
-  const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(draw), static_cast<uint32_t>(draw >> 32),
-                                             static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32) ^
-                                                                                0x6b6d6561u,  // "kmea": own stream
-                                             static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  const uint64_t bits = (static_cast<uint64_t>(r.v[0] >> 5) << 26) | (r.v[1] >> 6);  // 53 bits
-  return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
+  return sgdx::detail::kmeans_uniform(seed, stream, draw);
 }
 
 at::Tensor nearest_centroid(const at::Tensor& x, const at::Tensor& centroids) {
@@ -79,13 +75,61 @@ at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64
   return at::tensor(chosen, at::TensorOptions().dtype(at::kLong)).to(x.device());
 }
 
+namespace detail {
+void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
+  TORCH_CHECK(x.defined() && x.is_cuda(), "kmeans_cuda: the features must be a CUDA tensor, got ",
+              x.defined() ? x.device() : c10::Device(c10::kCPU), " (use KMeansBackend::aten on other devices)");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "kmeans_cuda: the features must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.layout() == at::kStrided, "kmeans_cuda: the features must be a strided tensor, got ", x.layout());
+  check_features(x, k);
+  TORCH_CHECK(x.size(0) <= kKMeansCudaMaxRows, "kmeans_cuda: n = ", x.size(0), " rows exceed the kernel's limit of ",
+              kKMeansCudaMaxRows, " (use KMeansBackend::aten)");
+  TORCH_CHECK(k <= kKMeansCudaMaxClusters, "kmeans_cuda: k = ", k, " clusters exceed the kernel's limit of ",
+              kKMeansCudaMaxClusters, " (use KMeansBackend::aten)");
+  TORCH_CHECK(x.size(1) <= kKMeansCudaMaxFeatures, "kmeans_cuda: d = ", x.size(1),
+              " features exceed the kernel's limit of ", kKMeansCudaMaxFeatures, " (use KMeansBackend::aten)");
+  TORCH_CHECK(options.max_iters >= 0 && options.max_iters <= (int64_t{1} << 30), "kmeans: max_iters must be >= 0, got ",
+              options.max_iters);
+  TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
+              options.tol);
+  if (options.init.defined()) {
+    TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == x.size(1),
+                "kmeans: initial centroids must be [", k, ", ", x.size(1), "], got ", options.init.sizes());
+    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
+  }
+}
+}  // namespace detail
+
+#if !SGDX_WITH_CUDA
+namespace detail {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor&, int64_t,
+                                                                             const KMeansOptions&) {
+  TORCH_CHECK(false, "kmeans_cuda: sgdx was built without CUDA (SGDX_WITH_CUDA=OFF)");
+}
+}  // namespace detail
+#endif
+
+KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
+  detail::check_kmeans_cuda(x, k, options);
+  auto [c, a, counts, stats] = detail::kmeans_cuda_launch(x, k, options);
+  const auto host = stats.cpu();  // one device-to-host read for both numbers
+  KMeansResult out;
+  out.centroids = c;
+  out.assignment = a;
+  out.counts = counts;
+  out.iterations = static_cast<int64_t>(host[0].item<double>());
+  out.inertia = host[1].item<double>();
+  return out;
+}
+
 KMeansResult kmeans(const at::Tensor& x_in, int64_t k, const KMeansOptions& options) {
+  if (options.backend == KMeansBackend::fused_cuda) return kmeans_cuda(x_in, k, options);
   check_features(x_in, k);
   TORCH_CHECK(options.max_iters >= 0, "kmeans: max_iters must be >= 0, got ", options.max_iters);
   TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
               options.tol);
   const auto x = x_in.contiguous();
-  const int64_t n = x.size(0), d = x.size(1);
+  const int64_t d = x.size(1);
   at::Tensor c;
   if (options.init.defined()) {
     TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == d,

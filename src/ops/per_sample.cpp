@@ -1,4 +1,5 @@
 #include "sgdx/ops/per_sample.h"
+#include "sgdx/ops/per_sample_cuda.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -83,6 +84,8 @@ class CapturedLayer {
   }
   /// [B] inner products with (weight direction, bias direction); undefined = zero.
   virtual at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const = 0;
+  /// The operands of the fused CUDA norm kernel, when it handles this layer kind.
+  virtual bool fused_operands(NormLayerOperands& /*out*/) const { return false; }
   /// Sums of the per-sample gradients over each group, [K, *shape] (weight then
   /// bias). `order` lists the samples sorted by group, `sizes` the group sizes
   /// (host) and `onehot` [B, K] the membership. Default: materialise and reduce.
@@ -183,6 +186,15 @@ class LinearLayer : public CapturedLayer {
     return out;
   }
 
+  bool fused_operands(NormLayerOperands& op) const override {
+    op.kind = NormLayerOperands::Kind::linear;
+    op.weight = !weight_name.empty();
+    op.bias = !bias_name.empty();
+    op.input = op.weight ? a : at::Tensor();  // [B*T, K]
+    op.grad_output = slot->d.reshape({-1, slot->d.size(-1)});  // [B*T, P]
+    return true;
+  }
+
   at::Tensor dot(const at::Tensor& w, const at::Tensor& b) const override {
     auto d = D();
     auto out = at::zeros({batch}, d.options());
@@ -279,6 +291,24 @@ class Conv2dLayer : public CapturedLayer {
       out.push_back(onehot.t().to(d.scalar_type()).mm(d.sum(3).reshape({batch, -1})));
     }
     return out;
+  }
+
+  bool fused_operands(NormLayerOperands& op) const override {
+    op.kind = NormLayerOperands::Kind::conv2d;
+    op.weight = !weight_name.empty();
+    op.bias = !bias_name.empty();
+    op.input = op.weight ? input : at::Tensor();
+    op.grad_output = slot->d;
+    op.kernel_h = kernel[0];
+    op.kernel_w = kernel[1];
+    op.stride_h = stride[0];
+    op.stride_w = stride[1];
+    op.pad_h = padding[0];
+    op.pad_w = padding[1];
+    op.dilation_h = dilation[0];
+    op.dilation_w = dilation[1];
+    op.groups = groups;
+    return true;
   }
 
   std::vector<at::Tensor> grads(const at::Tensor& idx) const override {
@@ -611,7 +641,31 @@ void PerSampleGradients::check_ready() const {
 at::Tensor PerSampleGradients::layer_squared_norms() const {
   check_ready();
   std::vector<at::Tensor> rows;
-  for (const auto& l : layers_) rows.push_back(l->sq_norms(options_.strategy));
+  if (options_.backend == PerSampleBackend::fused_cuda) {
+    at::AutoGradMode no_grad(false);
+    std::vector<NormLayerOperands> ops;
+    std::vector<size_t> fused;  // layer index of each operand set
+    rows.resize(layers_.size());
+    for (const auto k : c10::irange(layers_.size())) {
+      const auto& d = layers_[k]->slot->d;
+      TORCH_CHECK(d.is_cuda(), "per-sample gradients: backend fused_cuda needs the model on a CUDA device; layer '",
+                  layers_[k]->name, "' is on ", d.device());
+      NormLayerOperands op;
+      if (layers_[k]->fused_operands(op)) {
+        op.strategy = options_.strategy;
+        ops.push_back(std::move(op));
+        fused.push_back(k);
+      } else {
+        rows[k] = layers_[k]->sq_norms(options_.strategy).to(at::kFloat);
+      }
+    }
+    if (!ops.empty()) {
+      auto norms = per_sample_sq_norms_cuda(ops, batch_size_);
+      for (const auto j : c10::irange(fused.size())) rows[fused[j]] = norms[j];
+    }
+  } else {
+    for (const auto& l : layers_) rows.push_back(l->sq_norms(options_.strategy));
+  }
   if (rows.empty()) return at::zeros({0, batch_size_}, at::kDouble);
   return at::stack(rows) * (scale() * scale());
 }

@@ -47,6 +47,19 @@ SGDX_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
   return {{c0, c1, c2, c3}};
 }
 
+/// The uniform double in [0, 1) of k-means++ draw `draw` of (seed, stream)
+/// (sgdx::ops::kmeans_uniform; the CUDA k-means kernel draws the same numbers):
+/// Philox(counter = (draw low, draw high, stream low, (stream high) ^ "kmea"),
+/// key = seed), 53 bits from v[0] >> 5 and v[1] >> 6.
+SGDX_HOST_DEVICE double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t draw) {
+  const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(draw), static_cast<uint32_t>(draw >> 32),
+                                     static_cast<uint32_t>(stream),
+                                     static_cast<uint32_t>(stream >> 32) ^ 0x6b6d6561u,  // "kmea": own stream
+                                     static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const uint64_t bits = (static_cast<uint64_t>(r.v[0] >> 5) << 26) | (r.v[1] >> 6);  // 53 bits
+  return static_cast<double>(bits) * (1.0 / 9007199254740992.0);
+}
+
 /// The R-SGD Bernoulli stream. Element i of tensor k at optimizer step t has
 /// the uniform 32-bit word U_i = (H_i << 24) | L_i, where
 ///   H_i = byte (i mod 16) of Philox(counter = (i/16 low, i/16 high, k, t), key = seed),

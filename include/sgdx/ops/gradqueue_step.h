@@ -54,7 +54,31 @@ double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& confi
 at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
                                 const at::Tensor& grad_scale = {}, const at::Tensor& found_inf = {});
 
+/// One tensor of the clustered step's statistics (GradQueueSGDM::clustered_step).
+struct GradQueueClusterTensor {
+  at::Tensor sums;             ///< [K, *shape]: the per-cluster gradient sums
+  at::Tensor param;            ///< read only when weight_decay != 0
+  at::Tensor s1, s2;           ///< the window sums (exact storage) or running moments (ema), param's shape
+  double inv_n = 1.0;          ///< 1/n of the window (exact storage); 1 for ema
+  double weight_decay = 0.0;
+};
+
+/// The per-cluster scarcity statistics of the clustered step, for every tensor t
+/// and cluster k: dev[t][k] = ||sums_t[k] * inv_size[k] + wd * p - mu||^2 with
+/// mu = s1 * inv_n, and var[t] = sum max(s2 * inv_n - mu^2, 0); returned as
+/// float64 [T, K + 1] (the K deviations, then var). The scarcity of cluster k is
+/// sqrt(dev) / (sqrt(var) + eps) (per tensor, or with dev and var summed over the
+/// tensors for the global scope). inv_size: [K] float64, 1/|C_k| (0 for empty
+/// clusters is allowed). The ATen version computes in float64 on any device.
+at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size);
+/// The fused CUDA version: one launch reads every tensor once (the K rows of its
+/// sums, p, S1, S2; opmath float64), a second sums the per-chunk partials in a
+/// fixed order. All tensors on one CUDA device, one floating dtype; result on the
+/// device (no host synchronisation).
+at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size);
+
 namespace detail {
+void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size, bool cuda);
 /// Validation of a tensor list for the multi-tensor paths (device, dtype, layout,
 /// sizes, grad_scale/found_inf), with messages that name the tensor and the value.
 void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,

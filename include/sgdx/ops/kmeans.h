@@ -7,8 +7,18 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace sgdx::ops {
+
+/// Which implementation kmeans() runs.
+enum class KMeansBackend {
+  /// ATen ops on the features' device (any dtype, any size).
+  aten,
+  /// kmeans_cuda(): one cooperative CUDA launch (CUDA float32, n <= 4096, k <= 64,
+  /// d <= 1024); anything else is an error naming the limit.
+  fused_cuda,
+};
 
 struct KMeansOptions {
   /// Lloyd iterations at most (0: only initialise and assign).
@@ -23,6 +33,7 @@ struct KMeansOptions {
   uint64_t stream = 0;
   /// Optional initial centroids [k, d] (then no draws are made).
   at::Tensor init;
+  KMeansBackend backend = KMeansBackend::aten;
 };
 
 struct KMeansResult {
@@ -35,6 +46,28 @@ struct KMeansResult {
 
 /// Clusters the rows of x [n, d] (floating point, finite, n >= k >= 1).
 KMeansResult kmeans(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
+
+/// Limits of the single-launch CUDA k-means.
+constexpr int64_t kKMeansCudaMaxRows = 4096, kKMeansCudaMaxClusters = 64, kKMeansCudaMaxFeatures = 1024;
+
+/// k-means in one cooperative CUDA launch: the feature variances (for tol), the
+/// k-means++ draws (or the given init), every Lloyd iteration with the same
+/// tolerance test and empty-cluster rule, the final assignment, counts and
+/// inertia. The same algorithm, Philox stream and tie rules as the ATen path, so
+/// on the same seed the clusters are the same up to float rounding (a point
+/// equidistant to two centroids within rounding may go either way). For CUDA
+/// float32 x [n, d] with n <= 4096, k <= 64, d <= 1024. Deterministic.
+KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
+
+namespace detail {
+/// Validation of kmeans_cuda's arguments (CPU-testable).
+void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options);
+/// The launch alone, without the host reads of kmeans_cuda (for benchmarks):
+/// returns {centroids, assignment, counts, stats} with stats = float64 [iterations, inertia]
+/// on the device. Arguments must have passed check_kmeans_cuda.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
+                                                                             const KMeansOptions& options);
+}  // namespace detail
 
 /// k-means++ seeding: indices [k] (int64) of the rows chosen as initial centroids.
 /// The first is uniform, each next one has probability proportional to its

@@ -27,11 +27,22 @@ enum class LossReduction { mean, sum };
 /// ghost (Gram) rule and forming the per-sample gradient (2T^2 vs p*d).
 enum class NormStrategy { automatic, ghost, materialize };
 
+/// Which implementation computes the norms (norms(), squared_norms(), layer_squared_norms()).
+enum class PerSampleBackend {
+  /// ATen ops on the model's device, any dtype.
+  aten,
+  /// Linear and Conv2d layers through one launch of the fused CUDA kernel
+  /// (per_sample_cuda.h; float32/float16/bfloat16 models on a CUDA device,
+  /// float32 results), the other layers through ATen.
+  fused_cuda,
+};
+
 struct PerSampleOptions {
   LossReduction reduction = LossReduction::mean;
   NormStrategy strategy = NormStrategy::automatic;
   /// Parameters (by name as in named_parameters()) left out of every result.
   std::vector<std::string> ignore;
+  PerSampleBackend backend = PerSampleBackend::aten;
 };
 
 /// One captured layer (see per_sample.cpp for the kinds).

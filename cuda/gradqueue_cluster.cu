@@ -1,0 +1,160 @@
+// The clustered GradQueue step's per-cluster statistics on CUDA
+// (sgdx/ops/gradqueue_step.h: gradqueue_cluster_stats_cuda). Launch 1: one block
+// per 4096-element chunk of a tensor computes, in float64, the chunk's
+// sum max(s2/n - mu^2, 0) and for every cluster k sum (G_k * inv_k + wd p - mu)^2
+// (the chunk's p, S1, S2 stay in L1 across the K rows). Launch 2: one thread per
+// (tensor, k) adds the chunk partials in chunk order, so the result is
+// deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/irange.h>
+
+#include <cstring>
+
+#include "sgdx/ops/gradqueue_step.h"
+
+namespace sgdx::ops {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 4096;
+
+struct ClusterDesc {
+  const void* sums;  // [K, numel]
+  const void* p;     // nullptr without weight decay
+  const void* s1;
+  const void* s2;
+  int64_t numel;
+  int64_t chunk_base;  // first chunk of this tensor
+  int64_t chunks;
+  double inv_n, wd;
+};
+
+__device__ __forceinline__ double block_sum(double x, double* shared) {
+  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  double total = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
+  }
+  return total;  // valid in thread 0
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    cluster_partials_kernel(const ClusterDesc* __restrict__ descs, int tensors, int K, const double* __restrict__ inv,
+                            double* __restrict__ partials) {
+  __shared__ double red[kThreads / 32];
+  __shared__ ClusterDesc D;
+  const int64_t chunk = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int lo = 0, hi = tensors - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (descs[mid].chunk_base <= chunk) lo = mid; else hi = mid - 1;
+    }
+    D = descs[lo];
+  }
+  __syncthreads();
+  const int64_t begin = (chunk - D.chunk_base) * kChunk, end = min(D.numel, begin + kChunk);
+  const auto* s1 = static_cast<const scalar_t*>(D.s1);
+  const auto* s2 = static_cast<const scalar_t*>(D.s2);
+  const auto* p = static_cast<const scalar_t*>(D.p);
+  const auto* g = static_cast<const scalar_t*>(D.sums);
+  double* out = partials + chunk * (K + 1);
+  double var = 0.0;
+  for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
+    const double mu = static_cast<double>(s1[e]) * D.inv_n;
+    var += fmax(static_cast<double>(s2[e]) * D.inv_n - mu * mu, 0.0);
+  }
+  var = block_sum(var, red);
+  if (threadIdx.x == 0) out[K] = var;
+  for (int k = 0; k < K; ++k) {
+    const double ik = inv[k];
+    const scalar_t* gk = g + static_cast<int64_t>(k) * D.numel;
+    double acc = 0.0;
+    for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
+      const double mu = static_cast<double>(s1[e]) * D.inv_n;
+      double v = static_cast<double>(gk[e]) * ik - mu;
+      if (p != nullptr) v += D.wd * static_cast<double>(p[e]);
+      acc += v * v;
+    }
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) out[k] = acc;
+  }
+}
+
+__global__ void cluster_reduce_kernel(const ClusterDesc* __restrict__ descs, int tensors, int K,
+                                      const double* __restrict__ partials, double* __restrict__ out) {
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= static_cast<int64_t>(tensors) * (K + 1)) return;
+  const int t = static_cast<int>(id / (K + 1)), k = static_cast<int>(id % (K + 1));
+  const ClusterDesc D = descs[t];
+  double s = 0.0;
+  for (int64_t c = 0; c < D.chunks; ++c) s += partials[(D.chunk_base + c) * (K + 1) + k];
+  out[id] = s;
+}
+
+}  // namespace
+
+at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size) {
+  detail::check_cluster_stats(tensors, inv_size, /*cuda=*/true);
+  const int64_t K = inv_size.numel();
+  const int T = static_cast<int>(tensors.size());
+  if (T == 0) return at::zeros({0, K + 1}, inv_size.options());
+  const auto device = tensors[0].s1.device();
+  const c10::cuda::CUDAGuard guard(device);
+  const auto dtype = tensors[0].s1.scalar_type();
+  std::vector<at::Tensor> keep;
+  std::vector<ClusterDesc> descs;
+  int64_t chunks = 0;
+  for (const auto& x : tensors) {
+    ClusterDesc d{};
+    auto sums = x.sums.contiguous(), s1 = x.s1.contiguous(), s2 = x.s2.contiguous();
+    keep.insert(keep.end(), {sums, s1, s2});
+    d.sums = sums.data_ptr();
+    d.s1 = s1.data_ptr();
+    d.s2 = s2.data_ptr();
+    if (x.weight_decay != 0.0) {
+      auto p = x.param.contiguous();
+      keep.push_back(p);
+      d.p = p.data_ptr();
+    }
+    d.numel = s1.numel();
+    d.chunk_base = chunks;
+    d.chunks = (d.numel + kChunk - 1) / kChunk;
+    d.inv_n = x.inv_n;
+    d.wd = x.weight_decay;
+    chunks += d.chunks;
+    descs.push_back(d);
+  }
+  auto out = at::zeros({T, K + 1}, inv_size.options().device(device));
+  if (chunks == 0) return out;  // every tensor empty: zero deviations and variances
+  TORCH_CHECK(chunks < (int64_t{1} << 31), "gradqueue_cluster_stats_cuda: ", chunks, " chunks exceed one launch");
+  const int64_t bytes = static_cast<int64_t>(descs.size() * sizeof(ClusterDesc));
+  auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), descs.data(), bytes);
+  auto dev_descs = host.to(device, /*non_blocking=*/true);
+  const auto* dp = reinterpret_cast<const ClusterDesc*>(dev_descs.data_ptr());
+  auto inv = inv_size.to(device).contiguous();
+  auto partials = at::empty({chunks, K + 1}, out.options());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gradqueue_cluster_stats_cuda", [&] {
+    cluster_partials_kernel<scalar_t><<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(
+        dp, T, static_cast<int>(K), inv.data_ptr<double>(), partials.data_ptr<double>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t outputs = int64_t{T} * (K + 1);
+  cluster_reduce_kernel<<<static_cast<unsigned>((outputs + 255) / 256), 256, 0, stream>>>(
+      dp, T, static_cast<int>(K), partials.data_ptr<double>(), out.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace sgdx::ops

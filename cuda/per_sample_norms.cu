@@ -1,0 +1,378 @@
+// Fused per-sample squared gradient norms for many Linear / Conv2d layers in one
+// launch (sgdx/ops/per_sample_cuda.h). Work items, each one CUDA block:
+//   rule 0  (Linear, one position)  one item per sample: ||a||^2 ||d||^2 (+ ||d||^2)
+//   rule 1  (ghost)                 32x32 tiles (t, s >= t) of <a_t,a_s> and <d_t,d_s>
+//                                   per sample and group, off-diagonal tiles twice
+//   rule 2  (materialise)           32x32 tiles (o, k) of the per-sample gradient
+//                                   sum_t d_t[o] a_t[k], squared
+//   bias item                       ||sum_t d_t||^2 (rules 1-3)
+// Each item writes its float partial; the last item of a (layer, sample) to
+// finish (an atomic counter after a fence, as in CUDA's threadFenceReduction
+// sample) sums that sample's partials in item order, so results are
+// deterministic. Conv2d inputs are read through an implicit im2col.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/irange.h>
+
+#include <cstring>
+#include <map>
+
+#include "sgdx/ops/per_sample_cuda.h"
+
+namespace sgdx::ops {
+namespace {
+
+constexpr int kTile = 32;     // output tile edge and reduction chunk
+constexpr int kThreads = 256;  // 16 x 16 threads, 2 x 2 outputs each
+
+struct LayerDesc {
+  const void* a;
+  const void* d;
+  float* out;         // row of this layer in the [layers, B] result
+  int64_t item_base;  // first work item of this layer
+  int per_b;          // work items per sample
+  int rule;           // 0 outer, 1 ghost, 2 materialise, 3 bias only
+  int bias;           // rules 1-2: the last item of each sample is the bias item; rule 0: add ||d||^2
+  int weight;
+  int conv;
+  int T, K, P, G;     // positions per sample, inputs per group, outputs per group, groups
+  int tiles_per_group;
+  int nt0, nt1;       // tile grid: ghost nt x nt (upper triangle), materialise P-tiles x K-tiles
+  int Cin, H, W, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
+  int counter_base;   // this layer's first counter (layer * B)
+};
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p, int64_t i) {
+  return static_cast<float>(p[i]);
+}
+
+// Input of position t, feature k of sample b, group g (k < K, t < T).
+template <typename T>
+__device__ __forceinline__ float a_at(const LayerDesc& L, int b, int g, int t, int k) {
+  const T* a = static_cast<const T*>(L.a);
+  if (!L.conv) return ld(a, (static_cast<int64_t>(b) * L.T + t) * L.K + k);
+  const int khw = L.kh * L.kw;
+  const int c = g * (L.K / khw) + k / khw;
+  const int r = k % khw, i = r / L.kw, j = r % L.kw;
+  const int oh = t / L.Wo, ow = t % L.Wo;
+  const int ih = oh * L.sh - L.ph + i * L.dh, iw = ow * L.sw - L.pw + j * L.dw;
+  if (ih < 0 || ih >= L.H || iw < 0 || iw >= L.W) return 0.f;
+  return ld(a, ((static_cast<int64_t>(b) * L.Cin + c) * L.H + ih) * L.W + iw);
+}
+
+// Output gradient of position t, output o of sample b, group g (o < P, t < T).
+template <typename T>
+__device__ __forceinline__ float d_at(const LayerDesc& L, int b, int g, int t, int o) {
+  const T* d = static_cast<const T*>(L.d);
+  if (!L.conv) return ld(d, (static_cast<int64_t>(b) * L.T + t) * L.P + o);
+  return ld(d, (static_cast<int64_t>(b) * L.P * L.G + g * L.P + o) * L.T + t);
+}
+
+// Sum over the block in a fixed order; the result is valid in thread 0.
+__device__ __forceinline__ float block_sum(float x, float* shared) {
+  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // shared may still be read by a previous call
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  float total = 0.f;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
+  }
+  return total;
+}
+
+// One Gram tile of the ghost rule: acc[i][j] += <x_{t0+ty+16i}, x_{s0+tx+16j}> over
+// the inputs (PASS 0, width K) or the output gradients (PASS 1, width P).
+template <typename T, int PASS>
+__device__ __forceinline__ void gram_tile(const LayerDesc& L, int b, int g, int t0, int s0,
+                                          float (*sx)[kTile + 1], float (*sy)[kTile + 1], float (&acc)[2][2]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int width = PASS == 0 ? L.K : L.P;
+  for (int c0 = 0; c0 < width; c0 += kTile) {
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+      // Linear rows are contiguous in the feature, Conv2d ones in the position.
+      const int r = L.conv ? e % kTile : e / kTile, c = L.conv ? e / kTile : e % kTile;
+      const int f = c0 + c;
+      float x = 0.f, y = 0.f;
+      if (f < width) {
+        if (t0 + r < L.T) x = PASS == 0 ? a_at<T>(L, b, g, t0 + r, f) : d_at<T>(L, b, g, t0 + r, f);
+        if (s0 + r < L.T) y = PASS == 0 ? a_at<T>(L, b, g, s0 + r, f) : d_at<T>(L, b, g, s0 + r, f);
+      }
+      sx[r][c] = x;
+      sy[r][c] = y;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int c = 0; c < kTile; ++c) {
+      const float x0 = sx[ty][c], x1 = sx[ty + 16][c], y0 = sy[tx][c], y1 = sy[tx + 16][c];
+      acc[0][0] += x0 * y0;
+      acc[0][1] += x0 * y1;
+      acc[1][0] += x1 * y0;
+      acc[1][1] += x1 * y1;
+    }
+    __syncthreads();
+  }
+}
+
+// Ghost tile (ti, si): this thread's share of sum over the tile of <a_t, a_s> <d_t, d_s>
+// (off-diagonal tiles count twice: the sum over all pairs is symmetric).
+template <typename T>
+__device__ float ghost_tile(const LayerDesc& L, int b, int g, int ti, int si, float (*sx)[kTile + 1],
+                            float (*sy)[kTile + 1]) {
+  float aa[2][2] = {{0.f, 0.f}, {0.f, 0.f}}, dd[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  gram_tile<T, 0>(L, b, g, ti * kTile, si * kTile, sx, sy, aa);
+  gram_tile<T, 1>(L, b, g, ti * kTile, si * kTile, sx, sy, dd);
+  const float v = aa[0][0] * dd[0][0] + aa[0][1] * dd[0][1] + aa[1][0] * dd[1][0] + aa[1][1] * dd[1][1];
+  return ti < si ? 2.f * v : v;
+}
+
+// Materialised tile (po, ko): sum over the tile of (sum_t d_t[o] a_t[k])^2.
+template <typename T>
+__device__ float grad_tile(const LayerDesc& L, int b, int g, int po, int ko, float (*sd)[kTile + 1],
+                           float (*sa)[kTile + 1]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int o0 = po * kTile, k0 = ko * kTile;
+  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  for (int c0 = 0; c0 < L.T; c0 += kTile) {
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+      // Linear: contiguous in o / k (the row); Conv2d: in the position (the column).
+      const int r = L.conv ? e / kTile : e % kTile, c = L.conv ? e % kTile : e / kTile;
+      const int t = c0 + c;
+      float x = 0.f, y = 0.f;
+      if (t < L.T) {
+        if (o0 + r < L.P) x = d_at<T>(L, b, g, t, o0 + r);
+        if (k0 + r < L.K) y = a_at<T>(L, b, g, t, k0 + r);
+      }
+      sd[r][c] = x;
+      sa[r][c] = y;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int c = 0; c < kTile; ++c) {
+      const float x0 = sd[ty][c], x1 = sd[ty + 16][c], y0 = sa[tx][c], y1 = sa[tx + 16][c];
+      acc[0][0] += x0 * y0;
+      acc[0][1] += x0 * y1;
+      acc[1][0] += x1 * y0;
+      acc[1][1] += x1 * y1;
+    }
+    __syncthreads();
+  }
+  return acc[0][0] * acc[0][0] + acc[0][1] * acc[0][1] + acc[1][0] * acc[1][0] + acc[1][1] * acc[1][1];
+}
+
+// ||sum_t d_t||^2 over all outputs (every group) of sample b.
+template <typename T>
+__device__ float bias_item(const LayerDesc& L, int b) {
+  const int outputs = L.P * L.G;
+  float acc = 0.f;
+  if (!L.conv) {
+    for (int o = threadIdx.x; o < outputs; o += kThreads) {
+      float s = 0.f;
+      for (int t = 0; t < L.T; ++t) s += d_at<T>(L, b, 0, t, o);
+      acc += s * s;
+    }
+  } else {
+    const T* d = static_cast<const T*>(L.d);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int o = warp; o < outputs; o += kThreads / 32) {
+      const int64_t row = (static_cast<int64_t>(b) * outputs + o) * L.T;
+      float s = 0.f;
+      for (int t = lane; t < L.T; t += 32) s += ld(d, row + t);
+      for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+      if (lane == 0) acc += s * s;
+    }
+  }
+  return acc;  // per thread; summed by the caller
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    per_sample_norms_kernel(const LayerDesc* __restrict__ descs, int layers, int batch, float* __restrict__ partials,
+                            unsigned* __restrict__ counters) {
+  __shared__ float s0[kTile][kTile + 1], s1[kTile][kTile + 1];
+  __shared__ float red[kThreads / 32];
+  __shared__ LayerDesc L;
+  __shared__ bool last;
+  const int64_t item = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int lo = 0, hi = layers - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (descs[mid].item_base <= item) lo = mid; else hi = mid - 1;
+    }
+    L = descs[lo];
+  }
+  __syncthreads();
+  const int64_t local = item - L.item_base;
+  const int b = static_cast<int>(local / L.per_b), j = static_cast<int>(local % L.per_b);
+  float mine = 0.f;  // this thread's share of the item's value
+  if (L.rule == 0) {
+    const T* a = static_cast<const T*>(L.a);
+    const T* d = static_cast<const T*>(L.d);
+    float sa = 0.f, sd = 0.f;
+    if (L.weight) {
+      for (int k = threadIdx.x; k < L.K; k += kThreads) {
+        const float x = ld(a, static_cast<int64_t>(b) * L.K + k);
+        sa += x * x;
+      }
+    }
+    for (int o = threadIdx.x; o < L.P; o += kThreads) {
+      const float x = ld(d, static_cast<int64_t>(b) * L.P + o);
+      sd += x * x;
+    }
+    sa = block_sum(sa, red);
+    sd = block_sum(sd, red);
+    mine = threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.f) : 0.f;  // only thread 0's sums are valid
+  } else if (L.rule == 3 || (L.bias && j == L.per_b - 1)) {
+    mine = bias_item<T>(L, b);
+  } else {
+    const int g = j / L.tiles_per_group, tile = j % L.tiles_per_group;
+    if (L.rule == 1) {
+      int ti = 0, rest = tile;
+      while (rest >= L.nt0 - ti) rest -= L.nt0 - ti++;
+      mine = ghost_tile<T>(L, b, g, ti, ti + rest, s0, s1);
+    } else {
+      mine = grad_tile<T>(L, b, g, tile / L.nt1, tile % L.nt1, s0, s1);
+    }
+  }
+  const float total = block_sum(mine, red);
+  if (threadIdx.x == 0) {
+    partials[item] = total;
+    __threadfence();
+    const unsigned done = atomicAdd(&counters[L.counter_base + b], 1u);
+    last = done + 1 == static_cast<unsigned>(L.per_b);
+  }
+  __syncthreads();
+  if (last && threadIdx.x == 0) {
+    __threadfence();
+    const volatile float* p = partials + L.item_base + static_cast<int64_t>(b) * L.per_b;
+    float s = 0.f;
+    for (int k = 0; k < L.per_b; ++k) s += p[k];
+    L.out[b] = s;
+  }
+}
+
+int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+}  // namespace
+
+at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch) {
+  detail::check_norm_layers(layers, batch, /*cuda=*/true);
+  if (layers.empty()) return at::zeros({0, batch}, at::kFloat);
+  const auto device = layers[0].grad_output.device();
+  const c10::cuda::CUDAGuard guard(device);
+  const auto fopt = at::TensorOptions().device(device).dtype(at::kFloat);
+  const int64_t nl = static_cast<int64_t>(layers.size());
+  // Zeros: a layer without work items (no positions, inputs or outputs) has norm 0.
+  auto out = at::zeros({nl, batch}, fopt);
+  auto counters = at::zeros({nl * batch}, at::TensorOptions().device(device).dtype(at::kInt));
+  std::vector<at::Tensor> keep;  // contiguous operands, alive until the launch is queued
+  std::map<at::ScalarType, std::vector<LayerDesc>> by_dtype;
+  std::map<at::ScalarType, int64_t> items_of;
+  for (const auto l : c10::irange(nl)) {
+    const auto& op = layers[l];
+    const bool conv = op.kind == NormLayerOperands::Kind::conv2d;
+    auto d = op.grad_output.contiguous();
+    auto a = op.weight ? op.input.contiguous() : at::Tensor();
+    keep.push_back(d);
+    if (a.defined()) keep.push_back(a);
+    LayerDesc L{};
+    L.a = a.defined() ? a.data_ptr() : nullptr;
+    L.d = d.data_ptr();
+    L.out = out.data_ptr<float>() + l * batch;
+    L.rule = detail::norm_rule(op, batch);
+    L.bias = op.bias;
+    L.weight = op.weight;
+    L.conv = conv;
+    L.counter_base = static_cast<int>(l * batch);
+    if (conv) {
+      L.G = static_cast<int>(op.groups);
+      L.T = static_cast<int>(d.size(2) * d.size(3));
+      L.P = static_cast<int>(d.size(1) / op.groups);
+      L.Wo = static_cast<int>(d.size(3));
+      if (a.defined()) {
+        L.Cin = static_cast<int>(a.size(1));
+        L.H = static_cast<int>(a.size(2));
+        L.W = static_cast<int>(a.size(3));
+        L.K = static_cast<int>(a.size(1) / op.groups * op.kernel_h * op.kernel_w);
+      }
+      L.kh = static_cast<int>(op.kernel_h);
+      L.kw = static_cast<int>(op.kernel_w);
+      L.sh = static_cast<int>(op.stride_h);
+      L.sw = static_cast<int>(op.stride_w);
+      L.ph = static_cast<int>(op.pad_h);
+      L.pw = static_cast<int>(op.pad_w);
+      L.dh = static_cast<int>(op.dilation_h);
+      L.dw = static_cast<int>(op.dilation_w);
+    } else {
+      L.G = 1;
+      const int64_t rows = d.dim() == 3 ? d.size(0) * d.size(1) : d.size(0);
+      L.T = static_cast<int>(rows / batch);
+      L.P = static_cast<int>(d.size(-1));
+      L.K = a.defined() ? static_cast<int>(a.size(-1)) : 0;
+    }
+    if (L.rule == 0 || L.rule == 3) {
+      L.per_b = 1;
+    } else {
+      int64_t tiles;
+      if (L.rule == 1) {
+        L.nt0 = L.nt1 = ceil_div(L.T, kTile);
+        tiles = int64_t{L.nt0} * (L.nt0 + 1) / 2;
+      } else {
+        L.nt0 = ceil_div(L.P, kTile);
+        L.nt1 = ceil_div(L.K, kTile);
+        tiles = int64_t{L.nt0} * L.nt1;
+      }
+      const int64_t per_b = int64_t{L.G} * tiles + (op.bias ? 1 : 0);
+      TORCH_CHECK(per_b < (int64_t{1} << 30), "per_sample_sq_norms_cuda: layer ", l, " needs ", per_b,
+                  " tiles per sample, too many for the kernel");
+      L.tiles_per_group = static_cast<int>(tiles);
+      L.per_b = static_cast<int>(per_b);
+    }
+    auto& items = items_of[d.scalar_type()];
+    L.item_base = items;
+    items += int64_t{L.per_b} * batch;
+    by_dtype[d.scalar_type()].push_back(L);
+  }
+  auto stream = at::cuda::getCurrentCUDAStream();
+  for (auto& [dtype, descs] : by_dtype) {
+    const int64_t items = items_of[dtype];
+    if (items == 0) continue;
+    TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items, " work items exceed one launch");
+    const int64_t bytes = static_cast<int64_t>(descs.size() * sizeof(LayerDesc));
+    auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(host.data_ptr(), descs.data(), bytes);
+    auto dev_descs = host.to(device, /*non_blocking=*/true);
+    auto partials = at::empty({items}, fopt);
+    const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());
+    const int n = static_cast<int>(descs.size());
+    const int B = static_cast<int>(batch);
+    auto* cnt = reinterpret_cast<unsigned*>(counters.data_ptr<int>());
+    switch (dtype) {
+      case at::kFloat:
+        per_sample_norms_kernel<float><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
+            dp, n, B, partials.data_ptr<float>(), cnt);
+        break;
+      case at::kHalf:
+        per_sample_norms_kernel<c10::Half><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
+            dp, n, B, partials.data_ptr<float>(), cnt);
+        break;
+      case at::kBFloat16:
+        per_sample_norms_kernel<c10::BFloat16><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
+            dp, n, B, partials.data_ptr<float>(), cnt);
+        break;
+      default:
+        TORCH_CHECK(false, "per_sample_sq_norms_cuda: unsupported dtype ", dtype);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // `partials` and `dev_descs` go back to the caching allocator on this stream:
+    // later work on the stream is ordered after the kernel.
+  }
+  return out;
+}
+
+}  // namespace sgdx::ops
