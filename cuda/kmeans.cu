@@ -79,6 +79,20 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Fixed-order sum over the block of one double per thread (through sh.red[*][slot]);
+// valid in thread 0. Every thread of the block must call it.
+__device__ __forceinline__ double block_sum(double v, Shared& sh, int slot) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh.red[threadIdx.x / 32][slot] = v;
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kWarps; ++w) t += sh.red[w][slot];
+  }
+  return t;
+}
+
 // Rows [begin, end) owned by this block in the contiguous partition.
 __device__ __forceinline__ void my_rows(int n, int& begin, int& end) {
   const int per = (n + gridDim.x - 1) / gridDim.x;
@@ -192,15 +206,9 @@ __device__ void update_centroids(const KArgs& a, const float* __restrict__ c, fl
       const double delta = static_cast<double>(v) - static_cast<double>(c[j * a.d + f]);
       shift = delta * delta;
     }
-    // Fixed-order block sum of the shift (threads 0..127 hold the values).
-    for (int off = 16; off > 0; off /= 2) shift += __shfl_xor_sync(0xffffffffu, shift, off);
-    __syncthreads();
-    if (lane == 0) sh.red[warp][0] = shift;
-    __syncthreads();
+    const double task_shift = block_sum(shift, sh, 0);  // threads 0..127 hold the values
     if (threadIdx.x == 0) {
-      double t = 0.0;
-      for (int w = 0; w < kWarps; ++w) t += sh.red[w][0];
-      a.tpart[task] = t;
+      a.tpart[task] = task_shift;
       if (f0 == 0) a.counts[j] = total;
     }
   }
@@ -383,15 +391,8 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
               const double dv = static_cast<double>(nxt[e * a.d + f]) - static_cast<double>(cur[e * a.d + f]);
               s = dv * dv;
             }
-            for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-            __syncthreads();
-            if (lane == 0) sh.red[warp][1] = s;
-            __syncthreads();
-            if (threadIdx.x == 0) {
-              double t = 0.0;
-              for (int w = 0; w < kWarps; ++w) t += sh.red[w][1];
-              a.tpart[e * chunks + ch] = t;
-            }
+            const double t = block_sum(s, sh, 1);
+            if (threadIdx.x == 0) a.tpart[e * chunks + ch] = t;
           }
           __syncthreads();
         }

@@ -85,12 +85,24 @@ __device__ __forceinline__ float block_sum(float x, float* shared) {
   return total;
 }
 
+// acc[i][j] += sum_c x[ty + 16 i][c] * y[tx + 16 j][c]: this thread's 2 x 2 share of a 32 x 32 tile.
+__device__ __forceinline__ void tile_fma(const float (*x)[kTile + 1], const float (*y)[kTile + 1], float (&acc)[2][2]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll 8
+  for (int c = 0; c < kTile; ++c) {
+    const float x0 = x[ty][c], x1 = x[ty + 16][c], y0 = y[tx][c], y1 = y[tx + 16][c];
+    acc[0][0] += x0 * y0;
+    acc[0][1] += x0 * y1;
+    acc[1][0] += x1 * y0;
+    acc[1][1] += x1 * y1;
+  }
+}
+
 // One Gram tile of the ghost rule: acc[i][j] += <x_{t0+ty+16i}, x_{s0+tx+16j}> over
 // the inputs (PASS 0, width K) or the output gradients (PASS 1, width P).
 template <typename T, int PASS>
 __device__ __forceinline__ void gram_tile(const LayerDesc& L, int b, int g, int t0, int s0,
                                           float (*sx)[kTile + 1], float (*sy)[kTile + 1], float (&acc)[2][2]) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int width = PASS == 0 ? L.K : L.P;
   for (int c0 = 0; c0 < width; c0 += kTile) {
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
@@ -106,14 +118,7 @@ __device__ __forceinline__ void gram_tile(const LayerDesc& L, int b, int g, int 
       sy[r][c] = y;
     }
     __syncthreads();
-#pragma unroll 8
-    for (int c = 0; c < kTile; ++c) {
-      const float x0 = sx[ty][c], x1 = sx[ty + 16][c], y0 = sy[tx][c], y1 = sy[tx + 16][c];
-      acc[0][0] += x0 * y0;
-      acc[0][1] += x0 * y1;
-      acc[1][0] += x1 * y0;
-      acc[1][1] += x1 * y1;
-    }
+    tile_fma(sx, sy, acc);
     __syncthreads();
   }
 }
@@ -134,7 +139,6 @@ __device__ float ghost_tile(const LayerDesc& L, int b, int g, int ti, int si, fl
 template <typename T>
 __device__ float grad_tile(const LayerDesc& L, int b, int g, int po, int ko, float (*sd)[kTile + 1],
                            float (*sa)[kTile + 1]) {
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int o0 = po * kTile, k0 = ko * kTile;
   float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
   for (int c0 = 0; c0 < L.T; c0 += kTile) {
@@ -151,14 +155,7 @@ __device__ float grad_tile(const LayerDesc& L, int b, int g, int po, int ko, flo
       sa[r][c] = y;
     }
     __syncthreads();
-#pragma unroll 8
-    for (int c = 0; c < kTile; ++c) {
-      const float x0 = sd[ty][c], x1 = sd[ty + 16][c], y0 = sa[tx][c], y1 = sa[tx + 16][c];
-      acc[0][0] += x0 * y0;
-      acc[0][1] += x0 * y1;
-      acc[1][0] += x1 * y0;
-      acc[1][1] += x1 * y1;
-    }
+    tile_fma(sd, sa, acc);
     __syncthreads();
   }
   return acc[0][0] * acc[0][0] + acc[0][1] * acc[0][1] + acc[1][0] * acc[1][0] + acc[1][1] * acc[1][1];

@@ -22,6 +22,13 @@ mkdir -p "$out"
   >"$out/train_gpu_sgdx.log" 2>&1 || { tail -20 "$out/train_gpu_sgdx.log"; exit 1; }
 "$python" "$root/scripts/train_torch_reference.py" --data-dir "$data" --epochs "$epochs" --batch-size 128 \
   --lr 0.01 --device "$device" --train-subset "$subset" --out "$out/train_gpu_torch.json" | tee "$out/train_gpu_torch.log"
+# GradQueue-SGDM (4 clusters) with and without sgdx's fused kernels, one epoch each.
+for fused in "" "--fused-cuda"; do
+  tag=gqsgdm-k4${fused:+-fused}
+  "$build/examples/sgdx-train" --dataset mnist --data-dir "$data" --model resnet --optimizer gqsgdm --clusters 4 \
+    --batch-size 128 --epochs 1 --seeds 1 --device "$device" --train-subset "$subset" $fused --no-progress --no-plot \
+    --out "$out/train_gpu_$tag" >"$out/train_gpu_$tag.log" 2>&1 || { tail -20 "$out/train_gpu_$tag.log"; exit 1; }
+done
 "$python" - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -35,6 +42,9 @@ res = {"name": "train_gpu", "device": ref["device_name"], "torch": ref["torch"],
        "batch_size": 128, "train_examples": n, "epochs": len(secs),
        "sgdx_images_per_second": sgdx_ips, "torch_python_images_per_second": ref_ips,
        "ratio_sgdx_vs_torch_python": sgdx_ips / ref_ips}
+for tag in ("gqsgdm-k4", "gqsgdm-k4-fused"):
+    g = json.load(open(f"{out}/train_gpu_{tag}/metrics.json"))
+    res[f"{tag.replace('-', '_')}_images_per_second"] = n / g["runs"][0]["epochs"][0]["seconds"]
 json.dump(res, open(f"{out}/train_gpu.json", "w"), indent=2)
 print(f"sgdx-train {sgdx_ips:.0f} images/s, PyTorch Python {ref_ips:.0f} images/s, ratio {sgdx_ips / ref_ips:.2f} (goal >= 1.0)")
 PY

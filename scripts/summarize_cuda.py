@@ -86,6 +86,10 @@ def main():
         lines.append(f"| sgdx-train resnet batch 128 on MNIST, images/s vs PyTorch Python "
                      f"| {t['sgdx_images_per_second']:.0f} vs {t['torch_python_images_per_second']:.0f} = {ratio:.2f} "
                      f"| >= 1.0 | {verdict(ratio >= 1.0)} |")
+        if "gqsgdm_k4_fused_images_per_second" in t:
+            a, b = t["gqsgdm_k4_images_per_second"], t["gqsgdm_k4_fused_images_per_second"]
+            lines.append(f"| sgdx-train gqsgdm, 4 clusters: images/s with `--fused-cuda` vs without "
+                         f"| {b:.0f} vs {a:.0f} = {b / a:.2f} | (none; > 1 expected) | - |")
     else:
         missing.append("train_gpu.json")
     if missing:

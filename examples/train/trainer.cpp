@@ -262,11 +262,16 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
   }
   auto* gq = dynamic_cast<sgdx::optim::GradQueueSGDM*>(optimizer.get());
   if (gq != nullptr) {
-    static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq->defaults()).clusters(spec.clusters).seed(static_cast<uint64_t>(seed));
+    static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq->defaults())
+        .clusters(spec.clusters)
+        .seed(static_cast<uint64_t>(seed))
+        .fused_cuda(cfg.fused_cuda);
   }
   const bool clustered = gq != nullptr && spec.clusters > 1;
   std::optional<sgdx::ops::PerSampleGradients> gq_capture;
-  if (clustered && cfg.gq_path == "fast") gq_capture.emplace(*model);
+  sgdx::ops::PerSampleOptions capture_options;
+  if (cfg.fused_cuda && device.is_cuda()) capture_options.backend = sgdx::ops::PerSampleBackend::fused_cuda;
+  if (clustered && cfg.gq_path == "fast") gq_capture.emplace(*model, capture_options);
 
   auto train = data.train;
   if (cfg.train_subset > 0 && cfg.train_subset < train.inputs().size(0)) {
@@ -325,7 +330,7 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     }
     optimizer->zero_grad();
     std::optional<sgdx::ops::PerSampleGradients> cap;
-    if (scores != nullptr && spec.sampling == "exact") cap.emplace(*model);
+    if (scores != nullptr && spec.sampling == "exact") cap.emplace(*model, capture_options);
     at::Tensor logits, features, loss;
     if (clustered) {
       std::tie(logits, features) = model->forward_features(x);

@@ -38,6 +38,7 @@ struct TrainConfig {
   std::string gq_scope = "per-tensor";     ///< GradQueue clustered: per-tensor | global
   std::string gq_path = "fast";            ///< GradQueue clustered: fast | reference
   std::string gq_storage = "exact";        ///< GradQueue: exact | ema
+  bool fused_cuda = false;  ///< on CUDA: sgdx's fused kernels (GradQueue step, k-means, per-sample norms)
 };
 
 /// One training configuration of a comparison: "optimizer[@balance[:tau]][+sampling]";

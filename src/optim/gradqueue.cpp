@@ -55,7 +55,8 @@ bool operator==(const GradQueueSGDMOptions& a, const GradQueueSGDMOptions& b) {
          a.rho_max() == b.rho_max() && a.kappa() == b.kappa() && a.eps() == b.eps() &&
          a.granularity() == b.granularity() && a.storage() == b.storage() && a.resync_every() == b.resync_every() &&
          a.loss_beta() == b.loss_beta() && a.clusters() == b.clusters() && a.kmeans_iters() == b.kmeans_iters() &&
-         a.kmeans_tol() == b.kmeans_tol() && a.scope() == b.scope() && a.seed() == b.seed();
+         a.kmeans_tol() == b.kmeans_tol() && a.scope() == b.scope() && a.seed() == b.seed() &&
+         a.fused_cuda() == b.fused_cuda();
 }
 
 #define SGDX_GQ_FIELDS(X)                                                                                  \
@@ -90,6 +91,8 @@ void GradQueueSGDMOptions::serialize(torch::serialize::InputArchive& archive) {
   scope(static_cast<GradQueueScope>(v.toInt()));
   archive.read("seed", v);
   seed(static_cast<uint64_t>(v.toInt()));
+  // fused_cuda is not read: it chooses how this process computes, like a backend, and
+  // stays as the optimizer was constructed.
   validate();
 }
 
@@ -268,17 +271,14 @@ ops::GradQueueStepConfig step_config(const GradQueueSGDMOptions& o) {
 }
 }  // namespace
 
-double GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st,
-                                    const GradQueueSGDMOptions& o, const torch::Tensor& grad,
-                                    const torch::Tensor& direction) {
-  auto c = step_config(o);
+ops::GradQueueTensor GradQueueSGDM::step_operands(const torch::Tensor& p, GradQueueSGDMParamState& st,
+                                                  const GradQueueSGDMOptions& o, const torch::Tensor& grad,
+                                                  const torch::Tensor& direction) {
   ops::GradQueueTensor t;
-  const bool copy_back = !p.is_contiguous();
-  t.param = copy_back ? p.contiguous() : p;
+  t.param = p;
   t.grad = grad.contiguous();
   if (direction.defined()) {
     t.direction = direction.contiguous();
-    c.weight_decay = 0.0;  // the clustered step's gradients include it already
   } else {
     t.stats_count = st.count() >= o.q_min() ? st.count() : 0;
   }
@@ -294,6 +294,16 @@ double GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamSt
   } else {
     t.ema_rate = 1.0 / static_cast<double>(std::min(st.count() + 1, st.window()));
   }
+  return t;
+}
+
+double GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st,
+                                    const GradQueueSGDMOptions& o, const torch::Tensor& grad,
+                                    const torch::Tensor& direction) {
+  auto c = step_config(o);
+  if (direction.defined()) c.weight_decay = 0.0;  // the clustered step's gradients include it already
+  const bool copy_back = !p.is_contiguous();
+  auto t = step_operands(copy_back ? p.contiguous() : p, st, o, grad, direction);
   const double rho_sum = ops::gradqueue_step_(t, c);
   if (copy_back) p.copy_(t.param);
   after_push(st, o);
@@ -311,9 +321,19 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
   info_ = {};
   double rho_sum = 0.0, elements = 0.0;
   bool first_info = true;
+  const bool fused = defaults_options().fused_cuda();
+  std::vector<at::Tensor> fused_rho;  // per launch, the device sum of Delta-rho: read once at the end
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];
     const auto& o = as_gq(group.options(), gi);
+    // Contiguous CUDA tensors, one multi-tensor launch per (device, dtype).
+    struct Bucket {
+      c10::Device device;
+      at::ScalarType dtype;
+      std::vector<ops::GradQueueTensor> tensors;
+      std::vector<GradQueueSGDMParamState*> states;
+    };
+    std::vector<Bucket> buckets;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) {
         // No gradient this step: no push, but the window length follows the loss like the others'.
@@ -327,11 +347,25 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
       auto& st = state_for(p, o);
       apply_trend(st, o);
       st.step(st.step() + 1);
-      rho_sum += push_and_step(p, st, o, p.grad(), at::Tensor());
-      elements += static_cast<double>(p.numel());
       if (first_info) info_.window = st.window(), first_info = false;
+      elements += static_cast<double>(p.numel());
+      if (fused && p.is_cuda() && p.is_contiguous() && p.grad().device() == p.device()) {
+        auto it = std::find_if(buckets.begin(), buckets.end(), [&](const Bucket& b) {
+          return b.device == p.device() && b.dtype == p.scalar_type();
+        });
+        if (it == buckets.end()) it = buckets.insert(buckets.end(), Bucket{p.device(), p.scalar_type(), {}, {}});
+        it->tensors.push_back(step_operands(p, st, o, p.grad(), at::Tensor()));
+        it->states.push_back(&st);
+      } else {
+        rho_sum += push_and_step(p, st, o, p.grad(), at::Tensor());
+      }
+    }
+    for (auto& b : buckets) {
+      fused_rho.push_back(ops::gradqueue_step_cuda_(b.tensors, step_config(o)).sum());
+      for (auto* st : b.states) after_push(*st, o);  // resync reads the rows the kernel wrote (stream order)
     }
   }
+  for (const auto& r : fused_rho) rho_sum += r.item<double>();
   pending_trend_ = 0;
   info_.mean_rho = elements > 0 ? rho_sum / elements : 1.0;
   return loss;
@@ -380,6 +414,12 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   ko.tol = dflt.kmeans_tol();
   ko.seed = dflt.seed();
   ko.stream = kmeans_calls_++;
+  const bool fused = dflt.fused_cuda();
+  if (fused && features.is_cuda() && features.scalar_type() == at::kFloat &&
+      features.size(0) <= ops::kKMeansCudaMaxRows && K <= ops::kKMeansCudaMaxClusters &&
+      features.size(1) <= ops::kKMeansCudaMaxFeatures) {
+    ko.backend = ops::KMeansBackend::fused_cuda;
+  }
   const auto km = ops::kmeans(features.detach(), K, ko);
   const auto assign = km.assignment.to(losses.device());
   const auto counts = km.counts.cpu();
@@ -437,6 +477,8 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     bool stats = false;
   };
   std::vector<Work> work(items.size());
+  std::vector<ops::GradQueueClusterTensor> fused_stats;  // one fused statistics launch for these
+  std::vector<size_t> fused_index;
   for (const auto j : c10::irange(items.size())) {
     const auto& p = items[j].p;
     const auto& o = as_gq(param_groups_[items[j].group].options(), items[j].group);
@@ -450,13 +492,32 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     wk.o = &o;
     wk.Gk = Gk;
     wk.stats = st.count() >= o.q_min();
-    if (wk.stats) {
+    if (wk.stats && fused && p.is_cuda() && G[j].device() == p.device() && G[j].scalar_type() == p.scalar_type() &&
+        (fused_stats.empty() || (fused_stats[0].s1.device() == p.device() &&
+                                 fused_stats[0].s1.scalar_type() == p.scalar_type()))) {
+      ops::GradQueueClusterTensor ct;
+      ct.sums = G[j];
+      ct.param = p.detach();
+      ct.s1 = st.s1();
+      ct.s2 = st.s2();
+      ct.inv_n = exact_storage(o) ? 1.0 / static_cast<double>(st.count()) : 1.0;
+      ct.weight_decay = o.weight_decay();
+      fused_stats.push_back(ct);
+      fused_index.push_back(j);
+    } else if (wk.stats) {
       // In the parameters' dtype (ATen's cascade sums keep float32 accurate); K x numel is
       // the largest operand of the step.
       const double n = exact_storage(o) ? static_cast<double>(st.count()) : 1.0;
       auto mu = st.s1().reshape({1, -1}) / n;
       wk.var = (st.s2().reshape({1, -1}) / n - mu.square()).clamp_min(0).sum().item<double>();
       wk.dev = (Gk - mu).square().sum(1).to(at::kDouble).cpu();
+    }
+  }
+  if (!fused_stats.empty()) {
+    const auto stats = ops::gradqueue_cluster_stats_cuda(fused_stats, inv.to(fused_stats[0].s1.device())).cpu();
+    for (const auto r : c10::irange(fused_index.size())) {
+      work[fused_index[r]].dev = stats[r].slice(0, 0, K).clone();
+      work[fused_index[r]].var = stats[r][K].item<double>();
     }
   }
   auto rho_of = [&](const at::Tensor& dev, double var, const GradQueueSGDMOptions& o) {

@@ -9,6 +9,7 @@
 
 #include "sgdx/config.h"
 #include "sgdx/ops/gradqueue_step.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::GradQueueClusterTensor;
@@ -74,8 +75,7 @@ TEST(GradQueueClusterStats, AtenMatchesBruteForce) {
 }
 
 TEST(GradQueueClusterStats, CudaMatchesAten) {
-  if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  SGDX_REQUIRE_CUDA();
   torch::manual_seed(1);
   const std::vector<int64_t> sizes = {0, 1, 3, 255, 4095, 4096, 4097, 100003, 1 << 20};
   for (auto dt : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16}) {
@@ -93,7 +93,7 @@ TEST(GradQueueClusterStats, CudaMatchesAten) {
           g.s2 = t.s2.cuda();
           gpu.push_back(g);
         }
-        { auto poison = torch::full({8 << 20}, NAN, torch::TensorOptions().device(torch::kCUDA).dtype(torch::kDouble)); }
+        sgdx::testing::poison_cuda_cache();
         auto got = sgdx::ops::gradqueue_cluster_stats_cuda(gpu, inv.cuda()).cpu();
         auto want = sgdx::ops::gradqueue_cluster_stats_aten(cpu, inv);
         // Both in float64 from the same rounded operands: only the summation order differs.

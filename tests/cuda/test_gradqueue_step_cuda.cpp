@@ -11,16 +11,11 @@
 #include "sgdx/config.h"
 #include "sgdx/ops/gradqueue_step.h"
 #include "ops/gradqueue_step_util.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::GradQueueStepConfig;
 using sgdx::ops::GradQueueTensor;
-
-#define SGDX_REQUIRE_CUDA()                                               \
-  do {                                                                    \
-    if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";       \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";   \
-  } while (0)
 
 namespace {
 using Ops = sgdx::testing::GQOperands;

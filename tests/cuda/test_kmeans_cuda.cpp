@@ -11,23 +11,13 @@
 
 #include "sgdx/config.h"
 #include "sgdx/ops/kmeans.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::KMeansOptions;
 using sgdx::ops::KMeansResult;
 
-#define SGDX_REQUIRE_CUDA()                                             \
-  do {                                                                  \
-    if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";     \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
-
 namespace {
-
-void poison_cache() {
-  auto p = torch::full({16 << 20}, NAN, torch::TensorOptions().device(torch::kCUDA));
-  torch::cuda::synchronize();
-}
 
 // n points around k well-separated centres in d dims (float32, CPU).
 at::Tensor blobs(int64_t n, int64_t k, int64_t d, uint64_t seed) {
@@ -66,7 +56,7 @@ TEST(KMeansCuda, MatchesAtenOnTheSameSeed) {
         const std::string what = "n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) + " d=" +
                                  std::to_string(c.d) + " tol=" + std::to_string(tol) + " iters=" + std::to_string(iters);
         auto cpu = sgdx::ops::kmeans(x, c.k, o);
-        poison_cache();
+        sgdx::testing::poison_cuda_cache();
         auto gpu = sgdx::ops::kmeans_cuda(x.cuda(), c.k, o);
         expect_same(gpu, cpu, what);
         // The k-means++ draws alone (max_iters = 0 returns them as centroids).
@@ -105,7 +95,7 @@ TEST(KMeansCuda, DeterministicAcrossRuns) {
   KMeansOptions o;
   o.seed = 3;
   auto a = sgdx::ops::kmeans_cuda(x, 32, o);
-  poison_cache();
+  sgdx::testing::poison_cuda_cache();
   auto b = sgdx::ops::kmeans_cuda(x, 32, o);
   EXPECT_TRUE(torch::equal(a.centroids, b.centroids));
   EXPECT_TRUE(torch::equal(a.assignment, b.assignment));

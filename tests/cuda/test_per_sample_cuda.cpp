@@ -14,25 +14,14 @@
 #include "sgdx/models/models.h"
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/ops/per_sample_cuda.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::NormLayerOperands;
 using sgdx::ops::NormStrategy;
 using Kind = NormLayerOperands::Kind;
 
-#define SGDX_REQUIRE_CUDA()                                             \
-  do {                                                                  \
-    if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";     \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
-
 namespace {
-
-// Freed NaN blocks: the kernel's output and partials come from this memory.
-void poison_cache() {
-  auto p = torch::full({16 << 20}, NAN, torch::TensorOptions().device(torch::kCUDA));
-  torch::cuda::synchronize();
-}
 
 // Squared per-sample gradient norms in float64 from the (already rounded) operands.
 at::Tensor reference(const NormLayerOperands& op, int64_t B) {
@@ -163,12 +152,12 @@ TEST(PerSampleNormsCuda, EveryRuleAgainstFloat64Reference) {
       auto ops = all_cases(B, dt, names);
       // One layer per call, then all of them in one launch.
       for (size_t k = 0; k < ops.size(); ++k) {
-        poison_cache();
+        sgdx::testing::poison_cuda_cache();
         auto got = sgdx::ops::per_sample_sq_norms_cuda({ops[k]}, B);
         ASSERT_EQ(got.scalar_type(), torch::kFloat);
         expect_close(got[0], reference(ops[k], B), tolerance(dt), names[k] + " B=" + std::to_string(B));
       }
-      poison_cache();
+      sgdx::testing::poison_cuda_cache();
       auto all = sgdx::ops::per_sample_sq_norms_cuda(ops, B);
       ASSERT_EQ(all.size(0), static_cast<int64_t>(ops.size()));
       for (size_t k = 0; k < ops.size(); ++k) {
@@ -186,9 +175,9 @@ TEST(PerSampleNormsCuda, MixedDtypesAndDeterminism) {
       linear(B, 5, 70, 20, true, true, NormStrategy::automatic, torch::kFloat),
       conv(B, {6, 10, 3, 1, 1, 1, 2, 11, 11}, true, true, NormStrategy::automatic, torch::kHalf),
       linear(B, 1, 129, 10, true, false, NormStrategy::automatic, torch::kBFloat16)};
-  poison_cache();
+  sgdx::testing::poison_cuda_cache();
   auto a = sgdx::ops::per_sample_sq_norms_cuda(ops, B);
-  poison_cache();
+  sgdx::testing::poison_cuda_cache();
   auto b = sgdx::ops::per_sample_sq_norms_cuda(ops, B);
   EXPECT_TRUE(torch::equal(a, b)) << "fixed-order reductions must give bit-identical results";
   for (size_t k = 0; k < ops.size(); ++k) expect_close(a[k], reference(ops[k], B), 2e-4, "layer " + std::to_string(k));

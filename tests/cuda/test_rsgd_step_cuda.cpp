@@ -4,16 +4,10 @@
 
 #include "sgdx/config.h"
 #include "sgdx/ops/rsgd_step.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::RSGDStepConfig;
-
-// A macro: GTEST_SKIP() only returns from the function it is written in.
-#define SGDX_REQUIRE_CUDA()                                               \
-  do {                                                                    \
-    if (!SGDX_WITH_CUDA) GTEST_SKIP() << "sgdx built without CUDA";       \
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";   \
-  } while (0)
 
 // The fused multi-tensor kernel against the CPU reference path on fresh random
 // inputs: sizes around the vector width and chunk size, more tensors than one

@@ -12,6 +12,7 @@
 
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/optim/gradqueue.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -234,21 +235,23 @@ std::vector<Batch> batches(int n, int64_t B) {
   return out;
 }
 
-std::shared_ptr<Net> make_net() {
+std::shared_ptr<Net> make_net(torch::Device device = torch::kCPU, torch::ScalarType dtype = torch::kDouble) {
   torch::manual_seed(7);
   auto net = std::make_shared<Net>();
-  net->to(torch::kDouble);
+  net->to(device, dtype);
   return net;
 }
 
 enum class Path { plain, reference, fast };
 
 std::vector<torch::Tensor> train(Path path, GradQueueSGDMOptions o, const std::vector<Batch>& data,
-                                 std::vector<std::vector<int64_t>>* sizes = nullptr) {
-  auto net = make_net();
+                                 std::vector<std::vector<int64_t>>* sizes = nullptr,
+                                 torch::Device device = torch::kCPU, torch::ScalarType dtype = torch::kDouble) {
+  auto net = make_net(device, dtype);
   GradQueueSGDM opt(net->parameters(), o);
   sgdx::ops::PerSampleGradients cap(*net);
-  for (const auto& b : data) {
+  for (const auto& batch : data) {
+    const Batch b{batch.x.to(device, dtype), batch.y.to(device)};
     opt.zero_grad();
     if (path == Path::plain) {
       opt.step([&] {
@@ -265,7 +268,7 @@ std::vector<torch::Tensor> train(Path path, GradQueueSGDMOptions o, const std::v
     }
   }
   std::vector<torch::Tensor> out;
-  for (auto& p : net->parameters()) out.push_back(p.detach().clone());
+  for (auto& p : net->parameters()) out.push_back(p.detach().to(torch::kCPU, torch::kDouble).clone());
   return out;
 }
 
@@ -433,3 +436,52 @@ TEST(GradQueueSGDM, WindowFollowsTheLossWithoutAGradient) {
   EXPECT_EQ(st(b).count(), 2);  // b pushed only twice
 }
 }  // namespace
+
+// fused_cuda only changes what runs on CUDA parameters: on the CPU the results are
+// bit-identical; like a backend, it is not taken from a checkpoint.
+TEST(GradQueueSGDM, FusedCudaOptionLeavesCpuUntouchedAndRoundTrips) {
+  const auto data = batches(8, 16);
+  auto o = GradQueueSGDMOptions(0.05).q_min(2).q_init(3).clusters(3).seed(2);
+  for (auto path : {Path::plain, Path::fast}) {
+    const auto a = train(path, o, data);
+    const auto b = train(path, GradQueueSGDMOptions(o).fused_cuda(true), data);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "param " << i;
+  }
+  auto net = make_net();
+  for (const bool saved : {false, true}) {
+    GradQueueSGDM opt(net->parameters(), GradQueueSGDMOptions(0.05).fused_cuda(saved));
+    const auto blob = save(opt);
+    GradQueueSGDM opt2(net->parameters(), GradQueueSGDMOptions(1.0).fused_cuda(!saved));
+    torch::serialize::InputArchive in;
+    std::istringstream s(blob);
+    in.load_from(s);
+    opt2.load(in);
+    EXPECT_EQ(static_cast<const GradQueueSGDMOptions&>(opt2.defaults()).fused_cuda(), !saved);
+    EXPECT_EQ(static_cast<const GradQueueSGDMOptions&>(opt2.defaults()).lr(), 0.05);
+  }
+}
+
+// On a GPU: the fused kernels (multi-tensor step, k-means, cluster statistics) against
+// the ATen path on the same device, float32, every storage and granularity.
+TEST(GradQueueSGDMCuda, FusedKernelsMatchTheAtenPath) {
+  SGDX_REQUIRE_CUDA();
+  const auto data = batches(12, 32);
+  for (auto storage : {GradQueueStorage::exact, GradQueueStorage::ema}) {
+    for (auto gran : {GradQueueGranularity::element, GradQueueGranularity::tensor}) {
+      for (auto path : {Path::plain, Path::fast}) {
+        auto o = GradQueueSGDMOptions(0.05).q_min(2).q_init(3).q_max(6).resync_every(5).storage(storage)
+                     .granularity(gran).weight_decay(1e-3).clusters(path == Path::fast ? 3 : 1).seed(4);
+        std::vector<std::vector<int64_t>> s_aten, s_fused;
+        const auto aten = train(path, o, data, &s_aten, torch::kCUDA, torch::kFloat);
+        const auto fused = train(path, GradQueueSGDMOptions(o).fused_cuda(true), data, &s_fused, torch::kCUDA,
+                                 torch::kFloat);
+        EXPECT_EQ(s_aten, s_fused);
+        for (size_t i = 0; i < aten.size(); ++i) {
+          EXPECT_TRUE(torch::allclose(fused[i], aten[i], 1e-4, 1e-5))
+              << "param " << i << " storage " << int(storage) << " granularity " << int(gran) << " path "
+              << int(path) << " max diff " << (fused[i] - aten[i]).abs().max().item<double>();
+        }
+      }
+    }
+  }
+}

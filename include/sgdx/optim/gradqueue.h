@@ -23,6 +23,8 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "sgdx/ops/gradqueue_step.h"
+
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -69,6 +71,13 @@ struct GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<Gra
   TORCH_ARG(double, kmeans_tol) = 1e-4;
   TORCH_ARG(GradQueueScope, scope) = GradQueueScope::per_tensor;
   TORCH_ARG(uint64_t, seed) = 0;
+  /// CUDA parameters: the plain step through one multi-tensor gradqueue_step_cuda_
+  /// launch per group (instead of the ATen composition per tensor, with one host
+  /// read per step instead of one per tensor), the clustered step's k-means through
+  /// kmeans_cuda (CUDA float32 features within its limits) and its statistics
+  /// through gradqueue_cluster_stats_cuda. Off by default until the kernels have
+  /// passed their tests on a GPU (docs/cuda.md).
+  TORCH_ARG(bool, fused_cuda) = false;
 
  public:
   /// Throws c10::Error naming the first invalid option and its value.
@@ -148,6 +157,10 @@ class GradQueueSGDM : public torch::optim::Optimizer {
   /// (the clustered step's G*). Returns the sum of Delta-rho.
   double push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o,
                        const torch::Tensor& grad, const torch::Tensor& direction);
+  /// The kernel operands of one push and step (p must be contiguous).
+  ops::GradQueueTensor step_operands(const torch::Tensor& p, GradQueueSGDMParamState& st,
+                                     const GradQueueSGDMOptions& o, const torch::Tensor& grad,
+                                     const torch::Tensor& direction);
 
   double loss_ema_ = 0.0;
   bool has_loss_ema_ = false;
