@@ -12,8 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
 
-#include <cstring>
-
+#include "kernel_util.cuh"
 #include "sgdx/ops/gradqueue_step.h"
 
 namespace sgdx::ops {
@@ -33,19 +32,6 @@ struct ClusterDesc {
   double inv_n, wd;
 };
 
-__device__ __forceinline__ double block_sum(double x, double* shared) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) shared[warp] = x;
-  __syncthreads();
-  double total = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-  }
-  return total;  // valid in thread 0
-}
-
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     cluster_partials_kernel(const ClusterDesc* __restrict__ descs, int tensors, int K, const double* __restrict__ inv,
@@ -53,14 +39,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double red[kThreads / 32];
   __shared__ ClusterDesc D;
   const int64_t chunk = blockIdx.x;
-  if (threadIdx.x == 0) {
-    int lo = 0, hi = tensors - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (descs[mid].chunk_base <= chunk) lo = mid; else hi = mid - 1;
-    }
-    D = descs[lo];
-  }
+  if (threadIdx.x == 0) D = descs[sgdx::cuda::find_descriptor(descs, tensors, chunk, &ClusterDesc::chunk_base)];
   __syncthreads();
   const int64_t begin = (chunk - D.chunk_base) * kChunk, end = min(D.numel, begin + kChunk);
   const auto* s1 = static_cast<const scalar_t*>(D.s1);
@@ -73,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
     const double mu = static_cast<double>(s1[e]) * D.inv_n;
     var += fmax(static_cast<double>(s2[e]) * D.inv_n - mu * mu, 0.0);
   }
-  var = block_sum(var, red);
+  var = sgdx::cuda::block_sum<kThreads>(var, red);
   if (threadIdx.x == 0) out[K] = var;
   for (int k = 0; k < K; ++k) {
     const double ik = inv[k];
@@ -85,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
       if (p != nullptr) v += D.wd * static_cast<double>(p[e]);
       acc += v * v;
     }
-    acc = block_sum(acc, red);
+    acc = sgdx::cuda::block_sum<kThreads>(acc, red);
     if (threadIdx.x == 0) out[k] = acc;
   }
 }
@@ -137,10 +116,7 @@ at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor
   auto out = at::zeros({T, K + 1}, inv_size.options().device(device));
   if (chunks == 0) return out;  // every tensor empty: zero deviations and variances
   TORCH_CHECK(chunks < (int64_t{1} << 31), "gradqueue_cluster_stats_cuda: ", chunks, " chunks exceed one launch");
-  const int64_t bytes = static_cast<int64_t>(descs.size() * sizeof(ClusterDesc));
-  auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), descs.data(), bytes);
-  auto dev_descs = host.to(device, /*non_blocking=*/true);
+  auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
   const auto* dp = reinterpret_cast<const ClusterDesc*>(dev_descs.data_ptr());
   auto inv = inv_size.to(device).contiguous();
   auto partials = at::empty({chunks, K + 1}, out.options());

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
 
+#include "kernel_util.cuh"
 #include "multi_tensor_apply.cuh"
 #include "sgdx/ops/gradqueue_step.h"
 
@@ -39,20 +40,6 @@ struct Common {
 __device__ __forceinline__ bool skip(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
 __device__ __forceinline__ float inv_scale_of(const float* grad_scale) {
   return grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
-}
-
-template <typename T>
-__device__ __forceinline__ double block_sum(double x, double* shared) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) shared[warp] = x;
-  __syncthreads();
-  double total = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += shared[w];  // fixed order
-  }
-  __syncthreads();
-  return total;  // valid in thread 0
 }
 
 // The tensor, its scalars and the element range of this block.
@@ -100,8 +87,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
     dev += static_cast<double>((d - mu) * (d - mu));
     var += static_cast<double>(v > opmath_t(0) ? v : opmath_t(0));
   }
-  const double sd = block_sum<double>(dev, sh);
-  const double sv = block_sum<double>(var, sh);
+  const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
+  const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
   if (threadIdx.x == 0) {
     partial[2 * (a.chunk_offset + w.chunk)] = sd;
     partial[2 * (a.chunk_offset + w.chunk) + 1] = sv;
@@ -119,8 +106,8 @@ __global__ void gq_rho_kernel(const double* partial, const int* first_chunk, con
     dev += partial[2 * (first_chunk[t] + k)];
     var += partial[2 * (first_chunk[t] + k) + 1];
   }
-  const double sd = block_sum<double>(dev, sh);
-  const double sv = block_sum<double>(var, sh);
+  const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
+  const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
   if (threadIdx.x == 0) {
     double r = 1.0;
     if (stats[t]) {
@@ -195,7 +182,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
     }
     p[i] = static_cast<scalar_t>(pi - lr * u);
   }
-  const double s = block_sum<double>(rho_sum, sh);
+  const double s = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(rho_sum, sh);
   if (threadIdx.x == 0) rho_partial[a.chunk_offset + w.chunk] = s;
 }
 

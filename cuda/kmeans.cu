@@ -22,6 +22,7 @@
 
 #include <algorithm>
 
+#include "kernel_util.cuh"
 #include "sgdx/detail/philox.h"
 #include "sgdx/ops/kmeans.h"
 
@@ -67,6 +68,7 @@ struct Shared {
   float wsum[kWarps][kUpdFeat];
   int wcount[kWarps];
   double red[kWarps][32];
+  double bsum[kWarps];
   int chosen[kMaxK];
   double tol_abs;
   int flag;  // empty clusters this iteration
@@ -77,20 +79,6 @@ struct Shared {
 __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
-}
-
-// Fixed-order sum over the block of one double per thread (through sh.red[*][slot]);
-// valid in thread 0. Every thread of the block must call it.
-__device__ __forceinline__ double block_sum(double v, Shared& sh, int slot) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) sh.red[threadIdx.x / 32][slot] = v;
-  __syncthreads();
-  double t = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) t += sh.red[w][slot];
-  }
-  return t;
 }
 
 // Rows [begin, end) owned by this block in the contiguous partition.
@@ -206,7 +194,7 @@ __device__ void update_centroids(const KArgs& a, const float* __restrict__ c, fl
       const double delta = static_cast<double>(v) - static_cast<double>(c[j * a.d + f]);
       shift = delta * delta;
     }
-    const double task_shift = block_sum(shift, sh, 0);  // threads 0..127 hold the values
+    const double task_shift = sgdx::cuda::block_sum<kThreads>(shift, sh.bsum);  // threads 0..127 hold the values
     if (threadIdx.x == 0) {
       a.tpart[task] = task_shift;
       if (f0 == 0) a.counts[j] = total;
@@ -391,7 +379,7 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
               const double dv = static_cast<double>(nxt[e * a.d + f]) - static_cast<double>(cur[e * a.d + f]);
               s = dv * dv;
             }
-            const double t = block_sum(s, sh, 1);
+            const double t = sgdx::cuda::block_sum<kThreads>(s, sh.bsum);
             if (threadIdx.x == 0) a.tpart[e * chunks + ch] = t;
           }
           __syncthreads();

@@ -16,9 +16,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
 
-#include <cstring>
 #include <map>
 
+#include "kernel_util.cuh"
 #include "sgdx/ops/per_sample_cuda.h"
 
 namespace sgdx::ops {
@@ -69,20 +69,6 @@ __device__ __forceinline__ float d_at(const LayerDesc& L, int b, int g, int t, i
   const T* d = static_cast<const T*>(L.d);
   if (!L.conv) return ld(d, (static_cast<int64_t>(b) * L.T + t) * L.P + o);
   return ld(d, (static_cast<int64_t>(b) * L.P * L.G + g * L.P + o) * L.T + t);
-}
-
-// Sum over the block in a fixed order; the result is valid in thread 0.
-__device__ __forceinline__ float block_sum(float x, float* shared) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_down_sync(0xffffffffu, x, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // shared may still be read by a previous call
-  if (lane == 0) shared[warp] = x;
-  __syncthreads();
-  float total = 0.f;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-  }
-  return total;
 }
 
 // acc[i][j] += sum_c x[ty + 16 i][c] * y[tx + 16 j][c]: this thread's 2 x 2 share of a 32 x 32 tile.
@@ -195,14 +181,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ LayerDesc L;
   __shared__ bool last;
   const int64_t item = blockIdx.x;
-  if (threadIdx.x == 0) {
-    int lo = 0, hi = layers - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (descs[mid].item_base <= item) lo = mid; else hi = mid - 1;
-    }
-    L = descs[lo];
-  }
+  if (threadIdx.x == 0) L = descs[sgdx::cuda::find_descriptor(descs, layers, item, &LayerDesc::item_base)];
   __syncthreads();
   const int64_t local = item - L.item_base;
   const int b = static_cast<int>(local / L.per_b), j = static_cast<int>(local % L.per_b);
@@ -221,8 +200,8 @@ __global__ void __launch_bounds__(kThreads)
       const float x = ld(d, static_cast<int64_t>(b) * L.P + o);
       sd += x * x;
     }
-    sa = block_sum(sa, red);
-    sd = block_sum(sd, red);
+    sa = sgdx::cuda::block_sum<kThreads>(sa, red);
+    sd = sgdx::cuda::block_sum<kThreads>(sd, red);
     mine = threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.f) : 0.f;  // only thread 0's sums are valid
   } else if (L.rule == 3 || (L.bias && j == L.per_b - 1)) {
     mine = bias_item<T>(L, b);
@@ -236,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
       mine = grad_tile<T>(L, b, g, tile / L.nt1, tile % L.nt1, s0, s1);
     }
   }
-  const float total = block_sum(mine, red);
+  const float total = sgdx::cuda::block_sum<kThreads>(mine, red);
   if (threadIdx.x == 0) {
     partials[item] = total;
     __threadfence();
@@ -340,10 +319,7 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
     const int64_t items = items_of[dtype];
     if (items == 0) continue;
     TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items, " work items exceed one launch");
-    const int64_t bytes = static_cast<int64_t>(descs.size() * sizeof(LayerDesc));
-    auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-    std::memcpy(host.data_ptr(), descs.data(), bytes);
-    auto dev_descs = host.to(device, /*non_blocking=*/true);
+    auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
     auto partials = at::empty({items}, fopt);
     const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());
     const int n = static_cast<int>(descs.size());

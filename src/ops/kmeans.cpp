@@ -26,6 +26,18 @@ void check_features(const at::Tensor& x, int64_t k) {
   }
 }
 
+// max_iters, tol and the initial centroids (shared by both backends).
+void check_options(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
+  TORCH_CHECK(options.max_iters >= 0, "kmeans: max_iters must be >= 0, got ", options.max_iters);
+  TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
+              options.tol);
+  if (options.init.defined()) {
+    TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == x.size(1),
+                "kmeans: initial centroids must be [", k, ", ", x.size(1), "], got ", options.init.sizes());
+    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
+  }
+}
+
 // Squared distance of every row of x to every centroid, up to the per-row
 // constant ||x||^2 (enough for the argmin): ||c||^2 - 2 x.c.
 at::Tensor partial_distances(const at::Tensor& x, const at::Tensor& c) {
@@ -88,15 +100,9 @@ void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& opti
               kKMeansCudaMaxClusters, " (use KMeansBackend::aten)");
   TORCH_CHECK(x.size(1) <= kKMeansCudaMaxFeatures, "kmeans_cuda: d = ", x.size(1),
               " features exceed the kernel's limit of ", kKMeansCudaMaxFeatures, " (use KMeansBackend::aten)");
-  TORCH_CHECK(options.max_iters >= 0 && options.max_iters <= (int64_t{1} << 30), "kmeans: max_iters must be >= 0, got ",
+  check_options(x, k, options);
+  TORCH_CHECK(options.max_iters <= (int64_t{1} << 30), "kmeans_cuda: max_iters must be <= 2^30, got ",
               options.max_iters);
-  TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
-              options.tol);
-  if (options.init.defined()) {
-    TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == x.size(1),
-                "kmeans: initial centroids must be [", k, ", ", x.size(1), "], got ", options.init.sizes());
-    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
-  }
 }
 }  // namespace detail
 
@@ -125,16 +131,10 @@ KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& op
 KMeansResult kmeans(const at::Tensor& x_in, int64_t k, const KMeansOptions& options) {
   if (options.backend == KMeansBackend::fused_cuda) return kmeans_cuda(x_in, k, options);
   check_features(x_in, k);
-  TORCH_CHECK(options.max_iters >= 0, "kmeans: max_iters must be >= 0, got ", options.max_iters);
-  TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
-              options.tol);
+  check_options(x_in, k, options);
   const auto x = x_in.contiguous();
-  const int64_t d = x.size(1);
   at::Tensor c;
   if (options.init.defined()) {
-    TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == d,
-                "kmeans: initial centroids must be [", k, ", ", d, "], got ", options.init.sizes());
-    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
     c = options.init.to(x.device(), x.scalar_type()).clone();
   } else {
     c = x.index_select(0, kmeans_plusplus(x, k, options.seed, options.stream));
