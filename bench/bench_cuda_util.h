@@ -1,6 +1,6 @@
 #pragma once
-// GPU timing for the CUDA benchmarks: median seconds of one call, timing
-// `inner` calls between device synchronisations.
+// GPU timing for the CUDA benchmarks: candidates measured side by side in one
+// run, `inner` calls between device synchronisations.
 #include <torch/cuda.h>
 
 #include <functional>
@@ -15,18 +15,28 @@
 
 namespace sgdx::bench {
 
-inline Timing time_cuda(const std::function<void()>& f, int samples = 15, int inner = 10) {
-  for (int w = 0; w < 3; ++w) f();
+/// The GPU counterpart of compare(): warm-up calls, then `samples` rounds in which
+/// every candidate (order rotating) runs `inner` calls between device
+/// synchronisations; returns each candidate's median/min/max seconds per call.
+inline std::vector<Timing> compare_cuda(const std::vector<std::function<void()>>& candidates, int samples = 15,
+                                        int inner = 10) {
+  for (int w = 0; w < 3; ++w)
+    for (const auto& f : candidates) f();
   torch::cuda::synchronize();
-  std::vector<double> t;
+  std::vector<std::vector<double>> times(candidates.size());
   for (int s = 0; s < samples; ++s) {
-    const double sec = seconds_of([&] {
-      for (int i = 0; i < inner; ++i) f();
-      torch::cuda::synchronize();
-    });
-    t.push_back(sec / inner);
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      const size_t i = (k + s) % candidates.size();
+      times[i].push_back(seconds_of([&] {
+                           for (int r = 0; r < inner; ++r) candidates[i]();
+                           torch::cuda::synchronize();
+                         }) /
+                         inner);
+    }
   }
-  return summarize(t);
+  std::vector<Timing> out;
+  for (auto& t : times) out.push_back(summarize(t));
+  return out;
 }
 
 inline std::string cuda_device_name() {

@@ -13,7 +13,7 @@
 #include "bench_cuda_util.h"
 #include "sgdx/ops/gradqueue_step.h"
 
-using sgdx::bench::time_cuda;
+using sgdx::bench::compare_cuda;
 
 int main(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "bench_gradqueue_cuda.json";
@@ -25,8 +25,6 @@ int main(int argc, char** argv) {
   }
   const auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
   auto src = torch::randn({n}, opts), dst = torch::empty({n}, opts);
-  const auto copy = time_cuda([&] { dst.copy_(src); });
-  const double copy_bw = 2.0 * 4.0 * double(n) / copy.median;
   const int64_t per = n / 10, q = 8;
   struct Set {
     std::vector<at::Tensor> p, g, v, s1, s2, queue;
@@ -70,12 +68,11 @@ int main(int argc, char** argv) {
     sgdx::ops::gradqueue_step_cuda_(ts, c);
     ++head;
   };
-  const auto t_elem = time_cuda([&] { step(elem, true, true); });
-  const auto t_tens = time_cuda([&] { step(tens, true, false); });
-  const auto t_ema = time_cuda([&] { step(ema, false, true); });
-  const auto t_sgd = time_cuda([&] {
-    at::_fused_sgd_(sgd.p, sgd.g, sgd.v, 0.0, 0.9, 1e-9, 0.0, false, false, false);
-  });
+  const auto t = compare_cuda({[&] { dst.copy_(src); }, [&] { step(elem, true, true); },
+                               [&] { step(tens, true, false); }, [&] { step(ema, false, true); },
+                               [&] { at::_fused_sgd_(sgd.p, sgd.g, sgd.v, 0.0, 0.9, 1e-9, 0.0, false, false, false); }});
+  const auto &copy = t[0], &t_elem = t[1], &t_tens = t[2], &t_ema = t[3], &t_sgd = t[4];
+  const double copy_bw = 2.0 * 4.0 * double(n) / copy.median;
   const double P = double(10 * per);
   auto frac = [&](const sgdx::bench::Timing& t, double bytes) { return bytes * P / t.median / copy_bw; };
   const std::string name = sgdx::bench::cuda_device_name();

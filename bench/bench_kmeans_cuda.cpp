@@ -13,7 +13,7 @@
 #include "bench_cuda_util.h"
 #include "sgdx/ops/kmeans.h"
 
-using sgdx::bench::time_cuda;
+using sgdx::bench::compare_cuda;
 
 int main(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "bench_kmeans_cuda.json";
@@ -34,12 +34,14 @@ int main(int argc, char** argv) {
   sgdx::ops::KMeansOptions pp = o;
   pp.init = at::Tensor();
   sgdx::ops::detail::check_kmeans_cuda(x, k, o);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r;
-  const auto t_fused = time_cuda([&] { r = sgdx::ops::detail::kmeans_cuda_launch(x, k, o); });
-  const int64_t fused_iters = static_cast<int64_t>(std::get<3>(r)[0].item<double>());
-  const auto t_fused_pp = time_cuda([&] { r = sgdx::ops::detail::kmeans_cuda_launch(x, k, pp); });
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> r, r_pp;
   sgdx::ops::KMeansResult ref;
-  const auto t_aten = time_cuda([&] { ref = sgdx::ops::kmeans(x, k, o); }, 15, 3);
+  const auto t = compare_cuda({[&] { r = sgdx::ops::detail::kmeans_cuda_launch(x, k, o); },
+                               [&] { r_pp = sgdx::ops::detail::kmeans_cuda_launch(x, k, pp); },
+                               [&] { ref = sgdx::ops::kmeans(x, k, o); }},
+                              15, 3);
+  const auto &t_fused = t[0], &t_fused_pp = t[1], &t_aten = t[2];
+  const int64_t fused_iters = static_cast<int64_t>(std::get<3>(r)[0].item<double>());
   auto mine = sgdx::ops::kmeans_cuda(x, k, o);
   const double agree = mine.assignment.eq(ref.assignment).to(torch::kDouble).mean().item<double>();
   const std::string name = sgdx::bench::cuda_device_name();

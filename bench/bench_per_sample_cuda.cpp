@@ -14,7 +14,7 @@
 #include "sgdx/models/models.h"
 #include "sgdx/ops/per_sample.h"
 
-using sgdx::bench::time_cuda;
+using sgdx::bench::compare_cuda;
 using sgdx::ops::PerSampleBackend;
 
 int main(int argc, char** argv) {
@@ -46,9 +46,9 @@ int main(int argc, char** argv) {
     loss.backward();
     sink = cap.squared_norms();
   };
-  const auto t_plain = time_cuda(plain);
-  const auto t_fused = time_cuda([&] { with_norms(PerSampleBackend::fused_cuda); });
-  const auto t_aten = time_cuda([&] { with_norms(PerSampleBackend::aten); });
+  const auto t = compare_cuda({plain, [&] { with_norms(PerSampleBackend::fused_cuda); },
+                               [&] { with_norms(PerSampleBackend::aten); }});
+  const auto &t_plain = t[0], &t_fused = t[1], &t_aten = t[2];
   // The norms alone, from one captured backward.
   sgdx::ops::PerSampleGradients fused_cap(*model, {.backend = PerSampleBackend::fused_cuda});
   sgdx::ops::PerSampleGradients aten_cap(*model, {.backend = PerSampleBackend::aten});
@@ -59,8 +59,8 @@ int main(int argc, char** argv) {
     aten_cap.attach(loss, B);
     loss.backward();
   }
-  const auto n_fused = time_cuda([&] { sink = fused_cap.squared_norms(); });
-  const auto n_aten = time_cuda([&] { sink = aten_cap.squared_norms(); });
+  const auto n = compare_cuda({[&] { sink = fused_cap.squared_norms(); }, [&] { sink = aten_cap.squared_norms(); }});
+  const auto &n_fused = n[0], &n_aten = n[1];
   const double max_rel =
       ((fused_cap.squared_norms().to(torch::kDouble) - aten_cap.squared_norms().to(torch::kDouble)).abs() /
        aten_cap.squared_norms().to(torch::kDouble).abs().clamp_min(1e-30))

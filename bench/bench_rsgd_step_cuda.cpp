@@ -12,7 +12,7 @@
 #include "sgdx/config.h"
 #include "sgdx/ops/rsgd_step.h"
 
-using sgdx::bench::time_cuda;
+using sgdx::bench::compare_cuda;
 
 int main(int argc, char** argv) {
   const std::string out = argc > 1 ? argv[1] : "bench_rsgd_step_cuda.json";
@@ -28,8 +28,6 @@ int main(int argc, char** argv) {
   const auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kFloat);
   // Ceiling: a large device-to-device copy (bytes read + written).
   auto src = torch::randn({n}, opts), dst = torch::empty({n}, opts);
-  const auto copy = time_cuda([&] { dst.copy_(src); });
-  const double copy_bw = 2.0 * 4.0 * double(n) / copy.median;
   // Ten tensors of n/10 parameters each, as a model would have.
   std::vector<at::Tensor> p, g, m, p2, g2, m2;
   for (int k = 0; k < 10; ++k) {
@@ -40,12 +38,16 @@ int main(int argc, char** argv) {
   std::vector<double> half(10, 0.5), one(10, 1.0);
   sgdx::ops::RSGDStepConfig c;
   c.lr = 1e-9;
-  const auto rsgd_draw = time_cuda([&] { sgdx::ops::rsgd_step_(p, g, m, ids, steps, half, c); });
-  const auto rsgd_fixed = time_cuda([&] { sgdx::ops::rsgd_step_(p, g, m, ids, steps, one, c); });
-  const auto fused_sgd = time_cuda([&] {
-    at::_fused_sgd_(p2, g2, m2, /*weight_decay=*/0.0, /*momentum=*/0.9, /*lr=*/1e-9, /*dampening=*/0.0,
-                    /*nesterov=*/false, /*maximize=*/false, /*is_first_step=*/false);
-  });
+  const auto t = compare_cuda({[&] { dst.copy_(src); },
+                               [&] { sgdx::ops::rsgd_step_(p, g, m, ids, steps, half, c); },
+                               [&] { sgdx::ops::rsgd_step_(p, g, m, ids, steps, one, c); },
+                               [&] {
+                                 at::_fused_sgd_(p2, g2, m2, /*weight_decay=*/0.0, /*momentum=*/0.9, /*lr=*/1e-9,
+                                                 /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
+                                                 /*is_first_step=*/false);
+                               }});
+  const auto &copy = t[0], &rsgd_draw = t[1], &rsgd_fixed = t[2], &fused_sgd = t[3];
+  const double copy_bw = 2.0 * 4.0 * double(n) / copy.median;
   const double bytes = 20.0 * double(10 * (n / 10));  // read p, g, m; write p, m
   auto frac = [&](const sgdx::bench::Timing& t) { return bytes / t.median / copy_bw; };
   const std::string name = sgdx::bench::cuda_device_name();
