@@ -11,7 +11,7 @@ torch_version="${SGDX_TORCH_VERSION:-2.11.0}"
 
 packages=(build-essential cmake git pkg-config zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
           libcli11-dev nlohmann-json3-dev gnuplot-nox python3 python3-venv python3-pip dataset-fashion-mnist
-          liblinear-tools)
+          liblinear-tools patchelf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

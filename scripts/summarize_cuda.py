@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Writes the CUDA results page (docs/results/cuda.md) from the JSON and logs
-that scripts/gpu_check.sh leaves in a results directory.
+that scripts/gpu_check.sh leaves in a results directory ($OUT): the steps
+(summary.md), the CUDA tests (gtest/*.json), the benchmarks' JSON, and the
+sources the programs were built from (manifest.txt).
 
 Usage: summarize_cuda.py RESULTS_DIR OUT.md
 Every row names its target from issue #8 and whether the measurement meets it;
-a missing file is reported as not measured, never filled in."""
+a missing file is reported as not measured, never filled in. To merge a rerun
+(gpu_check.sh --only ...), copy its files over the first run's folder, keep the
+first summary.md's other rows, and run this again on the folder."""
+import glob
 import json
 import os
 import re
@@ -36,12 +41,34 @@ def main():
     gpu = os.path.join(d, "gpu.txt")
     if os.path.exists(gpu):
         lines += ["Device: `" + open(gpu).read().strip().splitlines()[-1] + "`", ""]
-    log = os.path.join(d, "ctest_cuda.log")
+    manifest = os.path.join(d, "manifest.txt")
+    if os.path.exists(manifest):
+        info = dict(line.split(" ", 1) for line in open(manifest).read().splitlines() if " " in line
+                    and not line.startswith(("#", "file ", "source ")))
+        lines += [f"Programs built from commit `{info.get('git-head', '?')}` (working-tree changes: "
+                  f"`git status --porcelain | sha256sum` = `{info.get('git-status-porcelain-sha256', '?')[:16]}`), "
+                  f"torch {info.get('torch', '?')}, architectures {info.get('cuda-architectures', '?')}; "
+                  f"every source hash is in `manifest.txt` of the run.", ""]
+    tests = failed = skipped = 0
+    for path in sorted(glob.glob(os.path.join(d, "gtest", "*.json"))):
+        j = json.load(open(path))
+        tests += j["tests"]
+        failed += j["failures"]
+        skipped += sum(t.get("result") == "SKIPPED" for g in j.get("testsuites", []) for t in g.get("testsuite", []))
+    if tests:
+        lines += [f"CUDA tests (GoogleTest, {len(glob.glob(os.path.join(d, 'gtest', '*.json')))} steps): "
+                  f"{tests - failed - skipped}/{tests} passed, {failed} failed, {skipped} skipped.", ""]
+    log = os.path.join(d, "ctest_cuda.log")  # older runs (ctest on the device)
     if os.path.exists(log):
         m = re.search(r"(\d+)% tests passed, (\d+) tests failed out of (\d+)", open(log).read())
         if m:
             lines += [f"CUDA tests (`ctest -R 'Cuda|RSGD|GradQueue|PerSample|KMeans'`): "
                       f"{int(m.group(3)) - int(m.group(2))}/{m.group(3)} passed.", ""]
+    summary = os.path.join(d, "summary.md")
+    if os.path.exists(summary):
+        rows = [r for r in open(summary).read().splitlines() if r.startswith("|")]
+        if rows:
+            lines += ["Steps of `scripts/gpu_check.sh` (wall and limit in seconds):", ""] + rows + [""]
     lines += ["| benchmark | measured | target | verdict |", "|---|---|---|---|"]
     missing = []
 
@@ -86,7 +113,7 @@ def main():
         lines.append(f"| sgdx-train resnet batch 128 on MNIST, images/s vs PyTorch Python "
                      f"| {t['sgdx_images_per_second']:.0f} vs {t['torch_python_images_per_second']:.0f} = {ratio:.2f} "
                      f"| >= 1.0 | {verdict(ratio >= 1.0)} |")
-        if "gqsgdm_k4_fused_images_per_second" in t:
+        if "gqsgdm_k4_fused_images_per_second" in t and "gqsgdm_k4_images_per_second" in t:
             a, b = t["gqsgdm_k4_images_per_second"], t["gqsgdm_k4_fused_images_per_second"]
             lines.append(f"| sgdx-train gqsgdm, 4 clusters: images/s with `--fused-cuda` vs without "
                          f"| {b:.0f} vs {a:.0f} = {b / a:.2f} | (none; > 1 expected) | - |")
