@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
       } else {
         t.ema_rate = 0.125;
       }
-      t.stats_count = 8;
+      t.count = 8;
+      t.scarcity = true;
       ts.push_back(t);
     }
     return ts;

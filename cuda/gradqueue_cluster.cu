@@ -1,12 +1,14 @@
 // The clustered GradQueue step's per-cluster statistics on CUDA
 // (sgdx/ops/gradqueue_step.h: gradqueue_cluster_stats_cuda). Launch 1: one block
 // per 4096-element chunk of a tensor computes, in float64, the chunk's
-// sum max(s2/n - mu^2, 0) and for every cluster k sum (G_k * inv_k + wd p - mu)^2
+// sum max(s2/n, 0) and for every cluster k sum (G_k * inv_k + wd p - mu)^2 (mu = S1,
+// S2 = M2 or the variance: sgdx/detail/gradqueue_math.h)
 // (the chunk's p, S1, S2 stay in L1 across the K rows). Launch 2: one thread per
 // (tensor, k) adds the chunk partials in chunk order, so the result is
 // deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,6 +32,7 @@ struct ClusterDesc {
   int64_t chunk_base;  // first chunk of this tensor
   int64_t chunks;
   double inv_n, wd;
+  bool mean_double;  // s1 is float64 (exact storage: ops::gradqueue_mean_dtype)
 };
 
 template <typename scalar_t>
@@ -42,15 +45,17 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) D = descs[sgdx::cuda::find_descriptor(descs, tensors, chunk, &ClusterDesc::chunk_base)];
   __syncthreads();
   const int64_t begin = (chunk - D.chunk_base) * kChunk, end = min(D.numel, begin + kChunk);
-  const auto* s1 = static_cast<const scalar_t*>(D.s1);
-  const auto* s2 = static_cast<const scalar_t*>(D.s2);
+  using stat_t = at::opmath_type<scalar_t>;  // the window statistics' dtype (gradqueue_stats_dtype)
+  const auto* s1f = static_cast<const stat_t*>(D.s1);
+  const auto* s1d = static_cast<const double*>(D.s1);
+  auto mean = [&](int64_t e) { return D.mean_double ? s1d[e] : static_cast<double>(s1f[e]); };
+  const auto* s2 = static_cast<const stat_t*>(D.s2);
   const auto* p = static_cast<const scalar_t*>(D.p);
   const auto* g = static_cast<const scalar_t*>(D.sums);
   double* out = partials + chunk * (K + 1);
   double var = 0.0;
   for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
-    const double mu = static_cast<double>(s1[e]) * D.inv_n;
-    var += fmax(static_cast<double>(s2[e]) * D.inv_n - mu * mu, 0.0);
+    var += fmax(static_cast<double>(s2[e]) * D.inv_n, 0.0);
   }
   var = sgdx::cuda::block_sum<kThreads>(var, red);
   if (threadIdx.x == 0) out[K] = var;
@@ -59,8 +64,7 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* gk = g + static_cast<int64_t>(k) * D.numel;
     double acc = 0.0;
     for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
-      const double mu = static_cast<double>(s1[e]) * D.inv_n;
-      double v = static_cast<double>(gk[e]) * ik - mu;
+      double v = static_cast<double>(gk[e]) * ik - mean(e);
       if (p != nullptr) v += D.wd * static_cast<double>(p[e]);
       acc += v * v;
     }
@@ -89,7 +93,7 @@ at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor
   if (T == 0) return at::zeros({0, K + 1}, inv_size.options());
   const auto device = tensors[0].s1.device();
   const c10::cuda::CUDAGuard guard(device);
-  const auto dtype = tensors[0].s1.scalar_type();
+  const auto dtype = tensors[0].sums.scalar_type();
   std::vector<at::Tensor> keep;
   std::vector<ClusterDesc> descs;
   int64_t chunks = 0;
@@ -109,6 +113,7 @@ at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor
     d.chunk_base = chunks;
     d.chunks = (d.numel + kChunk - 1) / kChunk;
     d.inv_n = x.inv_n;
+    d.mean_double = s1.scalar_type() == at::kDouble;
     d.wd = x.weight_decay;
     chunks += d.chunks;
     descs.push_back(d);

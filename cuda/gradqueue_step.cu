@@ -11,19 +11,26 @@
 
 #include "kernel_util.cuh"
 #include "multi_tensor_apply.cuh"
+#include "sgdx/detail/gradqueue_math.h"
 #include "sgdx/ops/gradqueue_step.h"
 
 namespace sgdx::ops {
 namespace {
 
+using sgdx::detail::MomentumMode;
+
 constexpr int kLists = 7;  // p, g, v, s1, s2, slot, old
 constexpr int kGQTensors = 24;
 constexpr int kGQBlocks = 160;
 
+enum class OldRow : int { none = 0, separate = 1, in_slot = 2 };
+
 struct GQArgs {
-  double inv_n;      // 1/n of the window (exact storage), 1 for ema
+  double inv_var;    // the variance is s2 * inv_var: 1/n of the window (exact storage), 1 for ema
+  double inv_push;   // exact storage: 1/n of the window after the push
   double rate;       // ema storage: the running-moment rate; 0 for exact
-  int flags;         // bit 0: stats, bit 1: first step, bit 2: exact, bits 3-4: old mode (0 none, 1 row, 2 slot)
+  bool stats, first, exact;
+  OldRow old;
   int chunk_offset;  // this tensor's first chunk in the partial buffers
   int tensor;        // index into the per-tensor rho array
 };
@@ -62,7 +69,28 @@ __device__ __forceinline__ T* list(const Meta<kLists>& meta, int l, int t) {
   return static_cast<T*>(meta.addresses[l][t]);
 }
 
-// Tensor granularity: per chunk, sum (d - mu)^2 and sum sigma^2.
+// Tensor granularity: this block's sums of (d - mu)^2 and sigma^2; M is the mean's type
+// (double for exact storage: ops::gradqueue_mean_dtype).
+template <typename scalar_t, typename M>
+__device__ __forceinline__ void moments_range(const Meta<kLists>& meta, const BlockWork& w, const Common& c,
+                                              const float* grad_scale, double& dev, double& var) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int t = w.t;
+  const auto* p = list<const scalar_t>(meta, 0, t);
+  const auto* g = list<const scalar_t>(meta, 1, t);
+  const auto* s1 = list<const M>(meta, 3, t);
+  const auto* s2 = list<const opmath_t>(meta, 4, t);
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
+  const opmath_t inv_var = static_cast<opmath_t>(w.a.inv_var);
+  for (int64_t i = w.begin + threadIdx.x; i < w.end; i += blockDim.x) {
+    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * static_cast<opmath_t>(p[i]);
+    const opmath_t dm = static_cast<opmath_t>(static_cast<M>(d) - s1[i]);
+    const opmath_t v = s2[i] * inv_var;
+    dev += static_cast<double>(dm * dm);
+    var += static_cast<double>(v > opmath_t(0) ? v : opmath_t(0));
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
     gq_moments_kernel(Meta<kLists> meta, Common c, double* partial, const float* grad_scale, const float* found_inf) {
@@ -70,28 +98,14 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
   const BlockWork w = block_work(meta);
-  const int t = w.t;
-  const GQArgs& a = w.a;
-  const auto* p = list<const scalar_t>(meta, 0, t);
-  const auto* g = list<const scalar_t>(meta, 1, t);
-  const auto* s1 = list<const scalar_t>(meta, 3, t);
-  const auto* s2 = list<const scalar_t>(meta, 4, t);
-  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
-  const opmath_t inv_n = static_cast<opmath_t>(a.inv_n);
-  const int64_t begin = w.begin, end = w.end;
   double dev = 0.0, var = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * static_cast<opmath_t>(p[i]);
-    const opmath_t mu = static_cast<opmath_t>(s1[i]) * inv_n;
-    const opmath_t v = static_cast<opmath_t>(s2[i]) * inv_n - mu * mu;
-    dev += static_cast<double>((d - mu) * (d - mu));
-    var += static_cast<double>(v > opmath_t(0) ? v : opmath_t(0));
-  }
+  if (w.a.exact) moments_range<scalar_t, double>(meta, w, c, grad_scale, dev, var);
+  else moments_range<scalar_t, opmath_t>(meta, w, c, grad_scale, dev, var);
   const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
   const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
   if (threadIdx.x == 0) {
-    partial[2 * (a.chunk_offset + w.chunk)] = sd;
-    partial[2 * (a.chunk_offset + w.chunk) + 1] = sv;
+    partial[2 * (w.a.chunk_offset + w.chunk)] = sd;
+    partial[2 * (w.a.chunk_offset + w.chunk) + 1] = sv;
   }
 }
 
@@ -108,15 +122,70 @@ __global__ void gq_rho_kernel(const double* partial, const int* first_chunk, con
   }
   const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
   const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
-  if (threadIdx.x == 0) {
-    double r = 1.0;
-    if (stats[t]) {
-      const double z = sqrt(sd) / (sqrt(sv) + c.eps);
-      r = c.kappa == 1.0 ? z : pow(z, c.kappa);
-      r = fmin(fmax(r, c.rho_min), c.rho_max);
+  if (threadIdx.x == 0) rho[t] = stats[t] ? sgdx::detail::tensor_rho(sd, sv, c.eps, c.kappa, c.rho_min, c.rho_max) : 1.0;
+}
+
+// The update of this block's elements; returns their sum of Delta-rho. M: the mean's type.
+// No __restrict__: the leaving row may be the slot being written.
+template <typename scalar_t, typename M>
+__device__ __forceinline__ double update_range(const Meta<kLists>& meta, const BlockWork& w, const Common& c,
+                                               const double* rho_tensor, const float* grad_scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int t = w.t;
+  const GQArgs& a = w.a;
+  auto* p = list<scalar_t>(meta, 0, t);
+  const auto* g = list<const scalar_t>(meta, 1, t);
+  auto* v = list<scalar_t>(meta, 2, t);
+  auto* s1 = list<M>(meta, 3, t);
+  auto* s2 = list<opmath_t>(meta, 4, t);
+  auto* slot = list<opmath_t>(meta, 5, t);
+  const auto* old = list<const opmath_t>(meta, 6, t);
+  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
+  const opmath_t lr = static_cast<opmath_t>(c.lr), mom = static_cast<opmath_t>(c.mom);
+  const opmath_t damp1 = static_cast<opmath_t>(c.damp1), inv_var = static_cast<opmath_t>(a.inv_var);
+  const M inv_push = static_cast<M>(a.inv_push);
+  const opmath_t rate = static_cast<opmath_t>(a.rate), eps = static_cast<opmath_t>(c.eps);
+  const opmath_t inv_zref = static_cast<opmath_t>(c.inv_zref), rmin = static_cast<opmath_t>(c.rho_min);
+  const opmath_t rmax = static_cast<opmath_t>(c.rho_max), kappa = static_cast<opmath_t>(c.kappa);
+  const bool kappa1 = c.kappa == 1.0;
+  const opmath_t rho_fixed = (!c.per_element && a.stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
+  double rho_sum = 0.0;
+  for (int64_t i = w.begin + threadIdx.x; i < w.end; i += blockDim.x) {
+    const opmath_t pi = static_cast<opmath_t>(p[i]);
+    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * pi;
+    M mu = s1[i];
+    opmath_t m2 = s2[i];
+    opmath_t rho = rho_fixed;
+    if (c.per_element && a.stats) {
+      const opmath_t dev = static_cast<opmath_t>(static_cast<M>(d) - mu);
+      rho = kappa1 ? sgdx::detail::element_rho<opmath_t, true>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin, rmax)
+                   : sgdx::detail::element_rho<opmath_t, false>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin, rmax);
     }
-    rho[t] = r;
+    rho_sum += static_cast<double>(rho);
+    const opmath_t gh = rho * d;
+    if (a.exact) {
+      opmath_t o = 0;
+      if (a.old == OldRow::separate) o = old[i];
+      if (a.old == OldRow::in_slot) o = slot[i];
+      sgdx::detail::window_push<opmath_t, M>(mu, m2, d, o, a.old != OldRow::none, inv_push);
+      slot[i] = d;
+    } else {
+      opmath_t mf = static_cast<opmath_t>(mu);
+      sgdx::detail::ema_push(mf, m2, d, rate);
+      mu = static_cast<M>(mf);
+    }
+    s1[i] = mu;
+    s2[i] = m2;
+    opmath_t u = gh;
+    if (c.mom != 0.0) {
+      opmath_t vi = static_cast<opmath_t>(v[i]);
+      u = c.nesterov ? sgdx::detail::momentum_direction<opmath_t, MomentumMode::nesterov>(vi, gh, mom, damp1, a.first)
+                     : sgdx::detail::momentum_direction<opmath_t, MomentumMode::heavy_ball>(vi, gh, mom, damp1, a.first);
+      v[i] = static_cast<scalar_t>(vi);
+    }
+    p[i] = static_cast<scalar_t>(pi - lr * u);
   }
+  return rho_sum;
 }
 
 template <typename scalar_t>
@@ -127,63 +196,10 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
   const BlockWork w = block_work(meta);
-  const int t = w.t;
-  const GQArgs& a = w.a;
-  auto* p = list<scalar_t>(meta, 0, t);
-  const auto* g = list<const scalar_t>(meta, 1, t);
-  auto* v = list<scalar_t>(meta, 2, t);
-  auto* s1 = list<scalar_t>(meta, 3, t);
-  auto* s2 = list<scalar_t>(meta, 4, t);
-  auto* slot = list<scalar_t>(meta, 5, t);
-  const auto* old = list<const scalar_t>(meta, 6, t);
-  const bool stats = a.flags & 1, first = a.flags & 2, exact = a.flags & 4;
-  const int old_mode = (a.flags >> 3) & 3;
-  const opmath_t inv_scale = inv_scale_of(grad_scale), wd = static_cast<opmath_t>(c.wd);
-  const opmath_t lr = static_cast<opmath_t>(c.lr), mom = static_cast<opmath_t>(c.mom);
-  const opmath_t damp1 = static_cast<opmath_t>(c.damp1), inv_n = static_cast<opmath_t>(a.inv_n);
-  const opmath_t rate = static_cast<opmath_t>(a.rate), eps = static_cast<opmath_t>(c.eps);
-  const opmath_t inv_zref = static_cast<opmath_t>(c.inv_zref), rmin = static_cast<opmath_t>(c.rho_min);
-  const opmath_t rmax = static_cast<opmath_t>(c.rho_max), kappa = static_cast<opmath_t>(c.kappa);
-  const bool use_mom = c.mom != 0.0;
-  const opmath_t rho_fixed = (!c.per_element && stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
-  const int64_t begin = w.begin, end = w.end;
-  double rho_sum = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const opmath_t pi = static_cast<opmath_t>(p[i]);
-    const opmath_t d = static_cast<opmath_t>(g[i]) * inv_scale + wd * pi;
-    opmath_t rho = rho_fixed;
-    if (c.per_element && stats) {
-      const opmath_t mu = static_cast<opmath_t>(s1[i]) * inv_n;
-      const opmath_t var = static_cast<opmath_t>(s2[i]) * inv_n - mu * mu;
-      const opmath_t sigma = sqrt(var > opmath_t(0) ? var : opmath_t(0));
-      const opmath_t z = fabs(d - mu) / (sigma + eps) * inv_zref;
-      const opmath_t zk = kappa == opmath_t(1) ? z : pow(z, kappa);
-      rho = zk < rmin ? rmin : (zk > rmax ? rmax : zk);
-    }
-    rho_sum += static_cast<double>(rho);
-    const opmath_t gh = rho * d;
-    if (exact) {
-      opmath_t o = 0;
-      if (old_mode == 1) o = static_cast<opmath_t>(old[i]);
-      if (old_mode == 2) o = static_cast<opmath_t>(slot[i]);
-      s1[i] = static_cast<scalar_t>(static_cast<opmath_t>(s1[i]) + (d - o));
-      s2[i] = static_cast<scalar_t>(static_cast<opmath_t>(s2[i]) + (d * d - o * o));
-      slot[i] = static_cast<scalar_t>(d);
-    } else {
-      const opmath_t m1 = static_cast<opmath_t>(s1[i]), m2 = static_cast<opmath_t>(s2[i]);
-      s1[i] = static_cast<scalar_t>(m1 + rate * (d - m1));
-      s2[i] = static_cast<scalar_t>(m2 + rate * (d * d - m2));
-    }
-    opmath_t u = gh;
-    if (use_mom) {
-      const opmath_t nv = first ? gh : mom * static_cast<opmath_t>(v[i]) + damp1 * gh;
-      v[i] = static_cast<scalar_t>(nv);
-      u = c.nesterov ? gh + mom * nv : nv;
-    }
-    p[i] = static_cast<scalar_t>(pi - lr * u);
-  }
+  const double rho_sum = w.a.exact ? update_range<scalar_t, double>(meta, w, c, rho_tensor, grad_scale)
+                                   : update_range<scalar_t, opmath_t>(meta, w, c, rho_tensor, grad_scale);
   const double s = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(rho_sum, sh);
-  if (threadIdx.x == 0) rho_partial[a.chunk_offset + w.chunk] = s;
+  if (threadIdx.x == 0) rho_partial[w.a.chunk_offset + w.chunk] = s;
 }
 
 }  // namespace
@@ -203,28 +219,32 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
   for (const auto k : c10::irange(T)) {
     auto& t = tensors[k];
     const bool exact = t.ema_rate == 0.0;
-    int old_mode = 0;
-    if (exact && t.old.defined()) old_mode = t.old.const_data_ptr() == t.slot.const_data_ptr() ? 2 : 1;
+    OldRow old = OldRow::none;
+    if (exact && t.old.defined()) old = t.old.const_data_ptr() == t.slot.const_data_ptr() ? OldRow::in_slot : OldRow::separate;
     lists[0].push_back(t.param.data_ptr());
     lists[1].push_back(const_cast<void*>(t.grad.const_data_ptr()));
     lists[2].push_back(t.momentum.defined() ? t.momentum.data_ptr() : nullptr);
     lists[3].push_back(t.s1.data_ptr());
     lists[4].push_back(t.s2.data_ptr());
     lists[5].push_back(exact ? t.slot.data_ptr() : nullptr);
-    lists[6].push_back(old_mode == 1 ? const_cast<void*>(t.old.const_data_ptr()) : nullptr);
+    lists[6].push_back(old == OldRow::separate ? const_cast<void*>(t.old.const_data_ptr()) : nullptr);
     const int64_t n = t.param.numel();
     numels.push_back(n);
     const int c = static_cast<int>((n + sgdx::cuda::kChunkSize - 1) / sgdx::cuda::kChunkSize);
     GQArgs a;
-    a.inv_n = t.stats_count > 0 && exact ? 1.0 / double(t.stats_count) : 1.0;
+    a.inv_var = exact ? 1.0 / static_cast<double>(std::max<int64_t>(t.count, 1)) : 1.0;
+    a.inv_push = 1.0 / static_cast<double>(old != OldRow::none ? t.count : t.count + 1);
     a.rate = t.ema_rate;
-    a.flags = (t.stats_count > 0 ? 1 : 0) | (t.first_step ? 2 : 0) | (exact ? 4 : 0) | (old_mode << 3);
+    a.stats = t.scarcity;
+    a.first = t.first_step;
+    a.exact = exact;
+    a.old = old;
     a.chunk_offset = total_chunks;
     a.tensor = static_cast<int>(k);
     extras.push_back(a);
     first_chunk.push_back(total_chunks);
     chunks.push_back(c);
-    stats.push_back(t.stats_count > 0 ? 1 : 0);
+    stats.push_back(t.scarcity ? 1 : 0);
     total_chunks += c;
   }
   Common c;

@@ -1,5 +1,8 @@
 // k-means in one cooperative launch (sgdx/ops/kmeans.h: kmeans_cuda). Every
 // block runs the same program; grid-wide syncs separate the phases:
+//   0  per block, the first row with a non-finite feature and whether the initial
+//      centroids have one (read after the sync that ends B; then every block
+//      stops and stats carry the error: the host checks nothing, so it need not sync)
 //   A  per-feature variances (float64, two passes) for the tolerance
 //   B  k-means++: per draw, each block updates the float64 distance to the
 //      nearest chosen row for its own contiguous rows and writes its block sum;
@@ -14,6 +17,12 @@
 //      block sums the shift partials in the same order and takes the same decision
 //   D  final assignment, counts, inertia, outputs.
 // All sums have a fixed order, so the result is deterministic.
+//
+// No pointer that the kernel writes is __restrict__ (or read through the
+// read-only cache): the centroids, assignments, distances and partials are
+// rewritten by other blocks between grid syncs, and a non-coherent load could
+// return a value from before the sync. Only x and init, read-only for the whole
+// launch, may be.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -21,6 +30,9 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
 
 #include "kernel_util.cuh"
 #include "sgdx/detail/philox.h"
@@ -54,11 +66,12 @@ struct KArgs {
   double* tpart;    // [k * ceil(d / 128)]
   float* far;       // [n]
   int* counts;      // [k]
+  int* bad;         // [2, grid]: per block, first row with a non-finite value (n: none) | non-finite init
   // outputs
   float* centroids;          // [k, d]
   long long* assignment;     // [n]
   long long* out_counts;     // [k], zeroed
-  double* stats;             // [2]: iterations, inertia
+  double* stats;             // [4]: iterations, inertia, bad row (-1: none), bad init (KMeansCudaStat)
 };
 
 struct Shared {
@@ -70,6 +83,10 @@ struct Shared {
   double red[kWarps][32];
   double bsum[kWarps];
   int chosen[kMaxK];
+  int ibad[kWarps];
+  int iinit[kWarps];
+  int bad_row;   // -1: every feature is finite
+  int bad_init;  // the initial centroids have a non-finite value
   double tol_abs;
   int flag;  // empty clusters this iteration
   int stop;  // the tolerance test passed
@@ -88,7 +105,9 @@ __device__ __forceinline__ void my_rows(int n, int& begin, int& end) {
   end = min(n, begin + per);
 }
 
-// ||x_i - y||^2 in float for row i, one warp; valid in every lane.
+// ||x_i - y||^2 in float for row i, one warp; valid in every lane. x is the
+// features (read-only for the whole launch); y may be a centroid, rewritten
+// between grid syncs, so it is an ordinary pointer.
 __device__ __forceinline__ float row_dist(const float* __restrict__ x, int d, int i, const float* y) {
   float s = 0.f;
   for (int f = threadIdx.x % 32; f < d; f += 32) {
@@ -99,7 +118,8 @@ __device__ __forceinline__ float row_dist(const float* __restrict__ x, int d, in
 }
 
 // Nearest centroid of every row (assign[i]), through 32-row tiles.
-__device__ void assign_rows(const KArgs& a, const float* __restrict__ c, Shared& sh) {
+// c: the current centroids (rewritten across grid syncs: no __restrict__).
+__device__ void assign_rows(const KArgs& a, const float* c, Shared& sh) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int j = warp; j < a.k; j += kWarps) {
     float s = 0.f;
@@ -154,7 +174,8 @@ __device__ void assign_rows(const KArgs& a, const float* __restrict__ c, Shared&
 }
 
 // Per (cluster, 128 features) task: the sum of its rows, the new centroid, the shift partial.
-__device__ void update_centroids(const KArgs& a, const float* __restrict__ c, float* __restrict__ next, Shared& sh) {
+// c and next swap roles every iteration (no __restrict__: see the top of the file).
+__device__ void update_centroids(const KArgs& a, const float* c, float* next, Shared& sh) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks = (a.d + kUpdFeat - 1) / kUpdFeat;
   const int groups = (a.n + 31) / 32;
@@ -209,6 +230,41 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
   const int chunks = (a.d + kUpdFeat - 1) / kUpdFeat;
   int rb, re;
   my_rows(a.n, rb, re);
+
+  // 0. Non-finite values: this block's first bad row (each thread stops at its
+  // first, the lowest of its elements) and whether its share of init has one.
+  {
+    int bad = a.n, bad_init = 0;
+    const int64_t e1 = static_cast<int64_t>(re) * a.d;
+    for (int64_t e = static_cast<int64_t>(rb) * a.d + threadIdx.x; e < e1; e += kThreads) {
+      if (!isfinite(a.x[e])) {
+        bad = static_cast<int>(e / a.d);
+        break;
+      }
+    }
+    if (a.init != nullptr) {
+      for (int e = blockIdx.x * kThreads + threadIdx.x; e < a.k * a.d; e += gridDim.x * kThreads) {
+        bad_init |= !isfinite(a.init[e]);
+      }
+    }
+    for (int off = 16; off > 0; off /= 2) {
+      bad = min(bad, __shfl_xor_sync(0xffffffffu, bad, off));
+      bad_init |= __shfl_xor_sync(0xffffffffu, bad_init, off);
+    }
+    if (lane == 0) {
+      sh.ibad[warp] = bad;
+      sh.iinit[warp] = bad_init;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < kWarps; ++w) {
+        bad = min(bad, sh.ibad[w]);
+        bad_init |= sh.iinit[w];
+      }
+      a.bad[blockIdx.x] = bad;
+      a.bad[gridDim.x + blockIdx.x] = bad_init;
+    }
+  }
 
   // A. Per-feature variances (two passes in float64), for tol.
   if (a.tol > 0) {
@@ -313,8 +369,25 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
       v = a.tol * (v / a.d);
     }
     sh.tol_abs = v;
+    int row = a.n, init_bad = 0;
+    for (unsigned b = 0; b < gridDim.x; ++b) {
+      row = min(row, a.bad[b]);
+      init_bad |= a.bad[gridDim.x + b];
+    }
+    sh.bad_row = row < a.n ? row : -1;
+    sh.bad_init = init_bad;
   }
   __syncthreads();
+  if (sh.bad_row >= 0 || sh.bad_init != 0) {
+    // Every block reads the same flags and leaves here: no grid sync follows.
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      a.stats[0] = 0.0;
+      a.stats[1] = NAN;
+      a.stats[2] = sh.bad_row;
+      a.stats[3] = sh.bad_init;
+    }
+    return;
+  }
 
   // C. Lloyd iterations.
   int iterations = 0;
@@ -427,26 +500,45 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
     for (unsigned b = 0; b < gridDim.x; ++b) s += a.bpart[b];
     a.stats[0] = iterations;
     a.stats[1] = s;
+    a.stats[2] = -1.0;
+    a.stats[3] = 0.0;
   }
 }
 
 }  // namespace
 
 namespace detail {
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x_in, int64_t k,
-                                                                             const KMeansOptions& options) {
+
+namespace {
+std::atomic<int> grid_for_testing{0};
+}  // namespace
+
+int set_kmeans_cuda_grid_for_testing(int blocks) { return grid_for_testing.exchange(std::max(blocks, 0)); }
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
+    const at::Tensor& x_in, int64_t k, const KMeansOptions& options) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto x = x_in.contiguous();
-  const int n = static_cast<int>(x.size(0)), d = static_cast<int>(x.size(1));
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(prop->cooperativeLaunch, "kmeans_cuda: device ", prop->name,
-              " does not support cooperative launches (use KMeansBackend::aten)");
+  if (!prop->cooperativeLaunch) {
+    TORCH_WARN_ONCE("kmeans_cuda: device ", prop->name,
+                    " does not support cooperative launches; the ATen k-means runs instead");
+    return std::nullopt;
+  }
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kmeans_kernel, kThreads, 0));
-  TORCH_CHECK(per_sm >= 1, "kmeans_cuda: the kernel does not fit on device ", prop->name);
+  if (per_sm < 1) {
+    TORCH_WARN_ONCE("kmeans_cuda: the kernel does not fit on an SM of device ", prop->name,
+                    "; the ATen k-means runs instead");
+    return std::nullopt;
+  }
+  // Contiguous, possibly at an odd element offset: the kernel loads scalars only.
+  const auto x = x_in.contiguous();
+  const int n = static_cast<int>(x.size(0)), d = static_cast<int>(x.size(1));
   const int chunks = (d + kUpdFeat - 1) / kUpdFeat;
   const int work = std::max({(n + kRows - 1) / kRows, static_cast<int>(k) * chunks, 1});
-  const int grid = std::min(per_sm * prop->multiProcessorCount, work);
+  // Every block must be resident at once for the grid syncs: at most per_sm per SM.
+  const int forced = grid_for_testing.load();
+  const int grid = forced > 0 ? forced : std::min(per_sm * prop->multiProcessorCount, work);
 
   const auto fopt = x.options();
   const auto dopt = fopt.dtype(at::kDouble);
@@ -460,10 +552,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(co
   auto tpart = at::empty({k * chunks}, dopt);
   auto far = at::empty({n}, fopt);
   auto counts_ws = at::empty({k}, iopt);
+  auto bad = at::empty({2, grid}, iopt);
   auto centroids = at::empty({k, d}, fopt);
   auto assignment = at::empty({n}, lopt);
   auto counts = at::zeros({k}, lopt);
-  auto stats = at::empty({2}, dopt);
+  auto stats = at::empty({kStatCount}, dopt);
+  // kmeans_cuda / kmeans_cuda_launch have put init on the device (pinned, non-blocking):
+  // then this is a no-op. A host init from elsewhere costs a blocking copy.
   at::Tensor init;
   if (options.init.defined()) init = options.init.to(x.device(), at::kFloat).contiguous();
 
@@ -486,14 +581,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(co
   args.tpart = tpart.data_ptr<double>();
   args.far = far.data_ptr<float>();
   args.counts = counts_ws.data_ptr<int>();
+  args.bad = bad.data_ptr<int>();
   args.centroids = centroids.data_ptr<float>();
   args.assignment = reinterpret_cast<long long*>(assignment.data_ptr<int64_t>());
   args.out_counts = reinterpret_cast<long long*>(counts.data_ptr<int64_t>());
   args.stats = stats.data_ptr<double>();
   void* params[] = {&args};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&kmeans_kernel), dim3(grid),
-                                             dim3(kThreads), params, 0, at::cuda::getCurrentCUDAStream()));
-  return {centroids, assignment, counts, stats};
+  const cudaError_t err =
+      cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&kmeans_kernel), dim3(grid), dim3(kThreads), params,
+                                  0, at::cuda::getCurrentCUDAStream());
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    // Not a sticky error, but it stays the "last error" that the next launch
+    // check (C10_CUDA_KERNEL_LAUNCH_CHECK) would report: clear it.
+    (void)cudaGetLastError();
+    TORCH_WARN_ONCE("kmeans_cuda: the cooperative launch of ", grid, " blocks does not fit on device ",
+                    prop->name, " now (", cudaGetErrorString(err), "); the ATen k-means runs instead");
+    return std::nullopt;
+  }
+  C10_CUDA_CHECK(err);
+  return std::make_tuple(centroids, assignment, counts, stats);
 }
 }  // namespace detail
 

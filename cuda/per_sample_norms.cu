@@ -6,13 +6,25 @@
 //   rule 2  (materialise)           32x32 tiles (o, k) of the per-sample gradient
 //                                   sum_t d_t[o] a_t[k], squared
 //   bias item                       ||sum_t d_t||^2 (rules 1-3)
-// Each item writes its float partial; the last item of a (layer, sample) to
+// Each item writes its float64 partial; the last item of a (layer, sample) to
 // finish (an atomic counter after a fence, as in CUDA's threadFenceReduction
 // sample) sums that sample's partials in item order, so results are
 // deterministic. Conv2d inputs are read through an implicit im2col.
+//
+// Precision: products and each 32-long run of a dot product in float32 (at most
+// 32 roundings, relative error <= 2e-6 whatever K, P or T), everything after
+// that in float64: the Gram entries and per-sample gradient entries across
+// chunks, their products and squares, the tile, block and per-sample sums. Only
+// the final per-sample value is rounded to float32.
+//
+// Aliasing: partials and counters are written by one block and read by another
+// (the last to finish), so they are ordinary pointers, never __restrict__ or
+// read through the read-only cache; the descriptor table and the operands are
+// read-only for the whole launch.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/irange.h>
 
@@ -71,16 +83,24 @@ __device__ __forceinline__ float d_at(const LayerDesc& L, int b, int g, int t, i
   return ld(d, (static_cast<int64_t>(b) * L.P * L.G + g * L.P + o) * L.T + t);
 }
 
-// acc[i][j] += sum_c x[ty + 16 i][c] * y[tx + 16 j][c]: this thread's 2 x 2 share of a 32 x 32 tile.
-__device__ __forceinline__ void tile_fma(const float (*x)[kTile + 1], const float (*y)[kTile + 1], float (&acc)[2][2]) {
+// acc[i][j] += sum_c x[ty + 16 i][c] * y[tx + 16 j][c]: this thread's 2 x 2 share of
+// a 32 x 32 tile, one 32-wide chunk summed in float and added to the float64 total.
+__device__ __forceinline__ void tile_fma(const float (*x)[kTile + 1], const float (*y)[kTile + 1],
+                                         double (&acc)[2][2]) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float part[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll 8
   for (int c = 0; c < kTile; ++c) {
     const float x0 = x[ty][c], x1 = x[ty + 16][c], y0 = y[tx][c], y1 = y[tx + 16][c];
-    acc[0][0] += x0 * y0;
-    acc[0][1] += x0 * y1;
-    acc[1][0] += x1 * y0;
-    acc[1][1] += x1 * y1;
+    part[0][0] += x0 * y0;
+    part[0][1] += x0 * y1;
+    part[1][0] += x1 * y0;
+    part[1][1] += x1 * y1;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) acc[i][j] += static_cast<double>(part[i][j]);
   }
 }
 
@@ -88,7 +108,8 @@ __device__ __forceinline__ void tile_fma(const float (*x)[kTile + 1], const floa
 // the inputs (PASS 0, width K) or the output gradients (PASS 1, width P).
 template <typename T, int PASS>
 __device__ __forceinline__ void gram_tile(const LayerDesc& L, int b, int g, int t0, int s0,
-                                          float (*sx)[kTile + 1], float (*sy)[kTile + 1], float (&acc)[2][2]) {
+                                          float (*sx)[kTile + 1], float (*sy)[kTile + 1],
+                                          double (&acc)[2][2]) {
   const int width = PASS == 0 ? L.K : L.P;
   for (int c0 = 0; c0 < width; c0 += kTile) {
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
@@ -112,21 +133,21 @@ __device__ __forceinline__ void gram_tile(const LayerDesc& L, int b, int g, int 
 // Ghost tile (ti, si): this thread's share of sum over the tile of <a_t, a_s> <d_t, d_s>
 // (off-diagonal tiles count twice: the sum over all pairs is symmetric).
 template <typename T>
-__device__ float ghost_tile(const LayerDesc& L, int b, int g, int ti, int si, float (*sx)[kTile + 1],
-                            float (*sy)[kTile + 1]) {
-  float aa[2][2] = {{0.f, 0.f}, {0.f, 0.f}}, dd[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+__device__ double ghost_tile(const LayerDesc& L, int b, int g, int ti, int si, float (*sx)[kTile + 1],
+                             float (*sy)[kTile + 1]) {
+  double aa[2][2] = {{0.0, 0.0}, {0.0, 0.0}}, dd[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
   gram_tile<T, 0>(L, b, g, ti * kTile, si * kTile, sx, sy, aa);
   gram_tile<T, 1>(L, b, g, ti * kTile, si * kTile, sx, sy, dd);
-  const float v = aa[0][0] * dd[0][0] + aa[0][1] * dd[0][1] + aa[1][0] * dd[1][0] + aa[1][1] * dd[1][1];
-  return ti < si ? 2.f * v : v;
+  const double v = aa[0][0] * dd[0][0] + aa[0][1] * dd[0][1] + aa[1][0] * dd[1][0] + aa[1][1] * dd[1][1];
+  return ti < si ? 2.0 * v : v;
 }
 
 // Materialised tile (po, ko): sum over the tile of (sum_t d_t[o] a_t[k])^2.
 template <typename T>
-__device__ float grad_tile(const LayerDesc& L, int b, int g, int po, int ko, float (*sd)[kTile + 1],
-                           float (*sa)[kTile + 1]) {
+__device__ double grad_tile(const LayerDesc& L, int b, int g, int po, int ko, float (*sd)[kTile + 1],
+                            float (*sa)[kTile + 1]) {
   const int o0 = po * kTile, k0 = ko * kTile;
-  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  double acc[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
   for (int c0 = 0; c0 < L.T; c0 += kTile) {
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       // Linear: contiguous in o / k (the row); Conv2d: in the position (the column).
@@ -147,14 +168,14 @@ __device__ float grad_tile(const LayerDesc& L, int b, int g, int po, int ko, flo
   return acc[0][0] * acc[0][0] + acc[0][1] * acc[0][1] + acc[1][0] * acc[1][0] + acc[1][1] * acc[1][1];
 }
 
-// ||sum_t d_t||^2 over all outputs (every group) of sample b.
+// ||sum_t d_t||^2 over all outputs (every group) of sample b, summed in float64.
 template <typename T>
-__device__ float bias_item(const LayerDesc& L, int b) {
+__device__ double bias_item(const LayerDesc& L, int b) {
   const int outputs = L.P * L.G;
-  float acc = 0.f;
+  double acc = 0.0;
   if (!L.conv) {
     for (int o = threadIdx.x; o < outputs; o += kThreads) {
-      float s = 0.f;
+      double s = 0.0;
       for (int t = 0; t < L.T; ++t) s += d_at<T>(L, b, 0, t, o);
       acc += s * s;
     }
@@ -163,7 +184,7 @@ __device__ float bias_item(const LayerDesc& L, int b) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int o = warp; o < outputs; o += kThreads / 32) {
       const int64_t row = (static_cast<int64_t>(b) * outputs + o) * L.T;
-      float s = 0.f;
+      double s = 0.0;
       for (int t = lane; t < L.T; t += 32) s += ld(d, row + t);
       for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
       if (lane == 0) acc += s * s;
@@ -174,10 +195,10 @@ __device__ float bias_item(const LayerDesc& L, int b) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    per_sample_norms_kernel(const LayerDesc* __restrict__ descs, int layers, int batch, float* __restrict__ partials,
-                            unsigned* __restrict__ counters) {
+    per_sample_norms_kernel(const LayerDesc* __restrict__ descs, int layers, int batch, double* partials,
+                            unsigned* counters) {
   __shared__ float s0[kTile][kTile + 1], s1[kTile][kTile + 1];
-  __shared__ float red[kThreads / 32];
+  __shared__ double red[kThreads / 32];
   __shared__ LayerDesc L;
   __shared__ bool last;
   const int64_t item = blockIdx.x;
@@ -185,24 +206,24 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t local = item - L.item_base;
   const int b = static_cast<int>(local / L.per_b), j = static_cast<int>(local % L.per_b);
-  float mine = 0.f;  // this thread's share of the item's value
+  double mine = 0.0;  // this thread's share of the item's value
   if (L.rule == 0) {
     const T* a = static_cast<const T*>(L.a);
     const T* d = static_cast<const T*>(L.d);
-    float sa = 0.f, sd = 0.f;
+    double sa = 0.0, sd = 0.0;
     if (L.weight) {
       for (int k = threadIdx.x; k < L.K; k += kThreads) {
-        const float x = ld(a, static_cast<int64_t>(b) * L.K + k);
+        const double x = ld(a, static_cast<int64_t>(b) * L.K + k);
         sa += x * x;
       }
     }
     for (int o = threadIdx.x; o < L.P; o += kThreads) {
-      const float x = ld(d, static_cast<int64_t>(b) * L.P + o);
+      const double x = ld(d, static_cast<int64_t>(b) * L.P + o);
       sd += x * x;
     }
     sa = sgdx::cuda::block_sum<kThreads>(sa, red);
     sd = sgdx::cuda::block_sum<kThreads>(sd, red);
-    mine = threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.f) : 0.f;  // only thread 0's sums are valid
+    mine = threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.0) : 0.0;  // only thread 0's sums are valid
   } else if (L.rule == 3 || (L.bias && j == L.per_b - 1)) {
     mine = bias_item<T>(L, b);
   } else {
@@ -215,7 +236,7 @@ __global__ void __launch_bounds__(kThreads)
       mine = grad_tile<T>(L, b, g, tile / L.nt1, tile % L.nt1, s0, s1);
     }
   }
-  const float total = sgdx::cuda::block_sum<kThreads>(mine, red);
+  const double total = sgdx::cuda::block_sum<kThreads>(mine, red);
   if (threadIdx.x == 0) {
     partials[item] = total;
     __threadfence();
@@ -225,10 +246,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (last && threadIdx.x == 0) {
     __threadfence();
-    const volatile float* p = partials + L.item_base + static_cast<int64_t>(b) * L.per_b;
-    float s = 0.f;
+    // volatile: the other blocks' partials, read from L2 (never a stale L1 or read-only-cache line).
+    const volatile double* p = partials + L.item_base + static_cast<int64_t>(b) * L.per_b;
+    double s = 0.0;
     for (int k = 0; k < L.per_b; ++k) s += p[k];
-    L.out[b] = s;
+    L.out[b] = static_cast<float>(s);
   }
 }
 
@@ -238,13 +260,15 @@ int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch) {
   detail::check_norm_layers(layers, batch, /*cuda=*/true);
-  if (layers.empty()) return at::zeros({0, batch}, at::kFloat);
-  const auto device = layers[0].grad_output.device();
+  // No layer: no operand names a device; the result goes to the current CUDA device.
+  const auto device =
+      layers.empty() ? at::Device(at::kCUDA, c10::cuda::current_device()) : layers[0].grad_output.device();
   const c10::cuda::CUDAGuard guard(device);
   const auto fopt = at::TensorOptions().device(device).dtype(at::kFloat);
   const int64_t nl = static_cast<int64_t>(layers.size());
   // Zeros: a layer without work items (no positions, inputs or outputs) has norm 0.
   auto out = at::zeros({nl, batch}, fopt);
+  if (nl == 0 || batch == 0) return out;
   auto counters = at::zeros({nl * batch}, at::TensorOptions().device(device).dtype(at::kInt));
   std::vector<at::Tensor> keep;  // contiguous operands, alive until the launch is queued
   std::map<at::ScalarType, std::vector<LayerDesc>> by_dtype;
@@ -252,6 +276,7 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
   for (const auto l : c10::irange(nl)) {
     const auto& op = layers[l];
     const bool conv = op.kind == NormLayerOperands::Kind::conv2d;
+    // Contiguous, possibly at an odd element offset: the kernel loads scalars only.
     auto d = op.grad_output.contiguous();
     auto a = op.weight ? op.input.contiguous() : at::Tensor();
     keep.push_back(d);
@@ -320,7 +345,7 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
     if (items == 0) continue;
     TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items, " work items exceed one launch");
     auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
-    auto partials = at::empty({items}, fopt);
+    auto partials = at::empty({items}, fopt.dtype(at::kDouble));
     const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());
     const int n = static_cast<int>(descs.size());
     const int B = static_cast<int>(batch);
@@ -328,15 +353,15 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
     switch (dtype) {
       case at::kFloat:
         per_sample_norms_kernel<float><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<float>(), cnt);
+            dp, n, B, partials.data_ptr<double>(), cnt);
         break;
       case at::kHalf:
         per_sample_norms_kernel<c10::Half><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<float>(), cnt);
+            dp, n, B, partials.data_ptr<double>(), cnt);
         break;
       case at::kBFloat16:
         per_sample_norms_kernel<c10::BFloat16><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<float>(), cnt);
+            dp, n, B, partials.data_ptr<double>(), cnt);
         break;
       default:
         TORCH_CHECK(false, "per_sample_sq_norms_cuda: unsupported dtype ", dtype);

@@ -5,6 +5,7 @@
 
 #include "multi_tensor_apply.cuh"
 #include "sgdx/detail/philox.h"
+#include "sgdx/detail/rsgd_math.h"
 #include "sgdx/ops/rsgd_step.h"
 
 namespace sgdx::ops {
@@ -15,15 +16,6 @@ struct RSGDTensorArgs {
   uint32_t tensor_id;
   uint32_t step;
 };
-
-template <typename opmath_t>
-__device__ __forceinline__ void rsgd_math(opmath_t& p, opmath_t g, opmath_t& m, bool xi,
-                                          opmath_t lr, opmath_t wd, bool previous) {
-  g += wd * p;
-  const opmath_t h = xi ? g + m : g;
-  p -= lr * h;
-  m = previous ? g : h;
-}
 
 template <typename scalar_t>
 struct alignas(4 * sizeof(scalar_t)) Vec4 {
@@ -76,7 +68,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           opmath_t pj = pv.v[j], mj = mv.v[j];
-          rsgd_math<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd, previous);
+          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd, previous);
           pv.v[j] = static_cast<scalar_t>(pj);
           mv.v[j] = static_cast<scalar_t>(mj);
         }
@@ -85,7 +77,7 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
       } else {
         for (int j = 0; j < 4 && i + j < end; ++j) {
           opmath_t pj = p[i + j], mj = m[i + j];
-          rsgd_math<opmath_t>(pj, static_cast<opmath_t>(g[i + j]), mj, xi[j], lr, wd, previous);
+          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(g[i + j]), mj, xi[j], lr, wd, previous);
           p[i + j] = static_cast<scalar_t>(pj);
           m[i + j] = static_cast<scalar_t>(mj);
         }

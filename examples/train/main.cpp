@@ -113,6 +113,12 @@ int main(int argc, char** argv) {
   app.add_flag("--fused-cuda", cfg.fused_cuda,
                "On CUDA, use sgdx's fused kernels: the GradQueue step, its clustered statistics and k-means, the "
                "per-sample norms of importance sampling (not yet verified on a GPU: off by default)");
+  app.add_option("--amp", cfg.amp,
+                 "Mixed precision: none, bf16 or fp16 (autocast of the forward and the loss on the training "
+                 "device; fp16 with dynamic loss scaling, whose skipped steps are reported). Not with svrg, the "
+                 "clustered GradQueue step or --sampling exact; on a CPU it runs but is slow")
+      ->check(CLI::IsMember({"none", "bf16", "fp16"}))
+      ->capture_default_str();
   app.add_option("--imbalance", cfg.imbalance,
                  "Make the training set long-tailed: class c keeps n_0 * R^(-c/(C-1)) examples (R >= 1; 0: off). "
                  "The test set stays as it is; head/tail accuracy is reported")
@@ -183,7 +189,7 @@ int main(int argc, char** argv) {
                              {"sampling", cfg.sampling}, {"presample", cfg.presample}, {"mix", cfg.mix},
                              {"score_beta", cfg.score_beta},
                              {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, data.train.inputs().size(0)) : data.train.inputs().size(0)},
-                             {"threads", torch::get_num_threads()}, {"fused_cuda", cfg.fused_cuda},
+                             {"threads", torch::get_num_threads()}, {"fused_cuda", cfg.fused_cuda}, {"amp", cfg.amp},
                              {"rsgd", {{"gamma", cfg.rsgd_gamma}, {"gamma0", cfg.rsgd_gamma0}, {"max_prob", cfg.rsgd_max_prob},
                                        {"granularity", cfg.rsgd_granularity}, {"memory", cfg.rsgd_memory}}}};
     nlohmann::json lrs;

@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include <ATen/autocast_mode.h>
 #include <fmt/core.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "sgdx/amp/grad_scaler.h"
 #include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
 #include "sgdx/ops/per_sample.h"
@@ -149,6 +151,20 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
               "': importance sampling and class balancing cannot be combined");
   TORCH_CHECK(!(spec.sampling == "exact" && cfg.presample > 0), "'", item_in,
               "': presampling scores with a forward pass only; use loss or upper-bound with --presample");
+  // --amp covers the forward / backward / step loop; these paths run their own backward.
+  TORCH_CHECK(cfg.amp == "none" || cfg.amp == "bf16" || cfg.amp == "fp16", "unknown --amp '", cfg.amp,
+              "' (choose none, bf16 or fp16)");
+  if (cfg.amp != "none") {
+    TORCH_CHECK(spec.optimizer != "svrg", "'", item_in, "': --amp ", cfg.amp,
+                " does not apply to svrg: its closures run the backward inside the step, and its variance "
+                "reduction subtracts nearby gradients that low precision swamps; use --amp none");
+    TORCH_CHECK(spec.clusters == 1, "'", item_in, "': --amp ", cfg.amp,
+                " does not apply to the clustered GradQueue step: it runs its own backward on per-sample "
+                "losses, out of a loss scaler's reach; use --amp none or one cluster");
+    TORCH_CHECK(spec.sampling != "exact", "'", item_in, "': --amp ", cfg.amp,
+                " does not apply to --sampling exact: its per-sample gradient norms would be taken of "
+                "low-precision (fp16: loss-scaled, overflowing) layer gradients; use loss or upper-bound");
+  }
   return spec;
 }
 
@@ -227,6 +243,41 @@ void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& 
 }  // namespace
 
 namespace {
+
+// What Python's `with torch.autocast(device_type, dtype):` does on entry and exit; a
+// no-op without a dtype.
+class AutocastRegion {
+ public:
+  AutocastRegion(c10::DeviceType type, std::optional<at::ScalarType> dtype)
+      : type_(type), active_(dtype.has_value()) {
+    if (!active_) return;
+    prev_enabled_ = at::autocast::is_autocast_enabled(type_);
+    prev_dtype_ = at::autocast::get_autocast_dtype(type_);
+    at::autocast::set_autocast_enabled(type_, true);
+    at::autocast::set_autocast_dtype(type_, *dtype);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastRegion() {
+    if (!active_) return;
+    // The cached low-precision copies of the weights are stale after the step.
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(type_, prev_enabled_);
+    at::autocast::set_autocast_dtype(type_, prev_dtype_);
+  }
+  AutocastRegion(const AutocastRegion&) = delete;
+  AutocastRegion& operator=(const AutocastRegion&) = delete;
+
+ private:
+  c10::DeviceType type_;
+  bool active_, prev_enabled_ = false;
+  at::ScalarType prev_dtype_ = at::kFloat;
+};
+
+std::optional<at::ScalarType> amp_dtype(const std::string& amp) {
+  if (amp == "bf16") return at::kBFloat16;
+  if (amp == "fp16") return at::kHalf;
+  return std::nullopt;
+}
 
 at::Tensor per_example_ce(const at::Tensor& logits, const at::Tensor& y) {
   return torch::nn::functional::cross_entropy(logits, y,
@@ -320,6 +371,15 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
   double seconds = 0, tau = 0;
   int64_t step = 0, importance_steps = 0;
 
+  // Mixed precision on the training device (CUDA, or the CPU, whose autocast takes both
+  // dtypes: slow there, but it runs this path without a GPU). fp16 needs loss scaling:
+  // its range loses small gradients. bf16 has float32's exponent range, so a scaler
+  // would protect nothing and only add an inf check per step (and, for LibTorch's
+  // optimizers, a host read): none, the scaler is disabled (it passes through).
+  const auto amp = amp_dtype(cfg.amp);
+  sgdx::amp::GradScaler scaler(sgdx::amp::GradScalerOptions().enabled(cfg.amp == "fp16"));
+  int64_t amp_skipped = 0;
+
   // Optimizer step on (x, y) with optional per-example weights; returns the loss
   // and fills `scores` (when asked) with the batch's fresh scores.
   auto train_step = [&](const at::Tensor& x, const at::Tensor& y, const at::Tensor& weights,
@@ -332,11 +392,23 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     std::optional<sgdx::ops::PerSampleGradients> cap;
     if (scores != nullptr && spec.sampling == "exact") cap.emplace(*model, capture_options);
     at::Tensor logits, features, loss;
-    if (clustered) {
-      std::tie(logits, features) = model->forward_features(x);
-    } else {
-      logits = model->forward(x);
+    {
+      // The forward and the loss under autocast (PyTorch's recipe); backward and step outside.
+      AutocastRegion autocast(device.type(), amp);
+      if (clustered) {
+        std::tie(logits, features) = model->forward_features(x);
+      } else {
+        logits = model->forward(x);
+        if (weights.defined()) {
+          loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
+        } else if (class_weights.defined()) {
+          loss = (class_weights.index_select(0, y) * per_example_ce(logits, y)).mean();  // mean of w*l, not / sum(w)
+        } else {
+          loss = torch::nn::functional::cross_entropy(logits, y);
+        }
+      }
     }
+    if (amp) logits = logits.to(torch::kFloat);  // the sampling scores below are float32
     auto check_finite = [&](double l) {
       TORCH_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at step ", step + 1, " (", spec.label, ", lr ",
                   base_lr, "); lower --lr");
@@ -350,12 +422,6 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
       check_finite(losses.detach().mean().item<double>());
       loss = gq->clustered_step(losses, features.detach(), gq_capture ? &*gq_capture : nullptr);
       gq_opts.clusters(spec.clusters);
-    } else if (weights.defined()) {
-      loss = sgdx::data::weighted_mean_loss(per_example_ce(logits, y), weights);
-    } else if (class_weights.defined()) {
-      loss = (class_weights.index_select(0, y) * per_example_ce(logits, y)).mean();  // mean of w*l, not / sum(w)
-    } else {
-      loss = torch::nn::functional::cross_entropy(logits, y);
     }
     if (cap) cap->attach(loss, x.size(0));
     if (clustered) {
@@ -368,7 +434,9 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
         return l;
       });
     } else {
-      loss.backward();
+      scaler.scale(loss).backward();
+      // The gradient norm below is the true gradient's (inf/nan when the step is skipped).
+      scaler.unscale_(*optimizer);
     }
     if (scores != nullptr) {
       if (cap) {
@@ -387,8 +455,12 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
     last_grad_sq_ = host[0].item<double>();
     const double l = host[1].item<double>();
     check_finite(l);  // before the step: a diverged loss never reaches the optimizer
-    if (gq != nullptr && !clustered) gq->observe_loss(l);  // drives the queue length
-    if (svrg == nullptr && !clustered) optimizer->step();
+    if (gq != nullptr && !clustered) gq->observe_loss(l);  // drives the queue length (not when skipped)
+    if (svrg == nullptr && !clustered) {
+      scaler.step(*optimizer);  // skipped when the fp16 gradients overflowed
+      scaler.update();
+      if (scaler.is_enabled() && !std::isfinite(last_grad_sq_)) ++amp_skipped;
+    }
     ++step;
     return l;
   };
@@ -398,12 +470,15 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
   auto run = [&](auto& loader, auto on_batch, const std::function<at::Tensor()>& quality_probs) {
     for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
       double loss_sum = 0, gn_sum = 0, gn_sq = 0;
-      int64_t seen = 0, batch_index = 0;
+      int64_t seen = 0, batch_index = 0, gn_count = 0;
       auto start = std::chrono::steady_clock::now();
       for (auto& batch : loader) {
         const auto [l, count] = on_batch(batch);
-        gn_sum += std::sqrt(last_grad_sq_);
-        gn_sq += last_grad_sq_;
+        if (std::isfinite(last_grad_sq_)) {  // not the steps a loss scaler skipped
+          gn_sum += std::sqrt(last_grad_sq_);
+          gn_sq += last_grad_sq_;
+          ++gn_count;
+        }
         loss_sum += l * double(count);
         seen += count;
         ++batch_index;
@@ -417,7 +492,7 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
       m.steps = step;
       m.train_loss = loss_sum / double(std::max<int64_t>(seen, 1));
       m.seconds = seconds;
-      const double k = double(std::max<int64_t>(batch_index, 1));
+      const double k = double(std::max<int64_t>(gn_count, 1));
       m.grad_norm_mean = gn_sum / k;
       m.grad_norm_var = std::max(gn_sq / k - m.grad_norm_mean * m.grad_norm_mean, 0.0);
       m.tau = tau;
@@ -504,6 +579,10 @@ RunResult train_one(const sgdx::data::DatasetSplits& data, const RunSpec& spec, 
                                            data.num_classes);
     auto loader = torch::data::make_data_loader(train, sampler, options);
     run(*loader, plain_batch, no_quality);
+  }
+  if (scaler.is_enabled()) {
+    fmt::print("[{} seed {}] fp16: {} of {} steps skipped (inf/nan gradients), final loss scale {}\n",
+               spec.label, seed, amp_skipped, step, scaler.get_scale());
   }
   return result;
 }

@@ -39,6 +39,7 @@ struct TrainConfig {
   std::string gq_path = "fast";            ///< GradQueue clustered: fast | reference
   std::string gq_storage = "exact";        ///< GradQueue: exact | ema
   bool fused_cuda = false;  ///< on CUDA: sgdx's fused kernels (GradQueue step, k-means, per-sample norms)
+  std::string amp = "none";  ///< none | bf16 | fp16 (autocast of forward and loss; fp16 with loss scaling)
 };
 
 /// One training configuration of a comparison: "optimizer[@balance[:tau]][+sampling]";

@@ -1,5 +1,6 @@
 #pragma once
 // Umbrella header for sgdx.
+#include "sgdx/amp/grad_scaler.h"
 #include "sgdx/checkpoint.h"
 #include "sgdx/config.h"
 #include "sgdx/data/cifar10.h"

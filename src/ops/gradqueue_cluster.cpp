@@ -18,8 +18,9 @@ void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, con
               inv_size.defined() ? inv_size.scalar_type() : at::ScalarType::Undefined);
   const int64_t K = inv_size.numel();
   if (tensors.empty()) return;
-  const auto device = tensors[0].s1.defined() ? tensors[0].s1.device() : c10::Device(c10::kCPU);
-  const auto dtype = tensors[0].s1.defined() ? tensors[0].s1.scalar_type() : at::ScalarType::Undefined;
+  const auto device = tensors[0].sums.defined() ? tensors[0].sums.device() : c10::Device(c10::kCPU);
+  const auto dtype = tensors[0].sums.defined() ? tensors[0].sums.scalar_type() : at::ScalarType::Undefined;
+  const auto stat_dtype = at::isFloatingType(dtype) ? gradqueue_stats_dtype(dtype) : dtype;
   TORCH_CHECK(!cuda || device.is_cuda(), who, ": tensors must be on a CUDA device, got ", device);
   TORCH_CHECK(!cuda || inv_size.device() == device, who, ": inv_size is on ", inv_size.device(), ", the tensors on ",
               device);
@@ -32,9 +33,10 @@ void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, con
                 " but no param");
     for (const auto* y : {&x.sums, &x.s1, &x.s2, &x.param}) {
       if (!y->defined() || (y == &x.param && !wd)) continue;
-      TORCH_CHECK(y->device() == device && y->scalar_type() == dtype, who, ": tensor ", t, " has an operand on ",
-                  y->device(), " with dtype ", y->scalar_type(), "; every operand must be on ", device,
-                  " with dtype ", dtype);
+      const auto want = (y == &x.s1 || y == &x.s2) ? stat_dtype : dtype;
+      const bool ok = y->scalar_type() == want || (y == &x.s1 && y->scalar_type() == at::kDouble);  // exact: f64 mean
+      TORCH_CHECK(y->device() == device && ok, who, ": tensor ", t, " has an operand on ", y->device(),
+                  " with dtype ", y->scalar_type(), "; expected ", device, " with dtype ", want);
       TORCH_CHECK(at::isFloatingType(y->scalar_type()), who, ": tensor ", t, " has dtype ", y->scalar_type(),
                   " (floating point needed)");
       TORCH_CHECK(y->layout() == at::kStrided, who, ": tensor ", t, " has a ", y->layout(), " operand");
@@ -58,10 +60,10 @@ at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor
   std::vector<at::Tensor> rows;
   for (const auto& x : tensors) {
     const auto dev = x.s1.device();
-    auto mu = x.s1.to(at::kDouble).reshape({1, -1}) * x.inv_n;
+    auto mu = x.s1.to(at::kDouble).reshape({1, -1});
     auto g = x.sums.to(at::kDouble).reshape({K, -1}) * inv_size.to(dev).unsqueeze(1);
     if (x.weight_decay != 0.0) g = g + x.weight_decay * x.param.to(at::kDouble).reshape({1, -1});
-    auto var = (x.s2.to(at::kDouble).reshape({1, -1}) * x.inv_n - mu.square()).clamp_min(0).sum();
+    auto var = (x.s2.to(at::kDouble) * x.inv_n).clamp_min(0).sum();
     rows.push_back(at::cat({(g - mu).square().sum(1), var.reshape({1})}));
   }
   if (rows.empty()) return at::zeros({0, K + 1}, inv_size.options());

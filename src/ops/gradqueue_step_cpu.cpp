@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "sgdx/config.h"
+#include "sgdx/detail/gradqueue_math.h"
 #include "sgdx/ops/gradqueue_step.h"
 
 namespace sgdx::ops {
@@ -31,82 +33,86 @@ constexpr int kLanes = 16;
 #endif
 #define SGDX_INLINE __attribute__((always_inline)) inline
 
+using sgdx::detail::MomentumMode;
+
+// The leaving row of an exact window: none, a separate row, or the slot being overwritten.
+enum class OldRow { none, separate, in_slot };
+
 template <typename T>
 struct Ptrs {
   T* __restrict__ p;
   const T* __restrict__ g;
   T* __restrict__ v;
-  T* __restrict__ s1;
+  void* __restrict__ s1;  // the mean: double for exact storage (MeanT), else T
   T* __restrict__ s2;
   T* __restrict__ slot;
-  const T* __restrict__ old;  // null when there is no leaving row or it is `slot` itself (old_in_slot)
+  const T* __restrict__ old;  // null unless OldRow::separate
 };
 
 template <typename T>
 struct Scalars {
-  T wd, lr, mom, damp1, inv_n, eps, inv_zref, rmin, rmax, rate, rho_fixed, kappa;
+  T wd, lr, mom, damp1, inv_var, eps, inv_zref, rmin, rmax, rate, rho_fixed, kappa;
+  double inv_push;
 };
 
-// kMom: 0 none, 1 heavy ball first step, 2 heavy ball, 3 nesterov first step, 4 nesterov.
-template <typename T, bool kElem, bool kExact, int kOld, bool kStats, bool kKappa1, int kMom>
-SGDX_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Scalars<T>& s, T* __restrict__ rho_out) {
+// The window mean's type (gradqueue_mean_dtype): double for exact storage.
+template <typename T, bool kExact>
+using MeanT = std::conditional_t<kExact, double, T>;
+
+template <typename T, bool kElem, bool kExact, OldRow kOld, bool kStats, bool kKappa1, MomentumMode kMom>
+SGDX_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Scalars<T>& s, bool first,
+                             T* __restrict__ rho_out) {
   T* __restrict__ p = P.p + i0;
   const T* __restrict__ g = P.g + i0;
+  using M = MeanT<T, kExact>;
   T* __restrict__ v = P.v ? P.v + i0 : nullptr;
-  T* __restrict__ s1 = P.s1 + i0;
+  M* __restrict__ s1 = static_cast<M*>(P.s1) + i0;
   T* __restrict__ s2 = P.s2 + i0;
   T* __restrict__ slot = kExact ? P.slot + i0 : nullptr;
-  const T* __restrict__ old = kOld == 1 ? P.old + i0 : nullptr;
+  const T* __restrict__ old = kOld == OldRow::separate ? P.old + i0 : nullptr;
   // Locals, not loads through `s` (which the stores could alias): lets GCC vectorise.
-  const T wd = s.wd, lr = s.lr, mom = s.mom, damp1 = s.damp1, inv_n = s.inv_n, eps = s.eps;
-  const T inv_zref = s.inv_zref, rmin = s.rmin, rmax = s.rmax, rate = s.rate, rho_fixed = s.rho_fixed;
-  const T kappa = s.kappa;
+  const T wd = s.wd, lr = s.lr, mom = s.mom, damp1 = s.damp1, inv_var = s.inv_var;
+  const M inv_push = static_cast<M>(s.inv_push);
+  const T eps = s.eps, inv_zref = s.inv_zref, rmin = s.rmin, rmax = s.rmax, rate = s.rate;
+  const T rho_fixed = s.rho_fixed, kappa = s.kappa;
 #pragma GCC ivdep
   for (int64_t i = 0; i < len; ++i) {
     const T d = g[i] + wd * p[i];
+    M mu = s1[i];
+    T m2 = s2[i];
     T rho = rho_fixed;
     if constexpr (kElem && kStats) {
-      const T mu = s1[i] * inv_n;
-      const T var = s2[i] * inv_n - mu * mu;
-      const T sigma = std::sqrt(var > T(0) ? var : T(0));
-      const T z = std::abs(d - mu) / (sigma + eps) * inv_zref;
-      const T zk = kKappa1 ? z : static_cast<T>(std::pow(z, kappa));
-      rho = std::min(std::max(zk, rmin), rmax);
+      const T dev = static_cast<T>(static_cast<M>(d) - mu);
+      rho = sgdx::detail::element_rho<T, kKappa1>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin, rmax);
     }
     if constexpr (kElem) rho_out[i] = rho;
     const T gh = rho * d;
     if constexpr (kExact) {
       T o = T(0);
-      if constexpr (kOld == 1) o = old[i];
-      if constexpr (kOld == 2) o = slot[i];  // the leaving row is the one being overwritten
-      s1[i] += d - o;
-      s2[i] += d * d - o * o;
+      if constexpr (kOld == OldRow::separate) o = old[i];
+      if constexpr (kOld == OldRow::in_slot) o = slot[i];
+      sgdx::detail::window_push<T, M>(mu, m2, d, o, kOld != OldRow::none, inv_push);
       slot[i] = d;
     } else {
-      s1[i] += rate * (d - s1[i]);
-      s2[i] += rate * (d * d - s2[i]);
+      sgdx::detail::ema_push(mu, m2, d, rate);
     }
-    T u = gh;
-    if constexpr (kMom == 1 || kMom == 3) {
-      v[i] = gh;
-      u = kMom == 3 ? gh + mom * gh : gh;
-    } else if constexpr (kMom == 2 || kMom == 4) {
-      const T nv = mom * v[i] + damp1 * gh;
-      v[i] = nv;
-      u = kMom == 4 ? gh + mom * nv : nv;
-    }
+    s1[i] = mu;
+    s2[i] = m2;
+    T vi = kMom == MomentumMode::none ? T(0) : v[i];
+    const T u = sgdx::detail::momentum_direction<T, kMom>(vi, gh, mom, damp1, first);
+    if constexpr (kMom != MomentumMode::none) v[i] = vi;
     p[i] -= lr * u;
   }
 }
 
 // Elements [b0, b1) (whole tiles but the last); returns the sum of Delta-rho.
-template <typename T, bool kElem, bool kExact, int kOld, bool kStats, bool kKappa1, int kMom>
-SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s) {
+template <typename T, bool kElem, bool kExact, OldRow kOld, bool kStats, bool kKappa1, MomentumMode kMom>
+SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool first) {
   alignas(64) T rho[kTile];
   double acc[kLanes] = {};
   for (int64_t t = b0; t < b1; t += kTile) {
     const int64_t len = std::min(kTile, b1 - t);
-    update_tile<T, kElem, kExact, kOld, kStats, kKappa1, kMom>(P, t, len, s, rho);
+    update_tile<T, kElem, kExact, kOld, kStats, kKappa1, kMom>(P, t, len, s, first, rho);
     if constexpr (kElem) {
       if (len == kTile) {
         for (int64_t j = 0; j < kTile; j += kLanes)
@@ -121,6 +127,7 @@ SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const 
   return total;
 }
 
+// Tensor granularity: sum (d - mu)^2 and sum sigma^2 over [b0, b1).
 template <typename T, bool kExact>
 SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, double* dev_out,
                                double* var_out) {
@@ -130,14 +137,14 @@ SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const S
     const int64_t len = std::min(kTile, b1 - t);
     const T* __restrict__ p = P.p + t;
     const T* __restrict__ g = P.g + t;
-    const T* __restrict__ s1 = P.s1 + t;
+    using M = MeanT<T, kExact>;
+    const M* __restrict__ s1 = static_cast<const M*>(P.s1) + t;
     const T* __restrict__ s2 = P.s2 + t;
-    const T wd = s.wd, inv_n = s.inv_n;
+    const T wd = s.wd, inv_var = s.inv_var;
     for (int64_t i = 0; i < len; ++i) {
-      const T d = g[i] + wd * p[i];
-      const T mu = s1[i] * inv_n;
-      const T v = s2[i] * inv_n - mu * mu;
-      a[i] = (d - mu) * (d - mu);
+      const T dm = static_cast<T>(static_cast<M>(g[i] + wd * p[i]) - s1[i]);
+      const T v = s2[i] * inv_var;
+      a[i] = dm * dm;
       b[i] = v > T(0) ? v : T(0);
     }
     if (len == kTile) {
@@ -154,41 +161,38 @@ SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const S
 }
 
 struct Flags {
-  bool elem, exact, stats, kappa1;
-  int old;  // 0 none, 1 separate row, 2 the slot itself
-  int mom;
+  bool elem, exact, stats, kappa1, first;
+  OldRow old;
+  MomentumMode mom;
 };
 
-// One multiversioned entry per dtype; the switch picks the instantiation.
+// One multiversioned entry per dtype; the nested switches pick the instantiation.
+template <typename T, bool E, bool X, OldRow O, bool S, bool K>
+SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+  switch (f.mom) {
+    case MomentumMode::none: return update_block<T, E, X, O, S, K, MomentumMode::none>(P, b0, b1, s, f.first);
+    case MomentumMode::heavy_ball: return update_block<T, E, X, O, S, K, MomentumMode::heavy_ball>(P, b0, b1, s, f.first);
+    default: return update_block<T, E, X, O, S, K, MomentumMode::nesterov>(P, b0, b1, s, f.first);
+  }
+}
+template <typename T, bool E, bool X, OldRow O>
+SGDX_INLINE double dispatch_stats(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+  if (!f.stats) return dispatch_mom<T, E, X, O, false, true>(P, b0, b1, s, f);
+  if (f.kappa1) return dispatch_mom<T, E, X, O, true, true>(P, b0, b1, s, f);
+  return dispatch_mom<T, E, X, O, true, false>(P, b0, b1, s, f);
+}
+template <typename T, bool E>
+SGDX_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+  if (!f.exact) return dispatch_stats<T, E, false, OldRow::none>(P, b0, b1, s, f);
+  switch (f.old) {
+    case OldRow::separate: return dispatch_stats<T, E, true, OldRow::separate>(P, b0, b1, s, f);
+    case OldRow::in_slot: return dispatch_stats<T, E, true, OldRow::in_slot>(P, b0, b1, s, f);
+    default: return dispatch_stats<T, E, true, OldRow::none>(P, b0, b1, s, f);
+  }
+}
 template <typename T>
 SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
-#define SGDX_GQ_MOM(E, X, O, S, K)                                                     \
-  switch (f.mom) {                                                                   \
-    case 0: return update_block<T, E, X, O, S, K, 0>(P, b0, b1, s);                  \
-    case 1: return update_block<T, E, X, O, S, K, 1>(P, b0, b1, s);                  \
-    case 2: return update_block<T, E, X, O, S, K, 2>(P, b0, b1, s);                  \
-    case 3: return update_block<T, E, X, O, S, K, 3>(P, b0, b1, s);                  \
-    default: return update_block<T, E, X, O, S, K, 4>(P, b0, b1, s);                 \
-  }
-#define SGDX_GQ_K(E, X, O, S) \
-  if (f.kappa1) { SGDX_GQ_MOM(E, X, O, S, true) } else { SGDX_GQ_MOM(E, X, O, S, false) }
-#define SGDX_GQ_S(E, X, O) \
-  if (f.stats) { SGDX_GQ_K(E, X, O, true) } else { SGDX_GQ_MOM(E, X, O, false, true) }
-#define SGDX_GQ_X(E)                                        \
-  if (f.exact) {                                            \
-    if (f.old == 1) { SGDX_GQ_S(E, true, 1) } else if (f.old == 2) { SGDX_GQ_S(E, true, 2) } else { SGDX_GQ_S(E, true, 0) } \
-  } else {                                                  \
-    SGDX_GQ_S(E, false, 0)                                  \
-  }
-  if (f.elem) {
-    SGDX_GQ_X(true)
-  } else {
-    SGDX_GQ_X(false)
-  }
-#undef SGDX_GQ_X
-#undef SGDX_GQ_S
-#undef SGDX_GQ_K
-#undef SGDX_GQ_MOM
+  return f.elem ? dispatch_storage<T, true>(P, b0, b1, s, f) : dispatch_storage<T, false>(P, b0, b1, s, f);
 }
 
 SGDX_MULTIVERSION double update_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
@@ -199,13 +203,13 @@ SGDX_MULTIVERSION double update_f64(const Ptrs<double>& P, int64_t b0, int64_t b
                                     const Flags& f) {
   return dispatch_update<double>(P, b0, b1, s, f);
 }
-SGDX_MULTIVERSION void moments_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool exact,
-                                   double* dev, double* var) {
+SGDX_MULTIVERSION void moments_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
+                                   bool exact, double* dev, double* var) {
   if (exact) moments_block<float, true>(P, b0, b1, s, dev, var);
   else moments_block<float, false>(P, b0, b1, s, dev, var);
 }
-SGDX_MULTIVERSION void moments_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool exact,
-                                   double* dev, double* var) {
+SGDX_MULTIVERSION void moments_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
+                                   bool exact, double* dev, double* var) {
   if (exact) moments_block<double, true>(P, b0, b1, s, dev, var);
   else moments_block<double, false>(P, b0, b1, s, dev, var);
 }
@@ -229,20 +233,21 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   const bool exact = t.ema_rate == 0.0;
   Ptrs<T> P{t.param.data_ptr<T>(), t.grad.const_data_ptr<T>(),
             t.momentum.defined() ? t.momentum.data_ptr<T>() : nullptr,
-            t.s1.data_ptr<T>(), t.s2.data_ptr<T>(),
+            t.s1.data_ptr(), t.s2.data_ptr<T>(),
             t.slot.defined() ? t.slot.data_ptr<T>() : nullptr, nullptr};
-  const bool old_in_slot = t.old.defined() && t.slot.defined() && t.old.is_same(t.slot);
-  const bool old_same_memory = t.old.defined() && t.slot.defined() && t.old.const_data_ptr() == t.slot.const_data_ptr();
-  if (t.old.defined() && !old_in_slot && !old_same_memory) P.old = t.old.const_data_ptr<T>();
+  const bool old_in_slot = t.old.defined() && t.slot.defined() && t.old.const_data_ptr() == t.slot.const_data_ptr();
+  if (t.old.defined() && !old_in_slot) P.old = t.old.const_data_ptr<T>();
   const int64_t n = t.param.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  const bool stats = t.stats_count > 0;
+  const bool stats = t.scarcity;
+  const int64_t n_after = t.old.defined() ? t.count : t.count + 1;
   Scalars<T> s;
   s.wd = static_cast<T>(c.weight_decay);
   s.lr = static_cast<T>(c.lr);
   s.mom = static_cast<T>(c.momentum);
   s.damp1 = static_cast<T>(1.0 - c.dampening);
-  s.inv_n = stats && exact ? static_cast<T>(1.0 / double(t.stats_count)) : T(1);
+  s.inv_var = exact ? static_cast<T>(1.0 / static_cast<double>(std::max<int64_t>(t.count, 1))) : T(1);
+  s.inv_push = 1.0 / static_cast<double>(n_after);
   s.eps = static_cast<T>(c.eps);
   s.inv_zref = static_cast<T>(1.0 / kGradQueueZRef);
   s.rmin = static_cast<T>(c.rho_min);
@@ -259,17 +264,17 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
     });
     double sd = 0.0, sv = 0.0;
     for (int64_t b = 0; b < blocks; ++b) sd += dev[b], sv += var[b];
-    const double z = std::sqrt(sd) / (std::sqrt(sv) + c.eps);
-    rho_tensor = std::clamp(c.kappa == 1.0 ? z : std::pow(z, c.kappa), c.rho_min, c.rho_max);
+    rho_tensor = sgdx::detail::tensor_rho(sd, sv, c.eps, c.kappa, c.rho_min, c.rho_max);
     s.rho_fixed = static_cast<T>(rho_tensor);
   }
   Flags f;
   f.elem = c.per_element;
   f.exact = exact;
-  f.old = !exact || !t.old.defined() ? 0 : (P.old != nullptr ? 1 : 2);
+  f.old = !exact || !t.old.defined() ? OldRow::none : (P.old != nullptr ? OldRow::separate : OldRow::in_slot);
   f.stats = stats;
   f.kappa1 = c.kappa == 1.0;
-  f.mom = c.momentum == 0.0 ? 0 : (c.nesterov ? (t.first_step ? 3 : 4) : (t.first_step ? 1 : 2));
+  f.first = t.first_step;
+  f.mom = c.momentum == 0.0 ? MomentumMode::none : (c.nesterov ? MomentumMode::nesterov : MomentumMode::heavy_ball);
   std::vector<double> rho_part(blocks, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) rho_part[b] = update_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
@@ -287,71 +292,103 @@ void check_operands(const GradQueueTensor& t, const GradQueueStepConfig& c) {
   const auto& p = t.param;
   TORCH_CHECK(p.defined() && t.grad.defined() && t.s1.defined() && t.s2.defined(),
               "gradqueue_step_: param, grad, s1 and s2 must be defined");
+  TORCH_CHECK(at::isFloatingType(p.scalar_type()), "gradqueue_step_: parameters must be floating point, got ",
+              p.scalar_type());
   const bool exact = t.ema_rate == 0.0;
   TORCH_CHECK(!exact || t.slot.defined(), "gradqueue_step_: exact storage needs the queue slot");
   TORCH_CHECK(c.momentum == 0.0 || t.momentum.defined(), "gradqueue_step_: momentum buffer is undefined");
+  const auto stat_dtype = gradqueue_stats_dtype(p.scalar_type());
   for (const at::Tensor* x : {&t.grad, &t.momentum, &t.s1, &t.s2, &t.slot, &t.old, &t.direction}) {
     if (!x->defined()) continue;
-    TORCH_CHECK(x->device() == p.device() && x->scalar_type() == p.scalar_type(),
-                "gradqueue_step_: operand on ", x->device(), " with dtype ", x->scalar_type(),
-                " does not match the parameter (", p.device(), ", ", p.scalar_type(), ")");
+    const bool stat = x == &t.s1 || x == &t.s2 || x == &t.slot || x == &t.old;
+    const auto want = x == &t.s1 ? gradqueue_mean_dtype(p.scalar_type(), exact) : stat ? stat_dtype : p.scalar_type();
+    TORCH_CHECK(x->device() == p.device() && x->scalar_type() == want, "gradqueue_step_: ",
+                stat ? "window operand" : "operand", " on ", x->device(), " with dtype ", x->scalar_type(),
+                " does not match the parameter (", p.device(), ", ", p.scalar_type(), "; expected dtype ", want, ")");
     TORCH_CHECK(x->numel() == p.numel() && x->is_contiguous(), "gradqueue_step_: operand of ", x->numel(),
                 " elements (contiguous: ", x->is_contiguous(), ") for a parameter of ", p.numel());
   }
   TORCH_CHECK(p.is_contiguous(), "gradqueue_step_: the parameter must be contiguous");
-  TORCH_CHECK(t.stats_count >= 0, "gradqueue_step_: stats_count must be >= 0, got ", t.stats_count);
-  TORCH_CHECK(at::isFloatingType(p.scalar_type()), "gradqueue_step_: parameters must be floating point, got ",
-              p.scalar_type());
+  TORCH_CHECK(t.count >= 0, "gradqueue_step_: count must be >= 0, got ", t.count);
+  TORCH_CHECK(!exact || !t.old.defined() || t.count >= 1, "gradqueue_step_: a row leaves the window but count is ",
+              t.count);
+  TORCH_CHECK(!exact || !t.scarcity || t.count >= 1, "gradqueue_step_: scarcity needs a non-empty window, count is ",
+              t.count);
+  TORCH_CHECK(exact || (t.ema_rate > 0.0 && t.ema_rate <= 1.0), "gradqueue_step_: ema_rate must be in (0, 1], got ",
+              t.ema_rate);
 }
 }  // namespace
 
-double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
+at::ScalarType gradqueue_stats_dtype(at::ScalarType param_dtype) {
+  return at::promote_types(param_dtype, at::kFloat);
+}
+
+at::ScalarType gradqueue_mean_dtype(at::ScalarType param_dtype, bool exact_storage) {
+  return exact_storage ? at::kDouble : gradqueue_stats_dtype(param_dtype);
+}
+
+at::Tensor gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   check_operands(t, c);
   const auto& p = t.param;
   if (p.device().is_cpu() && (p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble) &&
-      !t.direction.defined())
-    return p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
+      !t.direction.defined()) {
+    const double sum = p.scalar_type() == at::kFloat ? run<float>(t, c) : run<double>(t, c);
+    return at::scalar_tensor(sum, at::TensorOptions().dtype(at::kDouble));
+  }
   return gradqueue_step_aten_(t, c);
 }
 
-double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
+// Written from the rule in sgdx/optim/gradqueue.h; the window statistics in
+// Welford form (sgdx/detail/gradqueue_math.h states the layout). No host reads.
+at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
   check_operands(t, c);
   c10::AutoGradMode no_grad(false);
   const auto p = t.param.view(-1);
   const auto dt = at::promote_types(p.scalar_type(), at::kFloat);  // opmath: fp32 for half/bf16
-  const auto P = p.to(dt);
-  const auto d = t.grad.view(-1).to(dt) + c.weight_decay * P;
+  const auto dopt = at::TensorOptions().dtype(at::kDouble).device(p.device());
+  const auto theta = p.to(dt);
+  const auto d = t.grad.view(-1).to(dt) + c.weight_decay * theta;
   auto s1 = t.s1.view(-1), s2 = t.s2.view(-1);
   const bool exact = t.ema_rate == 0.0;
-  const bool stats = t.stats_count > 0;
+  const auto mt = at::promote_types(s1.scalar_type(), dt);  // the mean's arithmetic: float64 for exact storage
+  const auto mu = s1.to(mt), stat = s2.to(dt);
+  const auto numel = static_cast<double>(p.numel());
   at::Tensor rho;
-  double rho_sum = static_cast<double>(p.numel());
-  if (stats) {
-    const double inv_n = exact ? 1.0 / static_cast<double>(t.stats_count) : 1.0;
-    const auto mu = s1.to(dt) * inv_n;
-    const auto var = (s2.to(dt) * inv_n - mu * mu).clamp_min(0);
+  at::Tensor rho_sum = at::full({}, numel, dopt);
+  if (t.scarcity) {
+    const auto var = (exact ? stat / static_cast<double>(t.count) : stat).clamp_min(0);
+    const auto dev = (d.to(mt) - mu).to(dt);
     if (c.per_element) {
-      auto z = (d - mu).abs() / (var.sqrt() + c.eps) / kGradQueueZRef;
+      const auto z = dev.abs() / (var.sqrt() + c.eps) / kGradQueueZRef;
       rho = (c.kappa == 1.0 ? z : z.pow(c.kappa)).clamp(c.rho_min, c.rho_max);
-      rho_sum = rho.sum(at::kDouble).item<double>();
+      rho_sum = rho.sum(at::kDouble);
     } else {
-      const double dev = (d - mu).square().sum(at::kDouble).item<double>();
-      const double vs = var.sum(at::kDouble).item<double>();
-      const double z = std::sqrt(dev) / (std::sqrt(vs) + c.eps);
-      const double r = std::clamp(c.kappa == 1.0 ? z : std::pow(z, c.kappa), c.rho_min, c.rho_max);
-      rho = at::full({}, r, d.options());
-      rho_sum = r * static_cast<double>(p.numel());
+      const auto z = dev.square().sum(at::kDouble).sqrt() / (var.sum(at::kDouble).sqrt() + c.eps);
+      const auto r = (c.kappa == 1.0 ? z : z.pow(c.kappa)).clamp(c.rho_min, c.rho_max);
+      rho = r.to(dt);
+      rho_sum = r * numel;
     }
   }
   const auto gh = t.direction.defined() ? t.direction.view(-1).to(dt) : (rho.defined() ? rho * d : d);
   if (exact) {
-    const auto o = t.old.defined() ? t.old.view(-1).to(dt) : at::zeros_like(d);  // before the slot is written
-    s1.add_((d - o).to(s1.scalar_type()));
-    s2.add_((d * d - o * o).to(s2.scalar_type()));
+    at::Tensor mu_new, m2;
+    const auto x = d.to(mt);
+    if (t.old.defined()) {  // n stays: x enters, o leaves
+      const auto o = t.old.view(-1).to(mt);  // read before the slot (which it may be) is written
+      mu_new = mu + (x - o) / static_cast<double>(t.count);
+      m2 = stat.to(mt) + (x - o) * ((x - mu_new) + (o - mu));
+    } else {  // n grows by one
+      const auto dx = x - mu;
+      mu_new = mu + dx / static_cast<double>(t.count + 1);
+      m2 = stat.to(mt) + dx * (x - mu_new);
+    }
+    s1.copy_(mu_new);
+    s2.copy_(m2.clamp_min(0));
     t.slot.view(-1).copy_(d);
   } else {
-    s1.add_((t.ema_rate * (d - s1.to(dt))).to(s1.scalar_type()));
-    s2.add_((t.ema_rate * (d * d - s2.to(dt))).to(s2.scalar_type()));
+    const auto dx = d - mu;
+    s1.copy_(mu + t.ema_rate * dx);
+    s2.copy_((1.0 - t.ema_rate) * (stat + t.ema_rate * dx * dx));
   }
   auto u = gh;
   if (c.momentum != 0.0) {
@@ -360,7 +397,7 @@ double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c) {
     v.copy_(nv);
     u = c.nesterov ? gh + c.momentum * nv : nv;
   }
-  p.copy_(P - c.lr * u);
+  p.copy_(theta - c.lr * u);
   return rho_sum;
 }
 

@@ -4,21 +4,28 @@
 #include <c10/util/irange.h>
 
 #include <cmath>
+#include <limits>
 
 #include "sgdx/config.h"
 #include "sgdx/detail/philox.h"
+#include "sgdx/ops/cuda_kernels.h"
 
 namespace sgdx::ops {
 namespace {
 
-void check_features(const at::Tensor& x, int64_t k) {
+// Everything about x and k that needs no device work.
+void check_shape(const at::Tensor& x, int64_t k) {
   TORCH_CHECK(x.defined(), "kmeans: the features are undefined");
   TORCH_CHECK(x.dim() == 2, "kmeans: features must be 2-D [n, d], got shape ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "kmeans: features must be floating point, got ",
               x.scalar_type());
-  TORCH_CHECK(x.size(0) >= 1 && x.size(1) >= 1, "kmeans: features must be non-empty, got shape ", x.sizes());
   TORCH_CHECK(k >= 1, "kmeans: the number of clusters must be >= 1, got ", k);
-  TORCH_CHECK(k <= x.size(0), "kmeans: ", k, " clusters exceed the number of samples ", x.size(0));
+  TORCH_CHECK(x.size(0) == 0 || k <= x.size(0), "kmeans: ", k, " clusters exceed the number of samples ",
+              x.size(0));
+}
+
+// One host sync (two when a row is bad): the ATen path's finiteness checks.
+void check_finite(const at::Tensor& x) {
   const auto finite_rows = at::isfinite(x).all(1);
   if (!finite_rows.all().item<bool>()) {
     const auto row = (~finite_rows).nonzero()[0][0].item<int64_t>();
@@ -26,7 +33,8 @@ void check_features(const at::Tensor& x, int64_t k) {
   }
 }
 
-// max_iters, tol and the initial centroids (shared by both backends).
+// max_iters, tol and the shape of the initial centroids (shared by both
+// backends; no device work: the fused path checks finiteness in the kernel).
 void check_options(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
   TORCH_CHECK(options.max_iters >= 0, "kmeans: max_iters must be >= 0, got ", options.max_iters);
   TORCH_CHECK(options.tol >= 0 && std::isfinite(options.tol), "kmeans: tol must be finite and >= 0, got ",
@@ -34,8 +42,36 @@ void check_options(const at::Tensor& x, int64_t k, const KMeansOptions& options)
   if (options.init.defined()) {
     TORCH_CHECK(options.init.dim() == 2 && options.init.size(0) == k && options.init.size(1) == x.size(1),
                 "kmeans: initial centroids must be [", k, ", ", x.size(1), "], got ", options.init.sizes());
-    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
   }
+}
+
+bool is_empty(const at::Tensor& x) { return x.size(0) == 0 || x.size(1) == 0; }
+
+// t as a contiguous `dtype` tensor on `device`. A CPU tensor bound for a CUDA
+// device goes through pinned memory and a non-blocking copy (a copy from pageable
+// memory would block the host); the caching host allocator keeps the pinned
+// block alive until the copy has run.
+at::Tensor to_device_async(const at::Tensor& t, const at::Device& device, at::ScalarType dtype) {
+  if (!(t.is_cpu() && device.is_cuda())) return t.detach().to(device, dtype).contiguous();
+  auto host = at::empty(t.sizes(), at::TensorOptions().dtype(dtype).pinned_memory(true));
+  host.copy_(t.detach());
+  return host.to(host.options().device(device), /*non_blocking=*/true);
+}
+
+// The result for n = 0 or d = 0 (see kmeans.h), on x's device, without device syncs.
+KMeansResult empty_result(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const auto lopt = x.options().dtype(at::kLong);
+  KMeansResult out;
+  out.assignment = at::zeros({n}, lopt);
+  out.counts = at::zeros({k}, lopt);
+  if (n > 0) out.counts.narrow(0, 0, 1).fill_(n);
+  if (options.init.defined()) {
+    out.centroids = to_device_async(options.init, x.device(), x.scalar_type()).clone();
+  } else {
+    out.centroids = at::full({k, d}, std::numeric_limits<double>::quiet_NaN(), x.options());
+  }
+  return out;
 }
 
 // Squared distance of every row of x to every centroid, up to the per-row
@@ -56,8 +92,9 @@ at::Tensor nearest_centroid(const at::Tensor& x, const at::Tensor& centroids) {
   return partial_distances(x, centroids.to(x.scalar_type())).argmin(1);
 }
 
-at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64_t stream) {
-  check_features(x, k);
+namespace {
+// k-means++ on checked features (n >= k >= 1, finite).
+at::Tensor plusplus_indices(const at::Tensor& x, int64_t k, uint64_t seed, uint64_t stream) {
   const int64_t n = x.size(0);
   std::vector<int64_t> chosen;
   chosen.reserve(k);
@@ -86,6 +123,14 @@ at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64
   }
   return at::tensor(chosen, at::TensorOptions().dtype(at::kLong)).to(x.device());
 }
+}  // namespace
+
+at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64_t stream) {
+  check_shape(x, k);
+  TORCH_CHECK(x.size(0) >= 1, "kmeans_plusplus: no rows to choose ", k, " centroids from");
+  check_finite(x);
+  return plusplus_indices(x, k, seed, stream);
+}
 
 namespace detail {
 void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
@@ -93,7 +138,7 @@ void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& opti
               x.defined() ? x.device() : c10::Device(c10::kCPU), " (use KMeansBackend::aten on other devices)");
   TORCH_CHECK(x.scalar_type() == at::kFloat, "kmeans_cuda: the features must be float32, got ", x.scalar_type());
   TORCH_CHECK(x.layout() == at::kStrided, "kmeans_cuda: the features must be a strided tensor, got ", x.layout());
-  check_features(x, k);
+  check_shape(x, k);
   TORCH_CHECK(x.size(0) <= kKMeansCudaMaxRows, "kmeans_cuda: n = ", x.size(0), " rows exceed the kernel's limit of ",
               kKMeansCudaMaxRows, " (use KMeansBackend::aten)");
   TORCH_CHECK(k <= kKMeansCudaMaxClusters, "kmeans_cuda: k = ", k, " clusters exceed the kernel's limit of ",
@@ -104,40 +149,88 @@ void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& opti
   TORCH_CHECK(options.max_iters <= (int64_t{1} << 30), "kmeans_cuda: max_iters must be <= 2^30, got ",
               options.max_iters);
 }
-}  // namespace detail
 
 #if !SGDX_WITH_CUDA
-namespace detail {
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor&, int64_t,
-                                                                             const KMeansOptions&) {
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
+    const at::Tensor&, int64_t, const KMeansOptions&) {
   TORCH_CHECK(false, "kmeans_cuda: sgdx was built without CUDA (SGDX_WITH_CUDA=OFF)");
 }
-}  // namespace detail
+int set_kmeans_cuda_grid_for_testing(int) { return 0; }
 #endif
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
+                                                                             const KMeansOptions& options) {
+  if (is_empty(x)) {
+    auto stats = at::zeros({kStatCount}, x.options().dtype(at::kDouble));
+    stats.narrow(0, kStatBadRow, 1).fill_(-1);
+    auto r = empty_result(x, k, options);
+    return {r.centroids, r.assignment, r.counts, stats};
+  }
+  KMeansOptions o = options;
+  if (o.init.defined()) o.init = to_device_async(o.init, x.device(), at::kFloat);
+  if (auto launched = kmeans_cuda_try_launch(x, k, o)) return *launched;
+  o.backend = KMeansBackend::aten;
+  auto r = kmeans(x, k, o);
+  const auto host = at::tensor({static_cast<double>(r.iterations), r.inertia, -1.0, 0.0}, at::kDouble);
+  return {r.centroids, r.assignment, r.counts, to_device_async(host, x.device(), at::kDouble)};
+}
+}  // namespace detail
 
 KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
   detail::check_kmeans_cuda(x, k, options);
-  auto [c, a, counts, stats] = detail::kmeans_cuda_launch(x, k, options);
-  const auto host = stats.cpu();  // one device-to-host read for both numbers
   KMeansResult out;
+  if (is_empty(x)) {
+    out = empty_result(x, k, options);
+    out.backend = KMeansBackend::fused_cuda;
+    return out;
+  }
+  KMeansOptions o = options;
+  if (o.init.defined()) o.init = to_device_async(o.init, x.device(), at::kFloat);
+  auto launched = detail::kmeans_cuda_try_launch(x, k, o);
+  if (!launched) {  // the device cannot run the cooperative launch (it has warned once)
+    o.backend = KMeansBackend::aten;
+    return kmeans(x, k, o);
+  }
+  auto [c, a, counts, stats] = *launched;
+  // The one host sync of the fused path: iterations, inertia and the finiteness flags in one read.
+  const auto host = stats.cpu();
+  const double* h = host.data_ptr<double>();
+  TORCH_CHECK(h[detail::kStatBadRow] < 0, "kmeans: non-finite feature in row ",
+              static_cast<int64_t>(h[detail::kStatBadRow]));
+  TORCH_CHECK(h[detail::kStatBadInit] == 0, "kmeans: initial centroids are not finite");
   out.centroids = c;
   out.assignment = a;
   out.counts = counts;
-  out.iterations = static_cast<int64_t>(host[0].item<double>());
-  out.inertia = host[1].item<double>();
+  out.iterations = static_cast<int64_t>(h[detail::kStatIterations]);
+  out.inertia = h[detail::kStatInertia];
+  out.backend = KMeansBackend::fused_cuda;
   return out;
 }
 
+KMeansBackend resolve_kmeans_backend(const at::Tensor& x, int64_t k, KMeansBackend backend) {
+  if (backend != KMeansBackend::automatic) return backend;
+  const bool fits = x.defined() && x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 2 &&
+                    x.size(0) <= kKMeansCudaMaxRows && k <= kKMeansCudaMaxClusters &&
+                    x.size(1) <= kKMeansCudaMaxFeatures;
+  return fits && fused_cuda_default(CudaKernel::kmeans) ? KMeansBackend::fused_cuda : KMeansBackend::aten;
+}
+
 KMeansResult kmeans(const at::Tensor& x_in, int64_t k, const KMeansOptions& options) {
-  if (options.backend == KMeansBackend::fused_cuda) return kmeans_cuda(x_in, k, options);
-  check_features(x_in, k);
+  if (resolve_kmeans_backend(x_in, k, options.backend) == KMeansBackend::fused_cuda)
+    return kmeans_cuda(x_in, k, options);
+  check_shape(x_in, k);
   check_options(x_in, k, options);
+  if (is_empty(x_in)) return empty_result(x_in, k, options);
+  check_finite(x_in);
+  if (options.init.defined()) {
+    TORCH_CHECK(at::isfinite(options.init).all().item<bool>(), "kmeans: initial centroids are not finite");
+  }
   const auto x = x_in.contiguous();
   at::Tensor c;
   if (options.init.defined()) {
-    c = options.init.to(x.device(), x.scalar_type()).clone();
+    c = to_device_async(options.init, x.device(), x.scalar_type()).clone();
   } else {
-    c = x.index_select(0, kmeans_plusplus(x, k, options.seed, options.stream));
+    c = x.index_select(0, plusplus_indices(x, k, options.seed, options.stream));
   }
   const double tol_abs = options.tol * x.to(at::kDouble).var(0, /*unbiased=*/false).mean().item<double>();
   KMeansResult out;
@@ -166,6 +259,7 @@ KMeansResult kmeans(const at::Tensor& x_in, int64_t k, const KMeansOptions& opti
   out.counts = at::bincount(out.assignment, {}, k);
   out.inertia = (x - c.index_select(0, out.assignment)).pow(2).sum().item<double>();
   out.centroids = c;
+  out.backend = KMeansBackend::aten;
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/ops/per_sample_cuda.h"
+#include "sgdx/ops/cuda_kernels.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -641,7 +642,11 @@ void PerSampleGradients::check_ready() const {
 at::Tensor PerSampleGradients::layer_squared_norms() const {
   check_ready();
   std::vector<at::Tensor> rows;
-  if (options_.backend == PerSampleBackend::fused_cuda) {
+  bool fused = options_.backend == PerSampleBackend::fused_cuda;
+  if (options_.backend == PerSampleBackend::automatic && fused_cuda_default(CudaKernel::per_sample_norms)) {
+    fused = std::all_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->slot->d.is_cuda(); });
+  }
+  if (fused) {
     at::AutoGradMode no_grad(false);
     std::vector<NormLayerOperands> ops;
     std::vector<size_t> fused;  // layer index of each operand set

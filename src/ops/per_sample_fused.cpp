@@ -21,7 +21,7 @@ Dims dims_of(const NormLayerOperands& l, int64_t batch) {
   if (l.kind == NormLayerOperands::Kind::linear) {
     const int64_t rows = d.dim() == 3 ? d.size(0) * d.size(1) : d.size(0);
     const int64_t K = l.weight ? l.input.size(-1) : 0;
-    return {rows / batch, K, d.size(-1)};
+    return {batch > 0 ? rows / batch : 0, K, d.size(-1)};
   }
   const int64_t K = l.weight ? l.input.size(1) / l.groups * l.kernel_h * l.kernel_w : 0;
   return {d.size(2) * d.size(3), K, d.size(1) / l.groups};
@@ -29,7 +29,7 @@ Dims dims_of(const NormLayerOperands& l, int64_t batch) {
 }  // namespace
 
 void check_norm_layers(const std::vector<NormLayerOperands>& layers, int64_t batch, bool cuda) {
-  TORCH_CHECK(batch >= 1, "per_sample_sq_norms_cuda: batch must be >= 1, got ", batch);
+  TORCH_CHECK(batch >= 0, "per_sample_sq_norms_cuda: batch must be >= 0, got ", batch);
   c10::optional<at::Device> device;
   for (const auto k : c10::irange(layers.size())) {
     const auto& l = layers[k];
@@ -58,8 +58,10 @@ void check_norm_layers(const std::vector<NormLayerOperands>& layers, int64_t bat
       TORCH_CHECK(d.dim() == 2 || d.dim() == 3, "per_sample_sq_norms_cuda: Linear layer ", k,
                   " needs a 2-D or 3-D output gradient, got shape ", d.sizes());
       const int64_t rows = d.dim() == 3 ? d.size(0) * d.size(1) : d.size(0);
-      TORCH_CHECK(d.dim() == 2 ? rows % batch == 0 : d.size(0) == batch, "per_sample_sq_norms_cuda: Linear layer ", k,
-                  " has output gradient of shape ", d.sizes(), ", which is not batch-first for batch ", batch);
+      const bool batch_first =
+          d.dim() == 3 ? d.size(0) == batch : (batch > 0 ? rows % batch == 0 : rows == 0);
+      TORCH_CHECK(batch_first, "per_sample_sq_norms_cuda: Linear layer ", k, " has output gradient of shape ",
+                  d.sizes(), ", which is not batch-first for batch ", batch);
       if (l.weight) {
         TORCH_CHECK(a.dim() == d.dim(), "per_sample_sq_norms_cuda: Linear layer ", k, " has input of shape ",
                     a.sizes(), " and output gradient of shape ", d.sizes(), " (need the same number of dims)");

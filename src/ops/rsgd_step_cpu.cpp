@@ -13,6 +13,7 @@
 
 #include "sgdx/config.h"
 #include "sgdx/detail/philox.h"
+#include "sgdx/detail/rsgd_math.h"
 
 namespace sgdx::ops {
 namespace detail {
@@ -123,11 +124,10 @@ __attribute__((always_inline)) inline void update_tile(scalar_t* __restrict p, c
                                                        bool previous) {
   for (int64_t i = 0; i < len; ++i) {
     const bool reinforce = xi != nullptr ? xi[i] != 0 : fixed_xi;
-    opmath_t gi = static_cast<opmath_t>(g[i]);
-    if (wd != opmath_t(0)) gi += wd * static_cast<opmath_t>(p[i]);
-    const opmath_t h = reinforce ? gi + static_cast<opmath_t>(m[i]) : gi;
-    p[i] = static_cast<scalar_t>(static_cast<opmath_t>(p[i]) - lr * h);
-    m[i] = static_cast<scalar_t>(previous ? gi : h);
+    opmath_t pi = static_cast<opmath_t>(p[i]), mi = static_cast<opmath_t>(m[i]);
+    sgdx::detail::rsgd_update<opmath_t>(pi, static_cast<opmath_t>(g[i]), mi, reinforce, lr, wd, previous);
+    p[i] = static_cast<scalar_t>(pi);
+    m[i] = static_cast<scalar_t>(mi);
   }
 }
 
@@ -241,11 +241,12 @@ void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memo
                 c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
                 c10::ArrayRef<double> probs, const RSGDStepConfig& config) {
   const auto device = detail::check_rsgd_inputs(params, grads, memory, tensor_ids, steps, probs);
-  if (device == c10::DeviceType::CUDA) {
+  if (device == c10::DeviceType::CPU) {
+    rsgd_step_cpu_(params, grads, memory, tensor_ids, steps, probs, config);
+  } else if (device == c10::DeviceType::CUDA && config.fused_cuda) {
     rsgd_step_cuda_(params, grads, memory, tensor_ids, steps, probs, config);
   } else {
-    TORCH_CHECK(device == c10::DeviceType::CPU, "rsgd_step_: unsupported device ", device);
-    rsgd_step_cpu_(params, grads, memory, tensor_ids, steps, probs, config);
+    rsgd_step_aten_(params, grads, memory, tensor_ids, steps, probs, config);
   }
 }
 

@@ -163,12 +163,29 @@ const GradQueueSGDMOptions& as_gq(const torch::optim::OptimizerOptions& o, size_
 
 bool exact_storage(const GradQueueSGDMOptions& o) { return o.storage() == GradQueueStorage::exact; }
 
-// Queue rows of the window, oldest first.
+constexpr int64_t kStateFormat = 2;
+
+// Queue rows of the window, oldest first: rows (head - count + j) mod q, indices formed
+// on the queue's device (no host-to-device copy, no synchronisation).
 at::Tensor window_rows(const GradQueueSGDMParamState& st) {
   const int64_t q = st.queue().size(0);
-  std::vector<int64_t> idx;
-  for (int64_t j = st.count(); j >= 1; --j) idx.push_back(((st.head() - j) % q + q) % q);
-  return st.queue().index_select(0, at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(st.queue().device()));
+  const auto idx = (at::arange(st.count(), at::TensorOptions().dtype(at::kLong).device(st.queue().device())) +
+                    (st.head() - st.count() + q))
+                       .remainder(q);
+  return st.queue().index_select(0, idx);
+}
+
+// Exact window statistics from the rows (two passes in float64): bounds the rounding drift.
+void resync(GradQueueSGDMParamState& st) {
+  if (st.count() == 0) {
+    st.s1().zero_();
+    st.s2().zero_();
+    return;
+  }
+  const auto rows = window_rows(st).to(at::kDouble);
+  const auto mean = rows.mean(0);
+  st.s1().copy_(mean.view(st.s1().sizes()));
+  st.s2().copy_((rows - mean).square().sum(0).view(st.s1().sizes()));
 }
 }  // namespace
 
@@ -193,6 +210,13 @@ const GradQueueSGDMOptions& GradQueueSGDM::defaults_options() const {
 
 void GradQueueSGDM::observe_loss(double loss) {
   TORCH_CHECK(std::isfinite(loss), "GradQueueSGDM: the observed loss is not finite: ", loss);
+  pending_loss_ = loss;  // enters the EMA when the step is taken (a skipped step leaves it out)
+}
+
+void GradQueueSGDM::take_pending_loss() {
+  if (!pending_loss_) return;
+  const double loss = *pending_loss_;
+  pending_loss_.reset();
   if (!has_loss_ema_) {
     loss_ema_ = loss;
     has_loss_ema_ = true;
@@ -208,9 +232,10 @@ GradQueueSGDMParamState& GradQueueSGDM::state_for(const torch::Tensor& p, const 
   auto& slot = state_[p.unsafeGetTensorImpl()];
   if (!slot) {
     auto st = std::make_unique<GradQueueSGDMParamState>();
-    const auto opts = p.options().memory_format(at::MemoryFormat::Contiguous);
-    if (exact_storage(o)) st->queue(at::zeros({o.q_max(), p.numel()}, p.options()));
-    st->s1(at::zeros(p.sizes(), opts));
+    const auto opts = p.options().dtype(ops::gradqueue_stats_dtype(p.scalar_type()))
+                          .memory_format(at::MemoryFormat::Contiguous);
+    if (exact_storage(o)) st->queue(at::zeros({o.q_max(), p.numel()}, opts));
+    st->s1(at::zeros(p.sizes(), opts.dtype(ops::gradqueue_mean_dtype(p.scalar_type(), exact_storage(o)))));
     st->s2(at::zeros(p.sizes(), opts));
     st->window(o.q_init());
     slot = std::move(st);
@@ -226,13 +251,15 @@ GradQueueSGDMParamState& GradQueueSGDM::state_for(const torch::Tensor& p, const 
 void GradQueueSGDM::apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const {
   st.window(std::clamp(st.window() + pending_trend_, o.q_min(), o.q_max()));
   if (exact_storage(o)) {
-    // Shrinking drops the oldest entries from the sums.
+    // Shrinking drops the oldest entries from the statistics (sgdx/detail/gradqueue_math.h: window_drop).
     while (st.count() > st.window()) {
       const int64_t q = o.q_max();
-      auto old = st.queue()[((st.head() - st.count()) % q + q) % q].view(st.s1().sizes());
-      st.s1().sub_(old);
-      st.s2().sub_(old * old);
-      st.count(st.count() - 1);
+      const auto old = st.queue()[((st.head() - st.count()) % q + q) % q].view(st.s1().sizes());
+      const int64_t n = st.count() - 1;
+      const auto mu = st.s1().clone();
+      st.s1().add_((mu - old) / static_cast<double>(n));
+      st.s2().sub_((old - mu) * (old - st.s1())).clamp_min_(0);
+      st.count(n);
     }
   } else {
     st.count(std::min(st.count(), st.window()));
@@ -241,20 +268,26 @@ void GradQueueSGDM::apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDM
 
 void GradQueueSGDM::after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const {
   st.pushes(st.pushes() + 1);
+  st.count(std::min(st.count() + 1, st.window()));
   if (exact_storage(o)) {
     st.head((st.head() + 1) % o.q_max());
-    st.count(std::min(st.count() + 1, st.window()));
-    if (o.resync_every() > 0 && st.pushes() % o.resync_every() == 0) {
-      auto rows = window_rows(st);
-      st.s1().copy_(rows.sum(0).view(st.s1().sizes()));
-      st.s2().copy_(rows.square().sum(0).view(st.s1().sizes()));
-    }
-  } else {
-    st.count(std::min(st.count() + 1, st.window()));
+    if (o.resync_every() > 0 && st.pushes() % o.resync_every() == 0) resync(st);
   }
 }
 
 namespace {
+// Sums of Delta-rho stay on their devices; every device keeps one running sum.
+void add_rho(at::Tensor& total, const at::Tensor& part) {
+  const auto x = part.to(at::kDouble);
+  if (!total.defined()) {
+    total = x.clone();
+  } else if (total.device() == x.device()) {
+    total.add_(x);
+  } else {
+    total = total.cpu() + x.cpu();
+  }
+}
+
 ops::GradQueueStepConfig step_config(const GradQueueSGDMOptions& o) {
   ops::GradQueueStepConfig c;
   c.lr = o.lr();
@@ -280,8 +313,9 @@ ops::GradQueueTensor GradQueueSGDM::step_operands(const torch::Tensor& p, GradQu
   if (direction.defined()) {
     t.direction = direction.contiguous();
   } else {
-    t.stats_count = st.count() >= o.q_min() ? st.count() : 0;
+    t.scarcity = st.count() >= o.q_min();
   }
+  t.count = st.count();
   t.first_step = !st.momentum_buffer().defined();
   if (o.momentum() != 0 && t.first_step) st.momentum_buffer(at::empty_like(t.param));
   t.momentum = st.momentum_buffer();
@@ -297,32 +331,47 @@ ops::GradQueueTensor GradQueueSGDM::step_operands(const torch::Tensor& p, GradQu
   return t;
 }
 
-double GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st,
-                                    const GradQueueSGDMOptions& o, const torch::Tensor& grad,
-                                    const torch::Tensor& direction) {
+at::Tensor GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st,
+                                        const GradQueueSGDMOptions& o, const torch::Tensor& grad,
+                                        const torch::Tensor& direction) {
   auto c = step_config(o);
   if (direction.defined()) c.weight_decay = 0.0;  // the clustered step's gradients include it already
   const bool copy_back = !p.is_contiguous();
   auto t = step_operands(copy_back ? p.contiguous() : p, st, o, grad, direction);
-  const double rho_sum = ops::gradqueue_step_(t, c);
+  auto rho_sum = ops::gradqueue_step_(t, c);
   if (copy_back) p.copy_(t.param);
   after_push(st, o);
   return rho_sum;
 }
 
-torch::Tensor GradQueueSGDM::step(LossClosure closure) {
+torch::Tensor GradQueueSGDM::step(LossClosure closure) { return step_scaled({}, {}, std::move(closure)); }
+
+torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                                         LossClosure closure) {
   torch::NoGradGuard no_grad;
   torch::Tensor loss = {};
   if (closure != nullptr) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  if (detail::amp_skip(found_inf, "GradQueueSGDM")) {
+    pending_loss_.reset();  // the skipped batch's loss does not enter the window's trend either
+    return loss;
+  }
   if (loss.defined() && loss.numel() == 1) observe_loss(loss.item<double>());
+  take_pending_loss();
+  if (grad_scale.defined()) {
+    std::vector<at::Tensor> grads;
+    for (auto& group : param_groups_)
+      for (auto& p : group.params())
+        if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    detail::amp_unscale_(grads, grad_scale, "GradQueueSGDM");
+  }
   info_ = {};
-  double rho_sum = 0.0, elements = 0.0;
+  at::Tensor rho_sum;  // device sums of Delta-rho, read only when last_step_info() is asked for
+  double elements = 0.0;
   bool first_info = true;
   const bool fused = defaults_options().fused_cuda();
-  std::vector<at::Tensor> fused_rho;  // per launch, the device sum of Delta-rho: read once at the end
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];
     const auto& o = as_gq(group.options(), gi);
@@ -357,17 +406,17 @@ torch::Tensor GradQueueSGDM::step(LossClosure closure) {
         it->tensors.push_back(step_operands(p, st, o, p.grad(), at::Tensor()));
         it->states.push_back(&st);
       } else {
-        rho_sum += push_and_step(p, st, o, p.grad(), at::Tensor());
+        add_rho(rho_sum, push_and_step(p, st, o, p.grad(), at::Tensor()));
       }
     }
     for (auto& b : buckets) {
-      fused_rho.push_back(ops::gradqueue_step_cuda_(b.tensors, step_config(o)).sum());
+      add_rho(rho_sum, ops::gradqueue_step_cuda_(b.tensors, step_config(o)).sum());
       for (auto* st : b.states) after_push(*st, o);  // resync reads the rows the kernel wrote (stream order)
     }
   }
-  for (const auto& r : fused_rho) rho_sum += r.item<double>();
   pending_trend_ = 0;
-  info_.mean_rho = elements > 0 ? rho_sum / elements : 1.0;
+  rho_total_ = rho_sum;
+  rho_elements_ = elements;
   return loss;
 }
 
@@ -406,8 +455,6 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   }
   TORCH_CHECK(!items.empty(), "GradQueueSGDM::clustered_step: no parameter requires grad");
 
-  // The batch loss drives the window length, as a closure's would.
-  observe_loss(losses.detach().mean().item<double>());
   // 1. Clusters.
   ops::KMeansOptions ko;
   ko.max_iters = dflt.kmeans_iters();
@@ -419,11 +466,19 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
       features.size(0) <= ops::kKMeansCudaMaxRows && K <= ops::kKMeansCudaMaxClusters &&
       features.size(1) <= ops::kKMeansCudaMaxFeatures) {
     ko.backend = ops::KMeansBackend::fused_cuda;
+  } else {
+    ko.backend = ops::KMeansBackend::aten;  // fused_cuda(false) means no fused kernel at all
   }
   const auto km = ops::kmeans(features.detach(), K, ko);
   const auto assign = km.assignment.to(losses.device());
-  const auto counts = km.counts.cpu();
-  std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + K);
+  const auto counts = km.counts.to(losses.device(), at::kDouble);
+  // One device read for the host's bookkeeping: the batch loss (it drives the window length,
+  // as a closure's would) and the cluster sizes.
+  const auto host = at::cat({losses.detach().mean().to(at::kDouble).reshape({1}), counts}).cpu();
+  observe_loss(host[0].item<double>());
+  take_pending_loss();
+  std::vector<int64_t> sizes;
+  for (int64_t k = 0; k < K; ++k) sizes.push_back(static_cast<int64_t>(host[k + 1].item<double>()));
 
   // 2. Per-cluster mean gradients G_k, [K, *shape] per parameter.
   const auto mean_loss = losses.mean();
@@ -462,9 +517,9 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
       }
     }
   }
-  // Sums -> means (empty clusters stay 0 and get weight 0).
-  auto inv = at::tensor(std::vector<double>(sizes.begin(), sizes.end())).clamp_min(1).reciprocal();
-  auto w = at::tensor(std::vector<double>(sizes.begin(), sizes.end())) / static_cast<double>(B);
+  // Sums -> means (empty clusters stay 0 and get weight 0), on the device.
+  const auto inv = counts.clamp_min(1).reciprocal();
+  const auto w = counts / static_cast<double>(B);
 
   torch::NoGradGuard no_grad;
   // 3. Statistics per tensor and the cluster weights.
@@ -472,13 +527,15 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     GradQueueSGDMParamState* st;
     const GradQueueSGDMOptions* o;
     at::Tensor Gk;       // [K, numel] incl. weight decay
-    at::Tensor dev;      // [K] ||G_k - mu||^2 (float64)
-    double var = 0.0;    // sum sigma^2
+    at::Tensor dev;      // [K] ||G_k - mu||^2 (float64, on the device)
+    at::Tensor var;      // sum sigma^2 (float64 scalar, on the device)
     bool stats = false;
   };
   std::vector<Work> work(items.size());
-  std::vector<ops::GradQueueClusterTensor> fused_stats;  // one fused statistics launch for these
-  std::vector<size_t> fused_index;
+  // Every backend computes the statistics in float64: the fused kernel in one launch for the
+  // tensors it takes, gradqueue_cluster_stats_aten for the others.
+  std::vector<ops::GradQueueClusterTensor> fused_stats, aten_stats;
+  std::vector<size_t> fused_index, aten_index;
   for (const auto j : c10::irange(items.size())) {
     const auto& p = items[j].p;
     const auto& o = as_gq(param_groups_[items[j].group].options(), items[j].group);
@@ -492,64 +549,69 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     wk.o = &o;
     wk.Gk = Gk;
     wk.stats = st.count() >= o.q_min();
-    if (wk.stats && fused && p.is_cuda() && G[j].device() == p.device() && G[j].scalar_type() == p.scalar_type() &&
-        (fused_stats.empty() || (fused_stats[0].s1.device() == p.device() &&
-                                 fused_stats[0].s1.scalar_type() == p.scalar_type()))) {
-      ops::GradQueueClusterTensor ct;
-      ct.sums = G[j];
-      ct.param = p.detach();
-      ct.s1 = st.s1();
-      ct.s2 = st.s2();
-      ct.inv_n = exact_storage(o) ? 1.0 / static_cast<double>(st.count()) : 1.0;
-      ct.weight_decay = o.weight_decay();
-      fused_stats.push_back(ct);
-      fused_index.push_back(j);
-    } else if (wk.stats) {
-      // In the parameters' dtype (ATen's cascade sums keep float32 accurate); K x numel is
-      // the largest operand of the step.
-      const double n = exact_storage(o) ? static_cast<double>(st.count()) : 1.0;
-      auto mu = st.s1().reshape({1, -1}) / n;
-      wk.var = (st.s2().reshape({1, -1}) / n - mu.square()).clamp_min(0).sum().item<double>();
-      wk.dev = (Gk - mu).square().sum(1).to(at::kDouble).cpu();
-    }
+    if (!wk.stats) continue;
+    ops::GradQueueClusterTensor ct;
+    ct.sums = G[j];
+    ct.param = p.detach();
+    ct.s1 = st.s1();
+    ct.s2 = st.s2();
+    ct.inv_n = exact_storage(o) ? 1.0 / static_cast<double>(st.count()) : 1.0;
+    ct.weight_decay = o.weight_decay();
+    const bool fits = fused && p.is_cuda() && G[j].device() == p.device() && G[j].scalar_type() == p.scalar_type() &&
+                      (fused_stats.empty() || (fused_stats[0].sums.device() == p.device() &&
+                                               fused_stats[0].sums.scalar_type() == p.scalar_type()));
+    (fits ? fused_stats : aten_stats).push_back(ct);
+    (fits ? fused_index : aten_index).push_back(j);
   }
-  if (!fused_stats.empty()) {
-    const auto stats = ops::gradqueue_cluster_stats_cuda(fused_stats, inv.to(fused_stats[0].s1.device())).cpu();
-    for (const auto r : c10::irange(fused_index.size())) {
-      work[fused_index[r]].dev = stats[r].slice(0, 0, K).clone();
-      work[fused_index[r]].var = stats[r][K].item<double>();
+  auto take_stats = [&](const at::Tensor& stats, const std::vector<size_t>& index) {
+    for (const auto r : c10::irange(index.size())) {
+      work[index[r]].dev = stats[r].slice(0, 0, K);
+      work[index[r]].var = stats[r][K];
     }
+  };
+  if (!fused_stats.empty())
+    take_stats(ops::gradqueue_cluster_stats_cuda(fused_stats, inv.to(fused_stats[0].s1.device())), fused_index);
+  const bool one_device = std::all_of(aten_stats.begin(), aten_stats.end(), [&](const auto& ct) {
+    return ct.sums.device() == aten_stats[0].sums.device() && ct.sums.scalar_type() == aten_stats[0].sums.scalar_type();
+  });
+  if (!aten_stats.empty() && one_device) {
+    take_stats(ops::gradqueue_cluster_stats_aten(aten_stats, inv.to(aten_stats[0].sums.device())), aten_index);
+  } else {
+    for (const auto r : c10::irange(aten_stats.size()))
+      take_stats(ops::gradqueue_cluster_stats_aten({aten_stats[r]}, inv.to(aten_stats[r].sums.device())),
+                 {aten_index[r]});
   }
-  auto rho_of = [&](const at::Tensor& dev, double var, const GradQueueSGDMOptions& o) {
-    auto z = dev.sqrt() / (std::sqrt(var) + o.eps());
+  auto rho_of = [&](const at::Tensor& dev, const at::Tensor& var, const GradQueueSGDMOptions& o) {
+    auto z = dev.sqrt() / (var.sqrt() + o.eps());
     return (o.kappa() == 1.0 ? z : z.pow(o.kappa())).clamp(o.rho_min(), o.rho_max());
   };
   at::Tensor global_rho;
   if (dflt.scope() == GradQueueScope::global) {
-    bool all_stats = true;
-    at::Tensor dev = at::zeros({K}, at::kDouble);
-    double var = 0.0;
-    for (auto& wk : work) {
-      all_stats = all_stats && wk.stats;
-      if (wk.stats) dev += wk.dev.cpu(), var += wk.var;
+    const bool all_stats = std::all_of(work.begin(), work.end(), [](const Work& wk) { return wk.stats; });
+    if (all_stats) {
+      at::Tensor dev = at::zeros({K}, counts.options()), var = at::zeros({}, counts.options());
+      for (auto& wk : work) dev += wk.dev.to(dev.device()), var += wk.var.to(var.device());
+      global_rho = rho_of(dev, var, dflt);
+    } else {
+      global_rho = at::ones({K}, counts.options());
     }
-    global_rho = all_stats ? rho_of(dev, var, dflt) : at::ones({K}, at::kDouble);
   }
   // 4. G*, push of the plain mean, momentum step.
   info_ = {};
   info_.cluster_sizes = sizes;
   info_.kmeans_iterations = km.iterations;
-  double rho_sum = 0.0, elements = 0.0;
+  at::Tensor rho_sum;
+  double elements = 0.0;
   for (const auto j : c10::irange(items.size())) {
     auto& p = items[j].p;
     auto& wk = work[j];
     auto& st = *wk.st;
     const auto& o = *wk.o;
-    at::Tensor rho = global_rho.defined()       ? global_rho
-                     : wk.stats                 ? rho_of(wk.dev.cpu(), wk.var, o)
-                                                : at::ones({K}, at::kDouble);
-    const auto w_dev = w.to(p.device(), at::kDouble);  // |C_k| / B
-    auto coef_star = (w_dev * rho.to(p.device())).to(p.scalar_type());
+    const auto w_dev = w.to(p.device());  // |C_k| / B
+    const at::Tensor rho = (global_rho.defined() ? global_rho
+                            : wk.stats           ? rho_of(wk.dev, wk.var, o)
+                                                 : at::ones({K}, w_dev.options())).to(p.device());
+    auto coef_star = (w_dev * rho).to(p.scalar_type());
     auto g_star = coef_star.unsqueeze(0).mm(wk.Gk).view(p.sizes());
     auto g_mean = w_dev.to(p.scalar_type()).unsqueeze(0).mm(wk.Gk).view(p.sizes());
     // Plain batch-mean gradient (without weight decay) into .grad, as a backward would leave it.
@@ -561,13 +623,19 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     }
     // Push the plain mean, momentum step on G* (torch::optim::SGD's rule).
     push_and_step(p, st, o, g_mean, g_star);
-    rho_sum += (w * rho.cpu()).sum().item<double>() * static_cast<double>(p.numel());
+    add_rho(rho_sum, (w_dev * rho).sum() * static_cast<double>(p.numel()));
     elements += static_cast<double>(p.numel());
     if (j == 0) info_.window = st.window();
   }
   pending_trend_ = 0;
-  info_.mean_rho = elements > 0 ? rho_sum / elements : 1.0;
+  rho_total_ = rho_sum;
+  rho_elements_ = elements;
   return mean_loss.detach();
+}
+
+const GradQueueStepInfo& GradQueueSGDM::last_step_info() const {
+  info_.mean_rho = rho_total_.defined() && rho_elements_ > 0 ? rho_total_.item<double>() / rho_elements_ : 1.0;
+  return info_;
 }
 
 int64_t GradQueueSGDM::state_bytes() const {
@@ -583,9 +651,11 @@ int64_t GradQueueSGDM::state_bytes() const {
 
 void GradQueueSGDM::save(torch::serialize::OutputArchive& archive) const {
   torch::optim::serialize<GradQueueSGDMParamState, GradQueueSGDMOptions>(archive, *this);
+  archive.write("gradqueue_state_format", c10::IValue(kStateFormat));
   archive.write("gradqueue_loss_ema", c10::IValue(loss_ema_));
   archive.write("gradqueue_has_loss_ema", c10::IValue(has_loss_ema_));
   archive.write("gradqueue_pending_trend", c10::IValue(pending_trend_));
+  archive.write("gradqueue_pending_loss", c10::IValue(pending_loss_ ? *pending_loss_ : std::nan("")));
   archive.write("gradqueue_kmeans_calls", c10::IValue(static_cast<int64_t>(kmeans_calls_)));
   // The optimizer-wide settings (loss_beta, clusters, k-means, scope, seed) live in the defaults.
   torch::serialize::OutputArchive d;
@@ -596,12 +666,18 @@ void GradQueueSGDM::save(torch::serialize::OutputArchive& archive) const {
 void GradQueueSGDM::load(torch::serialize::InputArchive& archive) {
   torch::optim::serialize<GradQueueSGDMParamState, GradQueueSGDMOptions>(archive, *this);
   c10::IValue v;
+  // 1 (no key): window sums; 2: mean and M2 / variance (sgdx/detail/gradqueue_math.h).
+  const int64_t format = archive.try_read("gradqueue_state_format", v) ? v.toInt() : 1;
+  TORCH_CHECK(format <= kStateFormat, "GradQueueSGDM::load: state format ", format,
+              " is newer than this sgdx reads (", kStateFormat, ")");
   archive.read("gradqueue_loss_ema", v);
   loss_ema_ = v.toDouble();
   archive.read("gradqueue_has_loss_ema", v);
   has_loss_ema_ = v.toBool();
   archive.read("gradqueue_pending_trend", v);
   pending_trend_ = v.toInt();
+  pending_loss_.reset();
+  if (archive.try_read("gradqueue_pending_loss", v) && !std::isnan(v.toDouble())) pending_loss_ = v.toDouble();
   archive.read("gradqueue_kmeans_calls", v);
   kmeans_calls_ = static_cast<uint64_t>(v.toInt());
   torch::serialize::InputArchive d;
@@ -615,11 +691,27 @@ void GradQueueSGDM::load(torch::serialize::InputArchive& archive) {
       auto& st = static_cast<GradQueueSGDMParamState&>(*it->second);
       TORCH_CHECK(st.s1().defined() && st.s1().sizes() == p.sizes(), "GradQueueSGDM::load: saved state has shape ",
                   st.s1().defined() ? st.s1().sizes() : c10::IntArrayRef{}, " but the parameter has ", p.sizes());
-      TORCH_CHECK(st.s1().scalar_type() == p.scalar_type(), "GradQueueSGDM::load: saved state has dtype ",
-                  st.s1().scalar_type(), " but the parameter has ", p.scalar_type());
       TORCH_CHECK(exact_storage(o) == st.queue().defined() &&
                       (!st.queue().defined() || st.queue().size(0) == o.q_max()),
                   "GradQueueSGDM::load: the saved queue does not match the options' storage/q_max");
+      const auto stats_dtype = ops::gradqueue_stats_dtype(p.scalar_type());
+      const auto mean_dtype = ops::gradqueue_mean_dtype(p.scalar_type(), exact_storage(o));
+      if (format < 2) {  // window sums S1, S2 in the parameter's dtype: to mean and M2 (or variance)
+        TORCH_CHECK(st.s1().scalar_type() == p.scalar_type(), "GradQueueSGDM::load: saved state has dtype ",
+                    st.s1().scalar_type(), " but the parameter has ", p.scalar_type());
+        st.s1(st.s1().to(mean_dtype));
+        st.s2(st.s2().to(stats_dtype));
+        st.queue(st.queue().defined() ? st.queue().to(stats_dtype) : st.queue());
+        if (exact_storage(o)) {
+          resync(st);
+        } else {
+          st.s2((st.s2() - st.s1().square().to(stats_dtype)).clamp_min(0));
+        }
+      }
+      TORCH_CHECK(st.s1().scalar_type() == mean_dtype && st.s2().scalar_type() == stats_dtype,
+                  "GradQueueSGDM::load: saved window statistics have dtypes ", st.s1().scalar_type(), " and ",
+                  st.s2().scalar_type(), " but a ", p.scalar_type(), " parameter needs ", mean_dtype, " and ",
+                  stats_dtype);
       auto to_dev = [&](const at::Tensor& t) { return t.defined() ? t.to(p.device()).contiguous() : t; };
       st.s1(to_dev(st.s1()));
       st.s2(to_dev(st.s2()));

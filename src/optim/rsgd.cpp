@@ -40,7 +40,7 @@ bool operator==(const RSGDOptions& a, const RSGDOptions& b) {
   return a.lr() == b.lr() && a.gamma() == b.gamma() && a.gamma0() == b.gamma0() &&
          a.max_prob() == b.max_prob() && a.granularity() == b.granularity() &&
          a.memory() == b.memory() && a.weight_decay() == b.weight_decay() &&
-         a.seed() == b.seed();
+         a.seed() == b.seed() && a.fused_cuda() == b.fused_cuda();
 }
 
 void RSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
@@ -120,12 +120,22 @@ void RSGD::add_param_group(const torch::optim::OptimizerParamGroup& param_group)
   detail::add_param_group_keeping_options<RSGDOptions>(*this, param_group, "RSGD");
 }
 
-torch::Tensor RSGD::step(LossClosure closure) {
+torch::Tensor RSGD::step(LossClosure closure) { return step_scaled({}, {}, std::move(closure)); }
+
+torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf, LossClosure closure) {
   torch::NoGradGuard no_grad;
   torch::Tensor loss = {};
   if (closure != nullptr) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
+  }
+  if (detail::amp_skip(found_inf, "RSGD")) return loss;  // before any counter moves
+  if (grad_scale.defined()) {
+    std::vector<at::Tensor> grads;
+    for (auto& group : param_groups_)
+      for (auto& p : group.params())
+        if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    detail::amp_unscale_(grads, grad_scale, "RSGD");
   }
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {
@@ -137,6 +147,7 @@ torch::Tensor RSGD::step(LossClosure closure) {
     config.seed = options.seed();
     config.per_element = options.granularity() == RSGDGranularity::element;
     config.memory_previous = options.memory() == RSGDMemory::previous;
+    config.fused_cuda = options.fused_cuda();
 
     // One fused call per (device, dtype) bucket.
     struct Bucket {
@@ -190,7 +201,12 @@ void RSGD::save(torch::serialize::OutputArchive& archive) const {
 }
 
 void RSGD::load(torch::serialize::InputArchive& archive) {
+  std::vector<bool> fused;  // how this process computes: kept, not loaded
+  for (const auto gi : c10::irange(param_groups_.size()))
+    fused.push_back(as_rsgd_options(param_groups_[gi].options(), gi).fused_cuda());
   torch::optim::serialize<RSGDParamState, RSGDOptions>(archive, *this);
+  for (const auto gi : c10::irange(std::min(fused.size(), param_groups_.size())))
+    static_cast<RSGDOptions&>(param_groups_[gi].options()).fused_cuda(fused[gi]);
   for (auto& group : param_groups_) {
     for (auto& p : group.params()) {
       auto it = state_.find(p.unsafeGetTensorImpl());

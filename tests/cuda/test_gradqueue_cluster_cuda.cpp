@@ -21,8 +21,10 @@ GradQueueClusterTensor make(int64_t n, int64_t K, double wd, torch::ScalarType d
   GradQueueClusterTensor t;
   t.sums = torch::randn({K, n}, o) * 3;
   t.param = torch::randn({n}, o);
-  t.s1 = torch::randn({n}, o) * 4;
-  t.s2 = torch::rand({n}, o) * 8 + 2;  // some elements give s2/n - mu^2 < 0: clamped
+  // The window statistics: mean (float64, as for exact storage) and M2 (the stats dtype;
+  // a few negative values, which are clamped).
+  t.s1 = torch::randn({n}, o.dtype(torch::kDouble)) * 4;
+  t.s2 = (torch::rand({n}, o) * 8 - 0.5).to(sgdx::ops::gradqueue_stats_dtype(dt));
   t.inv_n = 0.25;
   t.weight_decay = wd;
   return t;
@@ -38,8 +40,8 @@ std::vector<double> brute(const GradQueueClusterTensor& t, const std::vector<dou
                *S2 = s2.data_ptr<double>();
   std::vector<double> out(K + 1, 0.0);
   for (int64_t e = 0; e < n; ++e) {
-    const double mu = S1[e] * t.inv_n;
-    out[K] += std::max(S2[e] * t.inv_n - mu * mu, 0.0);
+    const double mu = S1[e];
+    out[K] += std::max(S2[e] * t.inv_n, 0.0);
     for (int64_t k = 0; k < K; ++k) {
       const double v = G[k * n + e] * inv[k] + t.weight_decay * P[e] - mu;
       out[k] += v * v;
@@ -124,6 +126,6 @@ TEST(GradQueueClusterStats, ClearErrors) {
   bad.param = at::Tensor();
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_cluster_stats_aten({bad}, inv), "no param");
   bad = t;
-  bad.s1 = torch::ones({10}, torch::kDouble);
+  bad.s2 = torch::ones({10}, torch::kDouble);  // float32 sums need float32 M2 (the mean may be float64)
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_cluster_stats_aten({bad}, inv), "with dtype Double");
 }

@@ -19,7 +19,9 @@ using sgdx::ops::GradQueueTensor;
 
 namespace {
 using Ops = sgdx::testing::GQOperands;
-Ops make(int64_t n, torch::ScalarType dt) { return sgdx::testing::make_gq_operands(n, dt, 3); }
+Ops make(int64_t n, torch::ScalarType dt, bool exact = true) {
+  return sgdx::testing::make_gq_operands(n, dt, 3, exact);
+}
 using sgdx::testing::gq_view;
 }  // namespace
 
@@ -41,7 +43,7 @@ TEST(GradQueueStepCuda, MatchesAtenReference) {
           std::vector<int64_t> stats;
           for (int k = 0; k < 60; ++k) {  // > 24 tensors: several launches
             const int64_t n = sizes[k % sizes.size()] + k / static_cast<int>(sizes.size());
-            auto o = make(n, dt);
+            auto o = make(n, dt, exact);
             cpu.push_back(o.clone());
             gpu.push_back(o.to(torch::kCUDA));
           }
@@ -55,7 +57,7 @@ TEST(GradQueueStepCuda, MatchesAtenReference) {
           torch::cuda::synchronize();
           for (int k = 0; k < 60; ++k) {
             auto tc = gq_view(cpu[k], exact, exact ? k % 3 : 0, stats[k], mom == 1);
-            const double r = sgdx::ops::gradqueue_step_aten_(tc, c);
+            const double r = sgdx::ops::gradqueue_step_aten_(tc, c).item<double>();
             const std::string where = std::string(c10::toString(dt)) + " elem " + std::to_string(elem) + " exact " +
                                       std::to_string(exact) + " mom " + std::to_string(mom) + " tensor " +
                                       std::to_string(k) + " n " + std::to_string(cpu[k].p.numel());
@@ -131,4 +133,32 @@ TEST(GradQueueStepCuda, CpuListsAreRejectedByTheCudaEntry) {
   auto o = make(4, torch::kFloat);
   std::vector<GradQueueTensor> t = {gq_view(o, true, 1, 0, false)};
   SGDX_EXPECT_THROW_MSG(sgdx::ops::gradqueue_step_cuda_(t, GradQueueStepConfig{}), "must be on a CUDA device, got cpu");
+}
+
+// Operands at an odd element offset (the kernel has only a scalar path; nothing may
+// assume alignment), against the ATen composition on the CPU.
+TEST(GradQueueStepCuda, MisalignedOperandsMatchAten) {
+  SGDX_REQUIRE_CUDA();
+  torch::manual_seed(6);
+  const int64_t n = 40001;
+  auto shifted = [&](const torch::Tensor& x) {
+    auto base = torch::empty({x.numel() + 1}, x.options());
+    auto view = base.narrow(0, 1, x.numel()).view(x.sizes());
+    view.copy_(x);
+    return view;
+  };
+  auto o = make(n, torch::kFloat);
+  auto cpu = o.clone();
+  Ops gpu{shifted(o.p.cuda()), shifted(o.g.cuda()), shifted(o.v.cuda()), shifted(o.s1.cuda()),
+          shifted(o.s2.cuda()), shifted(o.queue.cuda())};
+  ASSERT_NE(reinterpret_cast<uintptr_t>(gpu.p.data_ptr()) % 16, 0u);
+  const auto c = sgdx::testing::gq_config(2, true, 1.0, 0.25, 4.0);
+  std::vector<GradQueueTensor> tg{gq_view(gpu, true, 1, 3, false)};
+  sgdx::ops::gradqueue_step_cuda_(tg, c);
+  auto tc = gq_view(cpu, true, 1, 3, false);
+  sgdx::ops::gradqueue_step_aten_(tc, c);
+  for (auto [a, b, what] : {std::tuple{gpu.p, cpu.p, "param"}, {gpu.v, cpu.v, "momentum"}, {gpu.s1, cpu.s1, "s1"},
+                            {gpu.s2, cpu.s2, "s2"}, {gpu.queue, cpu.queue, "queue"}}) {
+    EXPECT_TRUE(torch::allclose(a.cpu().to(torch::kDouble), b.to(torch::kDouble), 1e-4, 1e-4)) << what;
+  }
 }

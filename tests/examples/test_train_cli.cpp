@@ -183,3 +183,39 @@ TEST(TrainCli, GradQueuePlainAndClusteredRun) {
   expect_one_error_line(run(data + " --compare gqsgdm-k2+loss" + out, edir), "cannot be combined", edir);
   expect_one_error_line(run(data + " --optimizer gqsgdm --gq-scope layer" + out, edir), "layer", edir);
 }
+
+// --amp: bf16 and fp16 run on the CPU too (CPU autocast; fp16 with the loss scaler, whose
+// skipped steps are reported); the paths that run their own backward are refused by name.
+TEST(TrainCli, MixedPrecisionRunsAndRefusesOwnBackwardPaths) {
+  TempDir dir;
+  sgdx::testing::write_mnist_split(dir.path.string(), "train", 64, 28, 28, true);
+  sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 32, 28, 28, true);
+  const std::string data = "--dataset mnist --data-dir " + dir.path.string() +
+                           " --device cpu --epochs 2 --batch-size 16 --no-progress --no-plot";
+  for (const std::string amp : {"bf16", "fp16"}) {
+    auto r = run(data + " --amp " + amp + " --compare sgdm,adam,rsgd,gqsgdm --out " + dir.file("out-" + amp), dir);
+    ASSERT_EQ(r.code, 0) << amp << r.err;
+    std::ifstream js(dir.file("out-" + amp + "/metrics.json"));
+    auto j = nlohmann::json::parse(js);
+    EXPECT_EQ(j["config"]["amp"].get<std::string>(), amp);
+    ASSERT_EQ(j["runs"].size(), 4u);
+    for (int k = 0; k < 4; ++k) {
+      const auto& e = j["runs"][k]["epochs"][1];
+      EXPECT_EQ(e["steps"].get<int>(), 8) << amp << " run " << k;
+      EXPECT_TRUE(std::isfinite(e["train_loss"].get<double>())) << amp << " run " << k;
+      EXPECT_GT(e["grad_norm_mean"].get<double>(), 0.0) << amp << " run " << k;
+    }
+    const auto skipped = r.out.find("fp16: ");
+    EXPECT_EQ(skipped != std::string::npos, amp == "fp16") << r.out;  // bf16 takes no scaler
+    if (amp == "fp16") EXPECT_NE(r.out.find("steps skipped (inf/nan gradients), final loss scale"), std::string::npos);
+  }
+  TempDir edir;  // errors: nothing may be written under edir/out
+  const std::string out = " --out " + edir.file("out");
+  expect_one_error_line(run(data + " --amp fp16 --optimizer svrg" + out, edir), "'svrg': --amp fp16 does not apply to svrg", edir);
+  expect_one_error_line(run(data + " --amp bf16 --compare sgdm,gqsgdm-k2" + out, edir),
+                        "'gqsgdm-k2': --amp bf16 does not apply to the clustered GradQueue step", edir);
+  expect_one_error_line(run(data + " --amp bf16 --optimizer gqsgdm --clusters 3" + out, edir),
+                        "does not apply to the clustered GradQueue step", edir);
+  expect_one_error_line(run(data + " --amp fp16 --sampling exact" + out, edir), "does not apply to --sampling exact", edir);
+  expect_one_error_line(run(data + " --amp fp8" + out, edir), "--amp", edir);
+}

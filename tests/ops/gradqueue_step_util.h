@@ -12,14 +12,19 @@ struct GQOperands {
   GQOperands clone() const { return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()}; }
 };
 
-/// Random operands of n elements with a queue of q rows whose sums are S1, S2 (+0.1: positive variance).
-inline GQOperands make_gq_operands(int64_t n, at::ScalarType dt, int64_t q) {
-  auto rows = at::randn({q, n}, at::kFloat);
-  return {at::randn({n}).to(dt), (3 * at::randn({n})).to(dt), at::randn({n}).to(dt), rows.sum(0).to(dt),
-          (rows.square().sum(0) + 0.1).to(dt), rows.to(dt)};
+/// Random operands of n elements with a queue of q rows and their window statistics
+/// (mean, sum of squared deviations + 0.1: a positive variance), in gradqueue_stats_dtype.
+inline GQOperands make_gq_operands(int64_t n, at::ScalarType dt, int64_t q, bool exact = true) {
+  auto rows = at::randn({q, n}, at::kDouble);
+  const auto mean = rows.mean(0);
+  const auto st = sgdx::ops::gradqueue_stats_dtype(dt);
+  return {at::randn({n}).to(dt), (3 * at::randn({n})).to(dt), at::randn({n}).to(dt),
+          mean.to(sgdx::ops::gradqueue_mean_dtype(dt, exact)), ((rows - mean).square().sum(0) + 0.1).to(st),
+          rows.to(st)};
 }
 
 /// The step's view: the new row is queue[0]; old_mode 1: queue[1] leaves, 2: queue[0] itself leaves.
+/// stats > 0: Delta-rho from a window of `stats` entries; 0: warm-up (a window of the queue's rows).
 inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mode, int64_t stats, bool first) {
   sgdx::ops::GradQueueTensor t;
   t.param = o.p;
@@ -34,7 +39,8 @@ inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mod
   } else {
     t.ema_rate = 0.25;
   }
-  t.stats_count = stats;
+  t.count = stats > 0 ? stats : o.queue.size(0);
+  t.scarcity = stats > 0;
   t.first_step = first;
   return t;
 }

@@ -30,14 +30,14 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
             for (int mom : {0, 1, 2, 3}) {  // none, heavy ball first/later, nesterov later
               const auto c = sgdx::testing::gq_config(mom, elem, (n % 2 == 0) ? 1.0 : 1.5, 0.5, 2.0);
               const int64_t stats = (n % 3 == 0) ? 0 : 5;
-              auto base = sgdx::testing::make_gq_operands(n, dt, 4);
+              auto base = sgdx::testing::make_gq_operands(n, dt, 4, exact);
               auto a = base.clone(), b = base.clone();
               // Poison nothing but outputs: slot rows of both copies start as NaN when no row leaves through them.
               if (exact && old_mode != 2) a.queue[0].fill_(NAN), b.queue[0].fill_(NAN);
               auto ta = gq_view(a, exact, old_mode, stats, mom == 1);
               auto tb = gq_view(b, exact, old_mode, stats, mom == 1);
-              const double ra = sgdx::ops::gradqueue_step_(ta, c);
-              const double rb = sgdx::ops::gradqueue_step_aten_(tb, c);
+              const double ra = sgdx::ops::gradqueue_step_(ta, c).item<double>();
+              const double rb = sgdx::ops::gradqueue_step_aten_(tb, c).item<double>();
               const std::string where = "dtype " + std::string(c10::toString(dt)) + " n " + std::to_string(n) +
                                         " elem " + std::to_string(elem) + " exact " + std::to_string(exact) +
                                         " old " + std::to_string(old_mode) + " mom " + std::to_string(mom);
@@ -62,12 +62,14 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
 
 TEST(GradQueueStep, HalfPrecisionTakesTheAtenPath) {
   auto base = sgdx::testing::make_gq_operands(1001, at::kHalf, 3);
+  EXPECT_EQ(base.s2.scalar_type(), at::kFloat);  // window statistics of half parameters are float32
+  EXPECT_EQ(base.queue.scalar_type(), at::kFloat);
   GradQueueStepConfig c;
   c.lr = 0.1;
   c.momentum = 0.9;
   auto t = gq_view(base, true, 1, 3, true);
   const auto before = base.p.clone();
-  const double r = sgdx::ops::gradqueue_step_(t, c);
+  const double r = sgdx::ops::gradqueue_step_(t, c).item<double>();
   EXPECT_TRUE(at::isfinite(base.p).all().item<bool>());
   EXPECT_FALSE(at::equal(before, base.p));
   EXPECT_GT(r, 0);

@@ -1,11 +1,14 @@
 // k-means against an independent float64 brute-force Lloyd, k-means++ against
-// its sampling law, and the error messages.
+// its sampling law, empty inputs (on the input's device, checked with the meta
+// device), and the error messages.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
+#include <sstream>
 #include <vector>
 
 #include "sgdx/ops/kmeans.h"
@@ -210,6 +213,59 @@ TEST(KMeansPlusPlus, SecondPickFollowsSquaredDistances) {
   EXPECT_LT(chi2, 13.8);
 }
 
+// n = 0 or d = 0: nothing runs; every output is on x's device with the documented
+// values. The meta device shows that nothing is made on the CPU by default.
+TEST(KMeans, EmptyInputsReturnTensorsOnTheInputDevice) {
+  for (const auto device : {at::Device(at::kCPU), at::Device(at::kMeta)}) {
+    for (const auto dtype : {at::kFloat, at::kDouble}) {
+      for (auto shape :
+           {std::vector<int64_t>{0, 5}, std::vector<int64_t>{9, 0}, std::vector<int64_t>{0, 0}}) {
+        const auto x = at::empty(shape, at::TensorOptions().device(device).dtype(dtype));
+        const int64_t n = shape[0], d = shape[1];
+        const auto r = sgdx::ops::kmeans(x, 3);
+        std::ostringstream what;
+        what << device << " " << dtype << " n=" << n << " d=" << d;
+        EXPECT_EQ(r.centroids.device(), device) << what.str();
+        EXPECT_EQ(r.assignment.device(), device) << what.str();
+        EXPECT_EQ(r.counts.device(), device) << what.str();
+        EXPECT_EQ(r.centroids.sizes(), (std::vector<int64_t>{3, d})) << what.str();
+        EXPECT_EQ(r.centroids.scalar_type(), dtype) << what.str();
+        EXPECT_EQ(r.assignment.sizes(), (std::vector<int64_t>{n})) << what.str();
+        EXPECT_EQ(r.assignment.scalar_type(), at::kLong) << what.str();
+        EXPECT_EQ(r.counts.sizes(), (std::vector<int64_t>{3})) << what.str();
+        EXPECT_EQ(r.counts.scalar_type(), at::kLong) << what.str();
+        EXPECT_EQ(r.iterations, 0) << what.str();
+        EXPECT_EQ(r.inertia, 0.0) << what.str();
+        EXPECT_EQ(r.backend, sgdx::ops::KMeansBackend::aten) << what.str();
+        if (device.is_cpu()) {
+          EXPECT_TRUE(at::equal(r.assignment, at::zeros({n}, at::kLong))) << what.str();  // every point ties
+          EXPECT_TRUE(at::equal(r.counts, at::tensor({n, int64_t{0}, int64_t{0}}))) << what.str();
+          if (n == 0 && d > 0) EXPECT_TRUE(at::isnan(r.centroids).all().item<bool>()) << what.str();
+        }
+        // nearest_centroid on no rows or no features.
+        const auto a = sgdx::ops::nearest_centroid(x, at::zeros({2, d}, x.options()));
+        EXPECT_EQ(a.device(), device);
+        EXPECT_EQ(a.sizes(), (std::vector<int64_t>{n}));
+      }
+    }
+  }
+  // Given initial centroids are the result, converted to x's dtype, not aliased.
+  sgdx::ops::KMeansOptions o;
+  o.init = at::randn({2, 4}, at::kDouble);
+  const auto r = sgdx::ops::kmeans(at::empty({0, 4}), 2, o);
+  EXPECT_EQ(r.centroids.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(r.centroids, o.init.to(at::kFloat)));
+  r.centroids.fill_(0);
+  EXPECT_FALSE(at::equal(r.centroids, o.init.to(at::kFloat)));
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::ops::kmeans(at::empty({0, 4}), 2, sgdx::ops::KMeansOptions{.init = at::zeros({3, 4})}),
+      "initial centroids must be [2, 4], got [3, 4]");
+  // k is still >= 1; with no rows, k-means++ has nothing to choose from.
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(at::empty({0, 4}), 0), "must be >= 1, got 0");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans_plusplus(at::empty({0, 4}), 1, 0, 0),
+                        "no rows to choose 1 centroids from");
+}
+
 TEST(KMeans, ClearErrors) {
   const auto x = at::randn({3, 2});
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 5), "5 clusters exceed the number of samples 3");
@@ -223,6 +279,12 @@ TEST(KMeans, ClearErrors) {
   sgdx::ops::KMeansOptions o;
   o.init = at::zeros({3, 2});
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "initial centroids must be [2, 2]");
+  o.init = at::zeros({2, 2});
+  o.init[1][0] = std::numeric_limits<float>::infinity();
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "initial centroids are not finite");
+  o = {};
+  o.tol = -1;
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "tol must be finite and >= 0, got -1");
   o = {};
   o.max_iters = -1;
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "max_iters must be >= 0, got -1");

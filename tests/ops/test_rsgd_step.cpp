@@ -135,3 +135,114 @@ TEST(RSGDStep, SameDrawsForEveryDtype) {
     EXPECT_NEAR(frac, 0.37, 5 * std::sqrt(0.37 * 0.63 / 1001));
   }
 }
+
+// ---- The ATen composition (the verified default on CUDA), run here on CPU tensors.
+
+namespace {
+// The rule in float64 from given draws: g = grad + wd p; h = g + xi m; p -= lr h; m = h or g.
+void rsgd_reference(at::Tensor& p, const at::Tensor& grad, at::Tensor& m, const at::Tensor& xi,
+                    const RSGDStepConfig& c) {
+  auto g = grad.to(at::kDouble) + c.weight_decay * p;
+  auto h = g + xi.to(at::kDouble) * m;
+  p = p - c.lr * h;
+  m = c.memory_previous ? g : h;
+}
+}  // namespace
+
+TEST(RSGDAtenPath, MatchesFloat64ReferenceGivenItsDraws) {
+  for (auto dt : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    for (bool previous : {false, true}) {
+      at::manual_seed(3);
+      RSGDStepConfig c;
+      c.lr = 0.05;
+      c.weight_decay = 0.01;
+      c.seed = 99;
+      c.memory_previous = previous;
+      const int64_t n = 1037;
+      auto p = at::randn({n}).to(dt), g = at::randn({n}).to(dt), m = at::randn({n}).to(dt);
+      auto p64 = p.to(at::kDouble), m64 = m.to(at::kDouble);
+      bool all = false;
+      const auto xi = sgdx::ops::detail::rsgd_aten_draws(p, 4, 7, 0.3, c, &all);
+      ASSERT_TRUE(xi.defined());
+      ASSERT_EQ(xi.scalar_type(), at::kBool);
+      rsgd_reference(p64, g, m64, xi, c);
+      std::vector<at::Tensor> ps{p}, gs{g}, ms{m};
+      sgdx::ops::rsgd_step_aten_(ps, gs, ms, {4}, {7}, {0.3}, c);
+      // One rounding of the stored value (float32 opmath for half/bfloat16).
+      const double tol = dt == at::kDouble ? 1e-14 : dt == at::kFloat ? 2e-6 : dt == at::kHalf ? 2e-3 : 1.6e-2;
+      EXPECT_TRUE(at::allclose(p.to(at::kDouble), p64, tol, tol)) << dt << " previous " << previous;
+      EXPECT_TRUE(at::allclose(m.to(at::kDouble), m64, tol, tol)) << dt << " previous " << previous;
+    }
+  }
+}
+
+// The draws are a function of (seed, tensor id, step) alone: equal for equal keys,
+// different otherwise, independent of torch's global generator, which they leave untouched.
+TEST(RSGDAtenPath, DrawsAreDeterminedBySeedTensorAndStep) {
+  RSGDStepConfig c;
+  c.seed = 5;
+  const auto like = at::empty({4096});
+  bool all = false;
+  at::manual_seed(1);
+  const auto state = at::detail::getDefaultCPUGenerator().get_state();
+  const auto a = sgdx::ops::detail::rsgd_aten_draws(like, 2, 10, 0.5, c, &all);
+  EXPECT_TRUE(at::equal(at::detail::getDefaultCPUGenerator().get_state(), state)) << "global generator moved";
+  at::manual_seed(12345);
+  EXPECT_TRUE(at::equal(a, sgdx::ops::detail::rsgd_aten_draws(like, 2, 10, 0.5, c, &all)));
+  EXPECT_FALSE(at::equal(a, sgdx::ops::detail::rsgd_aten_draws(like, 3, 10, 0.5, c, &all)));
+  EXPECT_FALSE(at::equal(a, sgdx::ops::detail::rsgd_aten_draws(like, 2, 11, 0.5, c, &all)));
+  auto c2 = c;
+  c2.seed = 6;
+  EXPECT_FALSE(at::equal(a, sgdx::ops::detail::rsgd_aten_draws(like, 2, 10, 0.5, c2, &all)));
+  EXPECT_NE(sgdx::ops::detail::rsgd_aten_seed(5, 2, 10), sgdx::ops::detail::rsgd_aten_seed(5, 10, 2));
+}
+
+// Bernoulli(prob) frequencies over 2^20 draws within 5 sigma.
+TEST(RSGDAtenPath, DrawFrequencyMatchesProbability) {
+  RSGDStepConfig c;
+  c.seed = 11;
+  const auto like = at::empty({1 << 20});
+  for (double prob : {1e-3, 0.3, 0.5, 0.999}) {
+    bool all = false;
+    const auto xi = sgdx::ops::detail::rsgd_aten_draws(like, 1, 1, prob, c, &all);
+    const double f = xi.to(at::kDouble).mean().item<double>();
+    EXPECT_NEAR(f, prob, 5 * std::sqrt(prob * (1 - prob) / like.numel())) << prob;
+  }
+}
+
+// Without randomness the ATen path is the CPU kernel's rule: Gamma 0 is SGD, Gamma 1
+// heavy ball, and one draw per tensor is the CPU kernel's own draw.
+TEST(RSGDAtenPath, DeterministicCasesAndTensorGranularityEqualTheCpuKernel) {
+  for (double prob : {0.0, 1.0, 0.4}) {
+    for (bool per_element : {true, false}) {
+      if (prob == 0.4 && per_element) continue;  // per-element draws: another stream
+      at::manual_seed(8);
+      RSGDStepConfig c;
+      c.lr = 0.1;
+      c.weight_decay = 0.001;
+      c.seed = 21;
+      c.per_element = per_element;
+      std::vector<at::Tensor> pa, ga, ma, pb, gb, mb;
+      std::vector<int64_t> ids, steps;
+      std::vector<double> probs;
+      for (int64_t k = 0; k < 6; ++k) {
+        auto p = at::randn({100 + 37 * k}, at::kDouble), g = at::randn_like(p), m = at::randn_like(p);
+        pa.push_back(p.clone()), ga.push_back(g), ma.push_back(m.clone());
+        pb.push_back(p.clone()), gb.push_back(g), mb.push_back(m.clone());
+        ids.push_back(k), steps.push_back(3), probs.push_back(prob);
+      }
+      sgdx::ops::rsgd_step_cpu_(pa, ga, ma, ids, steps, probs, c);
+      sgdx::ops::rsgd_step_aten_(pb, gb, mb, ids, steps, probs, c);
+      for (size_t k = 0; k < pa.size(); ++k) {
+        EXPECT_TRUE(at::allclose(pa[k], pb[k], 1e-14, 1e-14)) << prob << " " << per_element << " " << k;
+        EXPECT_TRUE(at::allclose(ma[k], mb[k], 1e-14, 1e-14)) << prob << " " << per_element << " " << k;
+      }
+    }
+  }
+}
+
+TEST(RSGDAtenPath, ValidatesLikeTheKernels) {
+  RSGDStepConfig c;
+  std::vector<at::Tensor> p{at::zeros({3})}, g{at::zeros({4})}, m{at::zeros({3})};
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_aten_(p, g, m, {0}, {1}, {0.5}, c), "shape mismatch");
+}

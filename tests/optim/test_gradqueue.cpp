@@ -205,6 +205,68 @@ TEST(GradQueueSGDM, NonContiguousParametersAndStateBytes) {
   EXPECT_EQ(b.state_bytes(), (32 + 3) * 48 * 8);  // queue q_max x numel + S1, S2, momentum
 }
 
+// Gradients whose spread is about 1e-3 of their mean: S2/n - mu^2 cancels in float32
+// (relative error of the variance ~ 1e-1), the Welford-form statistics do not. The
+// float32 trajectory over 60 steps stays within 1e-5 (relative, parameter norm) of the
+// independent float64 reference fed the same float32 gradients.
+TEST(GradQueueSGDM, Float32WindowStatisticsSurviveSmallSpread) {
+  for (auto storage : {GradQueueStorage::exact, GradQueueStorage::ema}) {
+    auto o = GradQueueSGDMOptions(0.01).q_min(4).q_init(8).q_max(16).storage(storage).resync_every(0);
+    torch::manual_seed(5);
+    const int64_t n = 256;
+    const auto mean = 1.0 + torch::rand({n}, torch::kDouble);
+    auto p = torch::randn({n}, torch::kFloat).requires_grad_(true);
+    GradQueueSGDM opt({p}, o);
+    Reference ref(o);
+    auto pr = p.detach().to(torch::kDouble);
+    std::deque<torch::Tensor> window;  // float32 rows for the cancellation check below
+    double worst = 0.0;
+    for (int64_t t = 0; t < 60; ++t) {
+      const auto g32 = (mean * (1.0 + 1e-3 * torch::randn({n}, torch::kDouble))).to(torch::kFloat);
+      p.mutable_grad() = g32.clone();
+      opt.observe_loss(loss_at(t));
+      ref.observe(loss_at(t));
+      opt.step();
+      ref.step(pr, g32.to(torch::kDouble));
+      worst = std::max(worst, ((p.detach().to(torch::kDouble) - pr).norm() / pr.norm()).item<double>());
+      window.push_back(g32);
+      if (static_cast<int64_t>(window.size()) > 16) window.pop_front();
+    }
+    EXPECT_LT(worst, 1e-5) << "storage " << static_cast<int>(storage);
+    // The regime is the hard one: the sum form of the same 16-row window in float32 is far off.
+    auto s1 = torch::zeros({n}), s2 = torch::zeros({n});
+    for (const auto& r : window) s1 += r, s2 += r * r;
+    const auto naive = (s2 / 16 - (s1 / 16).square()).to(torch::kDouble);
+    const auto rows = torch::stack(std::vector<torch::Tensor>(window.begin(), window.end())).to(torch::kDouble);
+    const auto exact = rows.var(0, /*unbiased=*/false);
+    EXPECT_GT(((naive - exact).abs() / exact).mean().item<double>(), 1e-2);
+  }
+}
+
+// Half and bfloat16 parameters keep their window statistics in float32.
+TEST(GradQueueSGDM, HalfParametersKeepFloat32Statistics) {
+  for (auto dt : {torch::kHalf, torch::kBFloat16}) {
+    torch::manual_seed(2);
+    auto p = torch::randn({64}).to(dt).requires_grad_(true);
+    auto q = p.detach().to(torch::kFloat).requires_grad_(true);
+    auto o = GradQueueSGDMOptions(0.05).q_min(2);
+    GradQueueSGDM a({p}, o), b({q}, o);
+    for (int t = 0; t < 10; ++t) {
+      auto g = torch::randn({64});
+      p.mutable_grad() = g.to(dt);
+      q.mutable_grad() = g.to(dt).to(torch::kFloat);
+      a.step();
+      b.step();
+    }
+    const auto& st = static_cast<const sgdx::optim::GradQueueSGDMParamState&>(*a.state().begin()->second);
+    EXPECT_EQ(st.s1().scalar_type(), torch::kDouble);  // the exact window's mean: float64 for every dtype
+    EXPECT_EQ(st.s2().scalar_type(), torch::kFloat);
+    EXPECT_EQ(st.queue().scalar_type(), torch::kFloat);
+    const double tol = dt == torch::kHalf ? 5e-3 : 4e-2;  // the parameter's own rounding per step
+    EXPECT_TRUE(torch::allclose(p.detach().to(torch::kFloat), q.detach(), tol, tol)) << dt;
+  }
+}
+
 // A small net with every kind of layer the fast path handles.
 struct Net : torch::nn::Module {
   torch::nn::Conv2d conv{nullptr};
@@ -485,3 +547,29 @@ TEST(GradQueueSGDMCuda, FusedKernelsMatchTheAtenPath) {
     }
   }
 }
+
+#if SGDX_WITH_CUDA
+// One plain step on a GPU under CUDA's sync-debug mode: the only synchronising call
+// permitted is the single read of found_inf (skip-safe host bookkeeping).
+TEST(GradQueueSGDMCuda, StepSyncsOnlyToReadFoundInf) {
+  SGDX_REQUIRE_CUDA();
+  for (const bool fused : {false, true}) {
+    torch::manual_seed(1);
+    auto p1 = torch::randn({300, 17}, torch::kCUDA).requires_grad_(true);
+    auto p2 = torch::randn({17}, torch::kCUDA).requires_grad_(true);
+    GradQueueSGDM opt({p1, p2}, GradQueueSGDMOptions(0.05).q_min(2).fused_cuda(fused));
+    const auto found_inf = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA));
+    for (int t = 0; t < 6; ++t) {
+      p1.mutable_grad() = torch::randn_like(p1);
+      p2.mutable_grad() = torch::randn_like(p2);
+      if (t < 5) {
+        opt.step_scaled({}, found_inf);
+        continue;
+      }
+      sgdx::testing::SyncCounter syncs;
+      opt.step_scaled({}, found_inf);
+      EXPECT_LE(syncs.syncs, 1) << "fused " << fused;
+    }
+  }
+}
+#endif

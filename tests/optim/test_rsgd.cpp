@@ -10,6 +10,7 @@
 
 #include "sgdx/detail/philox.h"
 #include "sgdx/optim/rsgd.h"
+#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::optim::RSGD;
@@ -380,3 +381,37 @@ TEST(RSGD, RejectsSparseAndMismatchedGradients) {
   p.mutable_grad() = torch::zeros({4}).to_sparse();
   SGDX_EXPECT_THROW_MSG(opt.step(), "sparse gradients are not supported");
 }
+
+// Options: fused_cuda (how this process computes) is kept, not loaded, like a backend.
+TEST(RSGD, FusedCudaOptionIsNotTakenFromCheckpoints) {
+  auto p = torch::randn({4}).requires_grad_(true);
+  sgdx::optim::RSGD a({p}, sgdx::optim::RSGDOptions(0.1).fused_cuda(true));
+  std::ostringstream blob;
+  torch::serialize::OutputArchive out;
+  a.save(out);
+  out.save_to(blob);
+  sgdx::optim::RSGD b({p}, sgdx::optim::RSGDOptions(0.5));
+  torch::serialize::InputArchive in;
+  std::istringstream s(blob.str());
+  in.load_from(s);
+  b.load(in);
+  const auto& o = static_cast<const sgdx::optim::RSGDOptions&>(b.param_groups()[0].options());
+  EXPECT_FALSE(o.fused_cuda());
+  EXPECT_EQ(o.lr(), 0.1);
+}
+
+#if SGDX_WITH_CUDA
+// The default CUDA path (ATen composition) and the fused kernel make no synchronising call.
+TEST(RSGDCuda, StepDoesNotSynchronise) {
+  SGDX_REQUIRE_CUDA();
+  for (const bool fused : {false, true}) {
+    auto p = torch::randn({1000, 3}, torch::kCUDA).requires_grad_(true);
+    sgdx::optim::RSGD opt({p}, sgdx::optim::RSGDOptions(0.1).max_prob(0.5).fused_cuda(fused));
+    p.mutable_grad() = torch::randn_like(p);
+    opt.step();  // state allocation outside the counted step
+    sgdx::testing::SyncCounter syncs;
+    opt.step();
+    EXPECT_EQ(syncs.syncs, 0) << "fused " << fused;
+  }
+}
+#endif

@@ -21,26 +21,39 @@ struct GradQueueStepConfig {
 struct GradQueueTensor {
   at::Tensor param, grad;
   at::Tensor momentum;  ///< the momentum buffer (read unless first_step; unused when momentum == 0)
-  at::Tensor s1, s2;    ///< window sums (exact storage) or running moments (ema storage)
+  /// Window statistics (sgdx/detail/gradqueue_math.h): s1 the mean (gradqueue_mean_dtype);
+  /// s2 the sum of squared deviations (exact storage) or the running variance (ema), and the
+  /// queue rows, in gradqueue_stats_dtype.
+  at::Tensor s1, s2;
   at::Tensor slot;      ///< exact storage: the queue row that receives d; undefined for ema
   at::Tensor old;       ///< exact storage: the row leaving the window (may alias slot); undefined if none
-  int64_t stats_count = 0;  ///< entries in the window before the push; < 1 or warm-up: pass 0 (Delta-rho = 1)
-  double ema_rate = 0.0;    ///< ema storage: s += ema_rate * (x - s); 0 selects exact storage
+  int64_t count = 0;    ///< exact storage: entries in the window before the push (>= 1 when `old` is given)
+  /// Delta-rho from the window statistics (needs an entry in the window); false in the
+  /// warm-up, where Delta-rho = 1.
+  bool scarcity = false;
+  double ema_rate = 0.0;    ///< ema storage: the running moments' rate in (0, 1]; 0 selects exact storage
   bool first_step = false;  ///< the momentum buffer starts as the update (as in torch::optim::SGD)
   /// Optional: the step direction in place of Delta-rho * d (the clustered step's G*); d is
   /// still what enters the window. Taken by the ATen path (CPU tensors are routed there).
   at::Tensor direction;
 };
 
+/// The dtype of the window statistics (s2, the ema mean) and queue rows for parameters
+/// of `param_dtype`: float32 for half/bfloat16, else the parameters' own.
+at::ScalarType gradqueue_stats_dtype(at::ScalarType param_dtype);
+/// The dtype of the window mean s1: float64 for exact storage, else gradqueue_stats_dtype.
+at::ScalarType gradqueue_mean_dtype(at::ScalarType param_dtype, bool exact_storage);
+
 /// Applies one step in place and returns the sum of Delta-rho over the
-/// tensor's elements (numel * Delta-rho for tensor granularity). float32/float64
+/// tensor's elements (numel * Delta-rho for tensor granularity) as a float64
+/// scalar tensor on the parameter's device (no host read). float32/float64
 /// CPU tensors take the fused kernel; every other device or dtype (CUDA, half,
 /// bfloat16) the ATen composition below (same rule, opmath in float32 or wider).
-double gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
+at::Tensor gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
 
-/// The same step from ATen ops, for any device and floating dtype (the
-/// reference the fused kernel is tested against).
-double gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
+/// The same step from ATen ops, for any device and floating dtype (the verified
+/// default on CUDA, and the reference the fused kernels are tested against).
+at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
 
 /// The fused multi-tensor CUDA kernel: every tensor on one CUDA device, one
 /// floating dtype (float32, float64, float16, bfloat16; opmath float32 or wider).
@@ -58,14 +71,14 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
 struct GradQueueClusterTensor {
   at::Tensor sums;             ///< [K, *shape]: the per-cluster gradient sums
   at::Tensor param;            ///< read only when weight_decay != 0
-  at::Tensor s1, s2;           ///< the window sums (exact storage) or running moments (ema), param's shape
-  double inv_n = 1.0;          ///< 1/n of the window (exact storage); 1 for ema
+  at::Tensor s1, s2;           ///< the window statistics (mean; M2 or variance), param's shape
+  double inv_n = 1.0;          ///< the variance is s2 * inv_n: 1/n of the window (exact storage); 1 for ema
   double weight_decay = 0.0;
 };
 
 /// The per-cluster scarcity statistics of the clustered step, for every tensor t
 /// and cluster k: dev[t][k] = ||sums_t[k] * inv_size[k] + wd * p - mu||^2 with
-/// mu = s1 * inv_n, and var[t] = sum max(s2 * inv_n - mu^2, 0); returned as
+/// mu = s1, and var[t] = sum max(s2 * inv_n, 0); returned as
 /// float64 [T, K + 1] (the K deviations, then var). The scarcity of cluster k is
 /// sqrt(dev) / (sqrt(var) + eps) (per tensor, or with dev and var summed over the
 /// tensors for the global scope). inv_size: [K] float64, 1/|C_k| (0 for empty

@@ -7,16 +7,21 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 namespace sgdx::ops {
 
 /// Which implementation kmeans() runs.
 enum class KMeansBackend {
+  /// fused_cuda for the inputs it takes once a GPU run has verified it
+  /// (sgdx/ops/cuda_kernels.h), aten otherwise.
+  automatic,
   /// ATen ops on the features' device (any dtype, any size).
   aten,
   /// kmeans_cuda(): one cooperative CUDA launch (CUDA float32, n <= 4096, k <= 64,
-  /// d <= 1024); anything else is an error naming the limit.
+  /// d <= 1024); anything else is an error naming the limit. Where the device
+  /// cannot run the cooperative launch, the ATen path runs instead.
   fused_cuda,
 };
 
@@ -33,7 +38,7 @@ struct KMeansOptions {
   uint64_t stream = 0;
   /// Optional initial centroids [k, d] (then no draws are made).
   at::Tensor init;
-  KMeansBackend backend = KMeansBackend::aten;
+  KMeansBackend backend = KMeansBackend::automatic;
 };
 
 struct KMeansResult {
@@ -42,10 +47,20 @@ struct KMeansResult {
   at::Tensor counts;      ///< [k] int64 cluster sizes of `assignment`
   int64_t iterations = 0; ///< Lloyd updates performed
   double inertia = 0.0;   ///< sum of squared distances to the assigned centroids
+  /// The implementation that produced the result: fused_cuda, or aten (also when
+  /// fused_cuda was asked for but the device could not run its cooperative launch).
+  KMeansBackend backend = KMeansBackend::aten;
 };
 
-/// Clusters the rows of x [n, d] (floating point, finite, n >= k >= 1).
+/// Clusters the rows of x [n, d] (floating point, finite, k >= 1, n >= k unless n = 0).
+/// Empty input (n = 0 or d = 0) runs nothing and returns, on x's device:
+/// assignment zeros [n] (every point ties at distance 0), counts [k] = {n, 0, ...},
+/// centroids [k, d] in x's dtype (the given init, else NaN when n = 0: there is
+/// no point to place them at), iterations 0, inertia 0.
 KMeansResult kmeans(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
+
+/// The backend kmeans() runs for these inputs: `backend` unless automatic.
+KMeansBackend resolve_kmeans_backend(const at::Tensor& x, int64_t k, KMeansBackend backend);
 
 /// Limits of the single-launch CUDA k-means.
 constexpr int64_t kKMeansCudaMaxRows = 4096, kKMeansCudaMaxClusters = 64, kKMeansCudaMaxFeatures = 1024;
@@ -57,16 +72,50 @@ constexpr int64_t kKMeansCudaMaxRows = 4096, kKMeansCudaMaxClusters = 64, kKMean
 /// on the same seed the clusters are the same up to float rounding (a point
 /// equidistant to two centroids within rounding may go either way). For CUDA
 /// float32 x [n, d] with n <= 4096, k <= 64, d <= 1024. Deterministic.
+///
+/// The grid is what the device holds co-resident (occupancy x SMs, capped by the
+/// work). Where the cooperative launch cannot run (no cooperative launch, the grid
+/// does not fit, e.g. under MPS or beside other work), the ATen path runs instead
+/// (result.backend says which ran; a warning once per process). The finiteness
+/// checks run in the kernel, so the only host sync is one read of [iterations,
+/// inertia, error flags] after the launch (docs/cuda.md, "Host syncs"); an initial
+/// centroid on the host is uploaded through pinned memory without blocking.
 KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
 
 namespace detail {
-/// Validation of kmeans_cuda's arguments (CPU-testable).
+/// Validation of kmeans_cuda's arguments that needs no device work (CPU-testable):
+/// device, dtype, layout, shape, the kernel's limits, max_iters, tol, the init's
+/// shape. Finiteness of x and init is checked by the kernel (no host sync).
 void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options);
-/// The launch alone, without the host reads of kmeans_cuda (for benchmarks):
-/// returns {centroids, assignment, counts, stats} with stats = float64 [iterations, inertia]
-/// on the device. Arguments must have passed check_kmeans_cuda.
+
+/// stats of kmeans_cuda_launch: float64 [4] on the device.
+enum KMeansCudaStat : int64_t {
+  kStatIterations = 0,
+  kStatInertia = 1,
+  kStatBadRow = 2,   ///< first row of x with a non-finite value, -1 if none (then nothing else is valid)
+  kStatBadInit = 3,  ///< 1 if the initial centroids have a non-finite value, else 0
+  kStatCount = 4,
+};
+
+/// The launch alone, without the host reads of kmeans_cuda (for benchmarks and
+/// for callers that keep the results on the device): {centroids, assignment,
+/// counts, stats}, see KMeansCudaStat. No host sync. Arguments must have passed
+/// check_kmeans_cuda. Where the cooperative launch cannot run, runs the ATen path
+/// (which syncs) and fills the same outputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
                                                                              const KMeansOptions& options);
+
+/// The cooperative launch, or nothing when the device cannot run it (no
+/// cooperative launch support, no co-resident block, or
+/// cudaErrorCooperativeLaunchTooLarge, which is cleared). Throws on any other error.
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
+    const at::Tensor& x, int64_t k, const KMeansOptions& options);
+
+/// Test hook: launch kmeans_cuda with `blocks` blocks (0: the co-resident count,
+/// the default). A count above what is co-resident makes the launch fail with
+/// cudaErrorCooperativeLaunchTooLarge, which exercises the ATen fallback.
+/// Returns the previous value.
+int set_kmeans_cuda_grid_for_testing(int blocks);
 }  // namespace detail
 
 /// k-means++ seeding: indices [k] (int64) of the rows chosen as initial centroids.

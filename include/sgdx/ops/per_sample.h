@@ -29,6 +29,9 @@ enum class NormStrategy { automatic, ghost, materialize };
 
 /// Which implementation computes the norms (norms(), squared_norms(), layer_squared_norms()).
 enum class PerSampleBackend {
+  /// fused_cuda when every captured layer is on a CUDA device and a GPU run has
+  /// verified the kernel (sgdx/ops/cuda_kernels.h), aten otherwise.
+  automatic,
   /// ATen ops on the model's device, any dtype.
   aten,
   /// Linear and Conv2d layers through one launch of the fused CUDA kernel
@@ -42,7 +45,7 @@ struct PerSampleOptions {
   NormStrategy strategy = NormStrategy::automatic;
   /// Parameters (by name as in named_parameters()) left out of every result.
   std::vector<std::string> ignore;
-  PerSampleBackend backend = PerSampleBackend::aten;
+  PerSampleBackend backend = PerSampleBackend::automatic;
 };
 
 /// One captured layer (see per_sample.cpp for the kinds).

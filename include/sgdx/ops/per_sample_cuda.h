@@ -11,10 +11,14 @@
 //   bias                              ||sum_t d_t||^2
 // Conv2d inputs are unfolded inside the kernel (implicit im2col, zero padding,
 // stride, dilation, groups). Inputs in float32, float16 or bfloat16 (a and d of
-// one dtype), accumulation in float32; the result is float32 [layers, B] of
-// squared norms of the *captured* gradients (PerSampleGradients multiplies by its
-// loss-reduction scale). Deterministic: every tile writes a partial and the last
-// tile of a (layer, sample) sums them in a fixed order.
+// one dtype, any element offset: loads are scalar); products and 32-long runs of
+// each dot product in float32, every longer sum (Gram and gradient entries across
+// runs, the rule's sum over entries, partials) in float64; the result is float32
+// [layers, B] of squared norms of the *captured* gradients (PerSampleGradients
+// multiplies by its loss-reduction scale), within ~1e-6 relative of float64 on the
+// same operands. Deterministic: every tile writes a partial and the last tile of a
+// (layer, sample) sums them in a fixed order. No host sync: the descriptor table
+// goes up through pinned memory without blocking.
 //
 // PerSampleGradients uses it when PerSampleOptions::backend is fused (see
 // per_sample.h); it is public for programs that capture layers themselves.
@@ -45,7 +49,9 @@ struct NormLayerOperands {
 
 /// Squared per-sample gradient norms of every layer, float32 [layers.size(), batch].
 /// All operands on one CUDA device; throws c10::Error naming the layer and the
-/// problem for anything else (and always in a build without CUDA).
+/// problem for anything else (and always in a build without CUDA). batch = 0, no
+/// layers, or layers without work (no positions, inputs or outputs) give zeros on
+/// the operands' device (the current CUDA device when there is no layer).
 at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch);
 
 namespace detail {

@@ -16,6 +16,8 @@
 // z_0), with restarts none / periodic / adaptive. The formulas are in
 // ../shared/specs/variance_reduced.md; the parameters hold y_k (Katyusha) or x_k (DASVRDA).
 #include <torch/optim/optimizer.h>
+
+#include "sgdx/optim/amp_step.h"
 #include <torch/serialize/archive.h>
 
 #include <cstdint>
@@ -80,9 +82,15 @@ struct VRParamState : public torch::optim::OptimizerCloneableParamState<VRParamS
 };
 
 /// Shared machinery: parameters, closures, evaluation counting, counters.
-class VROptimizerBase : public torch::optim::Optimizer {
+class VROptimizerBase : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   using Optimizer::Optimizer;
+  /// A skipped step (found_inf) evaluates no closure and changes nothing;
+  /// grad_scale divides the gradients every closure leaves (the batch and the full-gradient one).
+  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                            LossClosure batch) override {
+    return detail::closure_step_scaled(*this, "VR optimizer", grad_scale, found_inf, std::move(batch), &full_gradient_);
+  }
   void set_full_gradient_closure(LossClosure full_gradient) { full_gradient_ = std::move(full_gradient); }
   /// Component-gradient evaluations so far (n per full gradient, b per minibatch gradient).
   int64_t gradient_evaluations() const { return evaluations_; }

@@ -23,10 +23,13 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "sgdx/ops/cuda_kernels.h"
 #include "sgdx/ops/gradqueue_step.h"
+#include "sgdx/optim/amp_step.h"
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace sgdx::ops {
@@ -76,8 +79,10 @@ struct GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<Gra
   /// read per step instead of one per tensor), the clustered step's k-means through
   /// kmeans_cuda (CUDA float32 features within its limits) and its statistics
   /// through gradqueue_cluster_stats_cuda. Off by default until the kernels have
-  /// passed their tests on a GPU (docs/cuda.md).
-  TORCH_ARG(bool, fused_cuda) = false;
+  /// passed their tests on a GPU: the default comes from sgdx/ops/cuda_kernels.h.
+  TORCH_ARG(bool, fused_cuda) = ops::fused_cuda_default(ops::CudaKernel::gradqueue_step) &&
+                                ops::fused_cuda_default(ops::CudaKernel::gradqueue_cluster_stats) &&
+                                ops::fused_cuda_default(ops::CudaKernel::kmeans);
 
  public:
   /// Throws c10::Error naming the first invalid option and its value.
@@ -115,7 +120,7 @@ struct GradQueueStepInfo {
   int64_t kmeans_iterations = 0;
 };
 
-class GradQueueSGDM : public torch::optim::Optimizer {
+class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                          GradQueueSGDMOptions defaults);
@@ -124,8 +129,14 @@ class GradQueueSGDM : public torch::optim::Optimizer {
   /// Plain variant on the parameters' .grad. A closure's return value (the
   /// batch loss) drives the window length.
   torch::Tensor step(LossClosure closure = nullptr) override;
+  /// The plain step under a gradient scaler (sgdx/optim/amp_step.h): a skipped step
+  /// leaves every tensor, the ring (head, count, window), the loss EMA and the
+  /// step counters as they were, and drops the observed loss of that batch.
+  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                            LossClosure closure = nullptr) override;
 
-  /// Tells the optimizer the batch loss of the coming step (instead of a closure).
+  /// Tells the optimizer the batch loss of the coming step (instead of a closure);
+  /// it enters the loss EMA when that step is taken.
   void observe_loss(double loss);
 
   /// Clustered variant. `losses` [B]: per-sample losses with their graph;
@@ -139,7 +150,8 @@ class GradQueueSGDM : public torch::optim::Optimizer {
   torch::Tensor clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
                                ops::PerSampleGradients* capture = nullptr);
 
-  const GradQueueStepInfo& last_step_info() const { return info_; }
+  /// Reads the step's Delta-rho sums from the device when called (not in the step).
+  const GradQueueStepInfo& last_step_info() const;
   /// Bytes of optimizer state (queues, sums, momentum) held now.
   int64_t state_bytes() const;
 
@@ -154,19 +166,24 @@ class GradQueueSGDM : public torch::optim::Optimizer {
   void after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
   /// Pushes `grad` (+ weight decay unless `direction` is given) into the window and
   /// takes the momentum step on Delta-rho * d, or on `direction` when defined
-  /// (the clustered step's G*). Returns the sum of Delta-rho.
-  double push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o,
+  /// (the clustered step's G*). Returns the sum of Delta-rho (float64, on the device).
+  at::Tensor push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o,
                        const torch::Tensor& grad, const torch::Tensor& direction);
   /// The kernel operands of one push and step (p must be contiguous).
   ops::GradQueueTensor step_operands(const torch::Tensor& p, GradQueueSGDMParamState& st,
                                      const GradQueueSGDMOptions& o, const torch::Tensor& grad,
                                      const torch::Tensor& direction);
 
+  void take_pending_loss();
+
   double loss_ema_ = 0.0;
   bool has_loss_ema_ = false;
+  std::optional<double> pending_loss_;
   int64_t pending_trend_ = 0;  // +1 grow, -1 shrink, 0 none
   uint64_t kmeans_calls_ = 0;
-  GradQueueStepInfo info_;
+  mutable GradQueueStepInfo info_;
+  at::Tensor rho_total_;      // sum of Delta-rho of the last step (device)
+  double rho_elements_ = 0.0;  // elements it covers
 };
 
 }  // namespace sgdx::optim

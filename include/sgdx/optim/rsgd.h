@@ -13,6 +13,9 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "sgdx/ops/cuda_kernels.h"
+#include "sgdx/optim/amp_step.h"
+
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -32,6 +35,10 @@ struct RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions>
   TORCH_ARG(RSGDMemory, memory) = RSGDMemory::accumulated;
   TORCH_ARG(double, weight_decay) = 0.0;
   TORCH_ARG(uint64_t, seed) = 0;
+  /// CUDA parameters: the fused kernel instead of the ATen composition. Defaults
+  /// to what a GPU run verified (sgdx/ops/cuda_kernels.h); not read from
+  /// checkpoints (it chooses how this process computes, like a backend).
+  TORCH_ARG(bool, fused_cuda) = ops::fused_cuda_default(ops::CudaKernel::rsgd_step);
 
  public:
   /// Gamma_t for optimizer step t >= 1.
@@ -57,13 +64,15 @@ struct RSGDParamState : public torch::optim::OptimizerCloneableParamState<RSGDPa
   friend bool operator==(const RSGDParamState& lhs, const RSGDParamState& rhs);
 };
 
-class RSGD : public torch::optim::Optimizer {
+class RSGD : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                 RSGDOptions defaults);
   explicit RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults);
 
   torch::Tensor step(LossClosure closure = nullptr) override;
+  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                            LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 

@@ -10,6 +10,8 @@
 // (set_full_gradient_closure: grad F at the current parameters into .grad) and,
 // in step(), a closure for the current minibatch that it evaluates at x~ and at x.
 #include <torch/optim/optimizer.h>
+
+#include "sgdx/optim/amp_step.h"
 #include <torch/serialize/archive.h>
 
 #include <cstdint>
@@ -56,7 +58,7 @@ struct SVRGParamState : public torch::optim::OptimizerCloneableParamState<SVRGPa
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
-class SVRG : public torch::optim::Optimizer {
+class SVRG : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, SVRGOptions defaults);
   explicit SVRG(std::vector<torch::Tensor> params, SVRGOptions defaults);
@@ -69,6 +71,11 @@ class SVRG : public torch::optim::Optimizer {
   /// into .grad each time it is called (it is called at x~ and at x) and return
   /// its loss; the loss at x is returned.
   torch::Tensor step(LossClosure batch) override;
+  /// A skipped step (found_inf) evaluates no closure and changes nothing;
+  /// grad_scale divides the gradients every closure leaves (the batch and the full-gradient one).
+  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf, LossClosure batch) override {
+    return detail::closure_step_scaled(*this, "SVRG", grad_scale, found_inf, std::move(batch), &full_gradient_);
+  }
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
