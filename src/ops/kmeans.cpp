@@ -192,19 +192,26 @@ KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& op
     return kmeans(x, k, o);
   }
   auto [c, a, counts, stats] = *launched;
-  // The one host sync of the fused path: iterations, inertia and the finiteness flags in one read.
-  const auto host = stats.cpu();
-  const double* h = host.data_ptr<double>();
-  TORCH_CHECK(h[detail::kStatBadRow] < 0, "kmeans: non-finite feature in row ",
-              static_cast<int64_t>(h[detail::kStatBadRow]));
-  TORCH_CHECK(h[detail::kStatBadInit] == 0, "kmeans: initial centroids are not finite");
   out.centroids = c;
   out.assignment = a;
   out.counts = counts;
-  out.iterations = static_cast<int64_t>(h[detail::kStatIterations]);
-  out.inertia = h[detail::kStatInertia];
   out.backend = KMeansBackend::fused_cuda;
+  if (options.defer_host_read) {
+    out.stats = stats;
+    out.iterations = -1;
+    return out;
+  }
+  // The one host sync of the fused path: iterations, inertia and the finiteness flags in one read.
+  const auto host = stats.cpu();
+  detail::finish_kmeans_result(out, host.const_data_ptr<double>());
   return out;
+}
+
+void detail::finish_kmeans_result(KMeansResult& out, const double* h) {
+  TORCH_CHECK(h[kStatBadRow] < 0, "kmeans: non-finite feature in row ", static_cast<int64_t>(h[kStatBadRow]));
+  TORCH_CHECK(h[kStatBadInit] == 0, "kmeans: initial centroids are not finite");
+  out.iterations = static_cast<int64_t>(h[kStatIterations]);
+  out.inertia = h[kStatInertia];
 }
 
 KMeansBackend resolve_kmeans_backend(const at::Tensor& x, int64_t k, KMeansBackend backend) {

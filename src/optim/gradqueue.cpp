@@ -469,16 +469,21 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   } else {
     ko.backend = ops::KMeansBackend::aten;  // fused_cuda(false) means no fused kernel at all
   }
-  const auto km = ops::kmeans(features.detach(), K, ko);
+  ko.defer_host_read = true;  // folded into the read below
+  auto km = ops::kmeans(features.detach(), K, ko);
   const auto assign = km.assignment.to(losses.device());
   const auto counts = km.counts.to(losses.device(), at::kDouble);
   // One device read for the host's bookkeeping: the batch loss (it drives the window length,
-  // as a closure's would) and the cluster sizes.
-  const auto host = at::cat({losses.detach().mean().to(at::kDouble).reshape({1}), counts}).cpu();
-  observe_loss(host[0].item<double>());
+  // as a closure's would), the cluster sizes and the fused k-means' own numbers.
+  std::vector<at::Tensor> parts{losses.detach().mean().to(at::kDouble).reshape({1}), counts};
+  if (km.stats.defined()) parts.push_back(km.stats.to(losses.device()));
+  const auto host = at::cat(parts).cpu();
+  const double* h = host.const_data_ptr<double>();
+  if (km.stats.defined()) ops::detail::finish_kmeans_result(km, h + 1 + K);
+  observe_loss(h[0]);
   take_pending_loss();
   std::vector<int64_t> sizes;
-  for (int64_t k = 0; k < K; ++k) sizes.push_back(static_cast<int64_t>(host[k + 1].item<double>()));
+  for (int64_t k = 0; k < K; ++k) sizes.push_back(static_cast<int64_t>(h[k + 1]));
 
   // 2. Per-cluster mean gradients G_k, [K, *shape] per parameter.
   const auto mean_loss = losses.mean();

@@ -108,6 +108,28 @@ TEST(GradQueueClusterStats, CudaMatchesAten) {
   }
 }
 
+// Both mean layouts (float64 for exact storage, the stats dtype for ema) and operands at
+// an odd element offset (the kernel reads element by element: no alignment assumed).
+TEST(GradQueueClusterStats, CudaMeanLayoutsAndMisalignedOperands) {
+  SGDX_REQUIRE_CUDA();
+  torch::manual_seed(2);
+  for (auto dt : {torch::kFloat, torch::kHalf}) {
+    for (bool mean_double : {true, false}) {
+      auto inv = inv_of(5);
+      auto t = make(10007, 5, 1e-2, dt, torch::kCPU);
+      if (!mean_double) t.s1 = t.s1.to(sgdx::ops::gradqueue_stats_dtype(dt));
+      GradQueueClusterTensor g = t;
+      g.sums = sgdx::testing::at_odd_offset(t.sums.cuda());
+      g.param = sgdx::testing::at_odd_offset(t.param.cuda());
+      g.s1 = sgdx::testing::at_odd_offset(t.s1.cuda());
+      g.s2 = sgdx::testing::at_odd_offset(t.s2.cuda());
+      auto got = sgdx::ops::gradqueue_cluster_stats_cuda({g}, inv.cuda()).cpu();
+      auto want = sgdx::ops::gradqueue_cluster_stats_aten({t}, inv);
+      EXPECT_TRUE(torch::allclose(got, want, 1e-10, 1e-10)) << dt << " mean_double " << mean_double;
+    }
+  }
+}
+
 TEST(GradQueueClusterStats, ClearErrors) {
   auto t = make(10, 3, 0.0, torch::kFloat, torch::kCPU);
   auto inv = torch::ones({3}, torch::kDouble);

@@ -39,6 +39,10 @@ struct KMeansOptions {
   /// Optional initial centroids [k, d] (then no draws are made).
   at::Tensor init;
   KMeansBackend backend = KMeansBackend::automatic;
+  /// Fused path only: leave the one host read to the caller (who folds it into a read of
+  /// its own): the result then carries `stats` and iterations/inertia stay unset until
+  /// detail::finish_kmeans_result is called with the host copy.
+  bool defer_host_read = false;
 };
 
 struct KMeansResult {
@@ -50,6 +54,9 @@ struct KMeansResult {
   /// The implementation that produced the result: fused_cuda, or aten (also when
   /// fused_cuda was asked for but the device could not run its cooperative launch).
   KMeansBackend backend = KMeansBackend::aten;
+  /// With KMeansOptions::defer_host_read on the fused path: float64 [4] on the device
+  /// (detail::KMeansCudaStat); undefined otherwise.
+  at::Tensor stats;
 };
 
 /// Clusters the rows of x [n, d] (floating point, finite, k >= 1, n >= k unless n = 0).
@@ -96,6 +103,10 @@ enum KMeansCudaStat : int64_t {
   kStatBadInit = 3,  ///< 1 if the initial centroids have a non-finite value, else 0
   kStatCount = 4,
 };
+
+/// Checks the host copy of a deferred result's stats (non-finite input: an error naming
+/// the row) and fills iterations and inertia.
+void finish_kmeans_result(KMeansResult& result, const double* host_stats);
 
 /// The launch alone, without the host reads of kmeans_cuda (for benchmarks and
 /// for callers that keep the results on the device): {centroids, assignment,
