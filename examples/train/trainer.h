@@ -22,7 +22,7 @@ struct TrainConfig {
   double momentum = 0.9;
   double weight_decay = 0.0;
   std::string schedule = "constant";  ///< constant | cosine (per step, to 0)
-  double rsgd_gamma = 0.999, rsgd_gamma0 = 1.0, rsgd_max_prob = 1.0;
+  double rsgd_gamma = 0.999, rsgd_gamma0 = 1.0, rsgd_max_prob = 0.9;  // RSGDOptions' defaults
   std::string rsgd_granularity = "element", rsgd_memory = "accumulated";
   int64_t train_subset = 0;  ///< 0: all training examples
   bool progress = true;

@@ -8,8 +8,8 @@
 //   h_t = g_t + xi * m,   m = h_{t-1} (accumulated) or g_{t-1} (previous)
 //   theta -= lr * h_t
 // Warning: with memory=accumulated and Gamma_t -> 1, h sums every past
-// gradient (heavy ball with momentum 1). Long runs need a decaying lr (any
-// LibTorch LR scheduler) or max_prob < 1.
+// gradient (heavy ball with momentum 1): hence the default max_prob = 0.9; the
+// literal reading (max_prob 1) needs a decaying lr (any LibTorch LR scheduler).
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
@@ -30,7 +30,9 @@ struct RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions>
   TORCH_ARG(double, lr);
   TORCH_ARG(double, gamma) = 0.999;
   TORCH_ARG(double, gamma0) = 1.0;
-  TORCH_ARG(double, max_prob) = 1.0;
+  /// 0.9, not the literal 1: with accumulated memory and Gamma -> 1 the memory sums every
+  /// past gradient and a constant lr degrades late (docs/rsgd.md, "Defaults").
+  TORCH_ARG(double, max_prob) = 0.9;
   TORCH_ARG(RSGDGranularity, granularity) = RSGDGranularity::element;
   TORCH_ARG(RSGDMemory, memory) = RSGDMemory::accumulated;
   TORCH_ARG(double, weight_decay) = 0.0;
