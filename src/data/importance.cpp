@@ -9,6 +9,8 @@
 
 #include "sgdx/detail/philox.h"
 
+#include <vector>
+
 namespace sgdx::data {
 namespace {
 
@@ -159,12 +161,15 @@ void ImportanceSampler::update(const at::Tensor& indices, const at::Tensor& scor
   auto& tree = state_->tree;
   const auto* ip = idx.data_ptr<int64_t>();
   const auto* sp = sc.data_ptr<double>();
+  // Every entry is checked before any is applied: a rejected update leaves the table as it was.
+  std::vector<double> next(static_cast<size_t>(idx.numel()));
   for (const auto k : c10::irange(idx.numel())) {
     TORCH_CHECK(ip[k] >= 0 && ip[k] < tree.size(), "ImportanceSampler::update: index ", ip[k], " out of range [0, ",
                 tree.size(), ")");
     check_score(sp[k], ip[k]);
-    tree.set(ip[k], beta == 0 ? sp[k] : beta * tree.get(ip[k]) + (1 - beta) * sp[k]);
+    next[k] = beta == 0 ? sp[k] : beta * tree.get(ip[k]) + (1 - beta) * sp[k];
   }
+  for (const auto k : c10::irange(idx.numel())) tree.set(ip[k], next[k]);
 }
 
 at::Tensor ImportanceSampler::probabilities(const at::Tensor& indices) const {

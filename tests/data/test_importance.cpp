@@ -134,6 +134,19 @@ TEST(ImportanceSampler, ZeroNanAndNegativeScores) {
   SGDX_EXPECT_THROW_MSG(s.take(), "no drawn batch is waiting");
 }
 
+// A rejected update changes nothing: the entries before the bad one are not applied
+// (the probabilities of every example are as before, bit for bit).
+TEST(ImportanceSampler, RejectedUpdateLeavesTheTableUnchanged) {
+  ImportanceSampler s(6, opts(0.1));
+  s.update(torch::arange(6), torch::arange(6, torch::kDouble) + 1);
+  const auto before = s.probabilities(torch::arange(6));
+  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({0, 1, 2}), torch::tensor({7.0, 8.0, std::nan("")})),
+                        "score of example 2 must be finite");
+  EXPECT_TRUE(torch::equal(s.probabilities(torch::arange(6)), before));
+  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({3, 4, 6}), torch::tensor({1.0, 2.0, 3.0})), "index 6 out of range");
+  EXPECT_TRUE(torch::equal(s.probabilities(torch::arange(6)), before));
+}
+
 // Beyond torch::multinomial's 2^24 categories: the last example can be drawn.
 TEST(ImportanceSampler, MoreThanTwoToThe24Examples) {
   const int64_t n = (int64_t{1} << 24) + 1;
