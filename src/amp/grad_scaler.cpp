@@ -128,7 +128,12 @@ torch::Tensor GradScaler::step(torch::optim::Optimizer& optimizer,
     if (state.found_inf_per_device.empty()) {
       state.found_inf_per_device.emplace_back(scale_.device(), at::zeros({}, scale_.options()));
     }
-    auto loss = amp->step_scaled(unscaled ? at::Tensor() : scale_, found_inf_sum(state), std::move(closure));
+    // One flag for the step, kept as this optimizer's finding: with a closure the optimizer
+    // adds what the closure's gradients show (checked as it unscales them) in place, so
+    // update() sees both that and what .grad held when step() was called.
+    auto found = found_inf_sum(state);
+    state.found_inf_per_device.assign(1, {found.device(), found});
+    auto loss = amp->step_scaled(unscaled ? at::Tensor() : scale_, found, std::move(closure));
     state.stage = Stage::stepped;
     return loss;
   }

@@ -129,14 +129,12 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  // The closure's gradients are checked as they are unscaled (the scaler's found_inf
+  // then covers them); otherwise found_inf was formed from .grad before the step.
+  const bool checked = closure != nullptr && grad_scale.defined();
+  if (checked) detail::amp_check_and_unscale_(detail::defined_grads(*this), grad_scale, found_inf, "RSGD");
   if (detail::amp_skip(found_inf, "RSGD")) return loss;  // before any counter moves
-  if (grad_scale.defined()) {
-    std::vector<at::Tensor> grads;
-    for (auto& group : param_groups_)
-      for (auto& p : group.params())
-        if (p.grad().defined()) grads.push_back(p.mutable_grad());
-    detail::amp_unscale_(grads, grad_scale, "RSGD");
-  }
+  if (grad_scale.defined() && !checked) detail::amp_unscale_(detail::defined_grads(*this), grad_scale, "RSGD");
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];

@@ -788,6 +788,74 @@ TEST(GradScalerEquivalence, DASVRDA) {
   expect_vr_scaled_equals_unscaled<sgdx::optim::DASVRDA>(make_dasvrda);
 }
 
+// An overflow that appears only inside the step's closures (nothing in .grad when step()
+// is called) skips the step all the same: the closure's gradients are checked as they are
+// unscaled; the closure-driven optimizers restore their snapshot. The scale backs off.
+namespace {
+template <typename Opt>
+void expect_closure_overflow_skips(const std::function<std::unique_ptr<Opt>(const at::Tensor&)>& make) {
+  Logistic32 prob(kVrN, 5);
+  const auto batches = vr_batches(6);
+  auto w = torch::zeros({5}, torch::requires_grad());
+  auto opt = make(w);
+  GradScaler scaler;
+  for (int k = 0; k < 4; ++k) scaled_vr_iteration(*opt, prob, w, scaler, batches[k]);
+  const auto w_before = w.detach().clone();
+  const auto state_before = bytes_of(*opt);
+  const double scale = scaler.get_scale();
+  w.mutable_grad().reset();
+  auto bad_batch = [&] {
+    auto l = prob.loss(w, batches[4]);
+    scaler.scale(l).backward();
+    w.grad()[2].fill_(kInf);
+    return l;
+  };
+  scaler.step(*opt, bad_batch);
+  scaler.update();
+  EXPECT_TRUE(torch::equal(w, w_before));
+  EXPECT_TRUE(bytes_of(*opt) == state_before) << "the optimizer's serialized state changed";
+  EXPECT_EQ(scaler.get_scale(), scale * 0.5);
+}
+}  // namespace
+
+TEST(GradScalerClosureOverflow, SVRG) { expect_closure_overflow_skips<sgdx::optim::SVRG>(make_svrg); }
+TEST(GradScalerClosureOverflow, Katyusha) { expect_closure_overflow_skips<sgdx::optim::Katyusha>(make_katyusha); }
+TEST(GradScalerClosureOverflow, DASVRDA) { expect_closure_overflow_skips<sgdx::optim::DASVRDA>(make_dasvrda); }
+
+TEST(GradScalerClosureOverflow, RSGDAndGradQueue) {
+  for (int which = 0; which < 2; ++which) {
+    torch::manual_seed(3);
+    auto w = torch::randn({6}, torch::requires_grad());
+    std::unique_ptr<Optimizer> opt;
+    if (which == 0) opt = std::make_unique<sgdx::optim::RSGD>(std::vector<at::Tensor>{w}, sgdx::optim::RSGDOptions(0.1));
+    else opt = std::make_unique<sgdx::optim::GradQueueSGDM>(std::vector<at::Tensor>{w},
+                                                            sgdx::optim::GradQueueSGDMOptions(0.1).q_min(2));
+    GradScaler scaler;
+    scaler.scale(at::zeros({}));  // the scale exists before the first step (a closure-only loop creates none)
+    auto closure = [&](bool bad) {
+      return [&, bad] {
+        w.mutable_grad().reset();
+        auto l = (w * w).sum();
+        scaler.scale(l).backward();
+        if (bad) w.grad()[0].fill_(kInf);
+        return l;
+      };
+    };
+    for (int k = 0; k < 4; ++k) {
+      scaler.step(*opt, closure(false));
+      scaler.update();
+    }
+    const auto w_before = w.detach().clone();
+    const auto state_before = bytes_of(*opt);
+    const double scale = scaler.get_scale();
+    scaler.step(*opt, closure(true));
+    scaler.update();
+    EXPECT_TRUE(torch::equal(w, w_before)) << which;
+    EXPECT_TRUE(bytes_of(*opt) == state_before) << which;
+    EXPECT_EQ(scaler.get_scale(), scale * 0.5) << which;
+  }
+}
+
 // ---------------------------------------------------------------- CUDA
 
 TEST(GradScalerCuda, SkipRSGDAndGradQueue) {

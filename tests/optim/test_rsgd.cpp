@@ -159,7 +159,7 @@ TEST(RSGD, Gamma0ZeroIsHeavyBallWithMomentumOne) {
   torch::manual_seed(1);
   auto a = torch::randn({17}, torch::kDouble).requires_grad_();
   auto b = a.detach().clone().requires_grad_();
-  RSGD rsgd({a}, RSGDOptions(0.01).gamma0(0.0));
+  RSGD rsgd({a}, RSGDOptions(0.01).gamma0(0.0).max_prob(1.0));
   torch::optim::SGD sgd({b}, torch::optim::SGDOptions(0.01).momentum(1.0).dampening(0.0));
   for (int s = 0; s < 30; ++s) {
     auto g = torch::randn_like(a);

@@ -18,7 +18,11 @@ class AmpScaledStep {
   ///     (in place, so .grad holds the unscaled gradient afterwards).
   ///   found_inf: optional float32 scalar: non-zero means the step is skipped
   ///     and changes nothing at all (parameters, every state tensor, counters,
-  ///     random streams, loss statistics). It is read at most once per step.
+  ///     random streams, loss statistics; GradQueueSGDM drops the skipped batch's
+  ///     observed loss). It is read once per step.
+  /// With a closure and grad_scale, the gradients the closure computes are checked
+  /// for inf/nan as they are unscaled and the finding is added to found_inf in
+  /// place (so the scaler's update() backs off); the step is skipped on it.
   virtual torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
                                     torch::optim::Optimizer::LossClosure closure = nullptr) = 0;
 };
@@ -28,9 +32,17 @@ namespace detail {
 bool amp_skip(const at::Tensor& found_inf, const char* who);
 /// Checks grad_scale (one float32 value, no host read) and divides `grads` by it in place.
 void amp_unscale_(const std::vector<at::Tensor>& grads, const at::Tensor& grad_scale, const char* who);
+/// Divides `grads` by grad_scale and adds 1 to found_inf (in place) if any is inf/nan:
+/// _amp_foreach_non_finite_check_and_unscale_ per device and dtype, no host read.
+void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tensor& grad_scale,
+                            const at::Tensor& found_inf, const char* who);
+/// The .grad of every parameter of `optimizer` that has one.
+std::vector<at::Tensor> defined_grads(torch::optim::Optimizer& optimizer);
 /// step_scaled of the closure-driven optimizers: skip without evaluating any closure, or
-/// step with closures whose gradients are divided by grad_scale after they run: the batch
-/// closure and, for the step's duration, the optimizer's full-gradient closure `*full`.
+/// step with closures whose gradients are checked and divided by grad_scale after they run
+/// (the batch closure and, for the step's duration, the full-gradient closure `*full`).
+/// Their overflow is known only after the step, so the step runs on a snapshot of the
+/// parameters and the optimizer's state, restored when found_inf turned non-zero.
 torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who, const at::Tensor& grad_scale,
                                   const at::Tensor& found_inf, torch::optim::Optimizer::LossClosure closure,
                                   torch::optim::Optimizer::LossClosure* full);
