@@ -6,6 +6,7 @@
 #include <c10/util/irange.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/csrc/autograd/generated/Functions.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/nn/modules.h>
@@ -58,6 +59,24 @@ std::vector<int64_t> as_ints(const std::vector<c10::SymInt>& v) {
   return out;
 }
 
+// Where the batch lies in a layer input of shape `sizes` whose last dim is the
+// features. The capture reads the input row-major as [B, rows/B, F]: true when
+// the batch is the first dim not of size 1 and no other leading dim also has
+// size B (then the shapes cannot say which one is the batch).
+enum class BatchLayout { first, not_first, ambiguous };
+
+BatchLayout batch_layout(c10::IntArrayRef sizes, int64_t batch) {
+  if (batch == 1) return BatchLayout::first;  // every row belongs to the one sample
+  const auto lead = sizes.slice(0, sizes.size() - 1);
+  const auto hits = std::count(lead.begin(), lead.end(), batch);
+  if (hits > 1) return BatchLayout::ambiguous;
+  for (const auto s : lead) {
+    if (s == batch) return BatchLayout::first;
+    if (s != 1) break;
+  }
+  return BatchLayout::not_first;
+}
+
 // A sum over all dims but the first: [B, ...] -> [B].
 at::Tensor per_row_sum(const at::Tensor& t) { return t.reshape({t.size(0), -1}).sum(1); }
 
@@ -72,6 +91,8 @@ class CapturedLayer {
   int64_t batch = 0;
 
   bool ready() const { return slot->d.defined(); }
+  /// Refuses what only the captured gradient shows (called once it is ready).
+  virtual void check_captured() const {}
   /// [B] squared norm of this layer's included parameters.
   virtual at::Tensor sq_norms(NormStrategy strategy) const = 0;
   /// Per-sample gradients of the included parameters for samples `idx`: weight then bias.
@@ -119,7 +140,16 @@ namespace {
 class LinearLayer : public CapturedLayer {
  public:
   at::Tensor a;  // undefined when the weight is left out
+  bool check_output_layout = false;  // bias only: the batch layout is read from the captured gradient
 
+  void check_captured() const override {
+    if (!check_output_layout) return;
+    const auto& d = slot->d;
+    const auto layout = d.dim() >= 2 ? batch_layout(d.sizes(), batch) : BatchLayout::not_first;
+    TORCH_CHECK(layout == BatchLayout::first, "per-sample gradients: Linear layer '", name,
+                "' (bias only) has output of shape ", d.sizes(), ", whose batch dimension cannot be established as "
+                "its first for batch size ", batch, "; give the layer a batch-first [B, ..., F] input");
+  }
   at::Tensor D() const { return slot->d.reshape({batch, -1, slot->d.size(-1)}); }     // [B, T, p]
   at::Tensor A() const { return a.reshape({batch, -1, a.size(-1)}); }                   // [B, T, d]
 
@@ -474,6 +504,183 @@ std::string join(const std::string& prefix, const std::string& name) {
               ", which sgdx does not recognise (expected the module's standard forward)");
 }
 
+bool is_view_node(const Node* n) {
+  return dynamic_cast<const gen::ViewBackward0*>(n) || dynamic_cast<const gen::UnsafeViewBackward0*>(n) ||
+         dynamic_cast<const gen::ReshapeAliasBackward0*>(n);
+}
+
+std::vector<int64_t> view_source_sizes(const Node* n) {
+  if (auto* v = dynamic_cast<const gen::ViewBackward0*>(n)) return as_ints(v->self_sym_sizes);
+  if (auto* v = dynamic_cast<const gen::UnsafeViewBackward0*>(n)) return as_ints(v->self_sym_sizes);
+  return as_ints(dynamic_cast<const gen::ReshapeAliasBackward0*>(n)->self_sym_sizes);
+}
+
+// Elementwise ops of one tensor input: a row of their output is the same row of their input.
+bool is_rowwise_node(const Node* n) {
+  return dynamic_cast<const gen::ReluBackward0*>(n) || dynamic_cast<const gen::TanhBackward0*>(n) ||
+         dynamic_cast<const gen::SigmoidBackward0*>(n) || dynamic_cast<const gen::GeluBackward0*>(n) ||
+         dynamic_cast<const gen::SiluBackward0*>(n) || dynamic_cast<const gen::EluBackward0*>(n) ||
+         dynamic_cast<const gen::LeakyReluBackward0*>(n) || dynamic_cast<const gen::HardtanhBackward0*>(n) ||
+         dynamic_cast<const gen::SoftplusBackward0*>(n) || dynamic_cast<const gen::NativeDropoutBackward0*>(n) ||
+         dynamic_cast<const gen::MulBackward1*>(n);
+}
+
+// Whether input `slot` of `n` is a parameter (a leaf that requires grad),
+// possibly transposed; an input without gradient counts only if `required` is false.
+bool is_parameter_edge(const Node& n, size_t slot, bool required) {
+  const Node* f = n.next_edge(slot).function.get();
+  if (f == nullptr) return !required;
+  if (dynamic_cast<const gen::TBackward0*>(f)) f = f->next_edge(0).function.get();
+  return dynamic_cast<const torch::autograd::AccumulateGrad*>(f) != nullptr;
+}
+
+// The shape whose row-major flattening is the [R, F] matrix a Linear layer
+// multiplies, as far as the graph establishes it (empty when it does not);
+// `how` says where the rows come from. Reshapes compose to one row-major
+// reshape, so a chain of view/reshape nodes is followed to its start. A 2-D
+// matrix made by row-wise ops (elementwise activations, a product with a
+// parameter as an earlier Linear computes it) is followed up to the reshape
+// that made its rows. Without gradients the saved
+// matrix's view base is read instead, when the matrix covers whole
+// leading-dim slices of a contiguous base. A matrix that is no view and has no
+// graph is a 2-D input or a copy of a non-contiguous input made inside
+// matmul: not established.
+std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor saved, std::vector<int64_t> matrix,
+                                   std::string& how) {
+  const Node* cur = &op;
+  size_t slot = input_slot;
+  bool first = true;
+  for (int hops = 0; hops < 256; ++hops, first = false) {
+    const Node* n = cur->next_edge(slot).function.get();
+    if (n != nullptr && is_rowwise_node(n)) {
+      cur = n;
+      slot = 0;
+      saved = at::Tensor();
+      continue;
+    }
+    // An earlier Linear: output row r is input row r times a parameter (plus a parameter).
+    if (auto* mm = dynamic_cast<const gen::AddmmBackward0*>(n); mm && is_parameter_edge(*n, 2, true) &&
+                                                                 is_parameter_edge(*n, 0, false)) {
+      cur = n;
+      slot = 1;
+      saved = mm->mat1_.unpack();
+      matrix = as_ints(mm->mat1_sym_sizes);
+      continue;
+    }
+    if (auto* mm = dynamic_cast<const gen::MmBackward0*>(n); mm && is_parameter_edge(*n, 1, true)) {
+      cur = n;
+      slot = 0;
+      saved = mm->self_.unpack();
+      matrix = as_ints(mm->self_sym_sizes);
+      continue;
+    }
+    if (n != nullptr && is_view_node(n)) {
+      std::vector<int64_t> sizes, last;  // the earliest shape with the features last; the earliest shape
+      for (; n != nullptr && is_view_node(n) && hops < 256; ++hops) {
+        last = view_source_sizes(n);
+        if (last.size() >= 2 && last.back() == matrix[1]) sizes = last;
+        n = n->next_edge(0).function.get();
+      }
+      if (sizes.empty()) {
+        how = "a reshape of a tensor of shape " + c10::str(c10::IntArrayRef(last)) +
+              " that does not keep the feature dimension last";
+        return {};
+      }
+      how = "a reshape of a tensor of shape " + c10::str(c10::IntArrayRef(sizes));
+      return sizes;
+    }
+    if (n != nullptr) {
+      how = first ? std::string("a 2-D tensor made by ") + n->name()
+                  : std::string("row-wise operations on a 2-D tensor made by ") + n->name();
+      return {};
+    }
+    if (!saved.defined()) {
+      how = "a matrix with no recorded origin";
+      return {};
+    }
+    if (!saved.is_view()) {
+      how = "a matrix with no recorded reshape (no gradient flows into it and it is no view: a 2-D input, or a "
+            "non-contiguous input copied inside matmul)";
+      return {};
+    }
+    const auto base = saved._base();
+    how = "a view of a tensor of shape " + c10::str(base.sizes());
+    const auto offset = static_cast<int64_t>(static_cast<const char*>(saved.data_ptr()) -
+                                             static_cast<const char*>(base.data_ptr())) /
+                        static_cast<int64_t>(saved.element_size());
+    if (base.dim() < 2 || !base.is_contiguous() || !saved.is_contiguous() || base.size(-1) != matrix[1] ||
+        base.numel() == 0 || offset < 0 || base.scalar_type() != saved.scalar_type()) {
+      how += " that sgdx cannot map to its rows";
+      return {};
+    }
+    const int64_t inner = base.numel() / base.size(0);
+    if (offset % inner != 0 || saved.numel() % inner != 0 || offset + saved.numel() > base.numel()) {
+      how += " that does not cover whole slices of its first dimension";
+      return {};
+    }
+    auto sizes = base.sizes().vec();
+    sizes[0] = saved.numel() / inner;
+    return sizes;
+  }
+  how = "a chain of operations too long to follow";
+  return {};
+}
+
+// BatchNorm in eval mode (running statistics) is the per-channel affine map
+// y = gamma * xhat + beta with xhat = (x - running_mean) / sqrt(running_var + eps)
+// fixed per sample, so its per-sample gradients are those of GroupNorm's affine
+// part. In training mode (or without running statistics) xhat uses the batch's
+// statistics, which couple the samples: refused.
+template <class N>
+std::unique_ptr<CapturedLayer> batchnorm_eval(const std::string& label, N& n, double eps, int64_t batch) {
+  TORCH_CHECK(!n.training, "per-sample gradients are not defined for BatchNorm layer '", label,
+              "': in training mode (or with track_running_stats=false) it normalises with the statistics of the "
+              "batch, which couple its samples (call eval() on it, use GroupNorm or LayerNorm, or ignore its "
+              "parameters with PerSampleOptions::ignore)");
+  auto x = n.input_.unpack();
+  auto mean = n.running_mean_.unpack(), var = n.running_var_.unpack();
+  TORCH_CHECK(x.defined() && mean.defined() && var.defined(), "per-sample gradients: the input or running statistics "
+              "of BatchNorm layer '", label, "' were not saved by autograd");
+  TORCH_CHECK(x.dim() >= 2 && x.size(0) == batch, "per-sample gradients: BatchNorm layer '", label,
+              "' needs batch-first [B, C, ...] input with batch size ", batch, ", got ", x.sizes());
+  std::vector<int64_t> channel(x.dim(), 1);
+  channel[1] = x.size(1);
+  auto l = std::make_unique<NormLayer>();
+  l->xhat = (x - mean.reshape(channel)) * (var.reshape(channel) + eps).rsqrt();
+  l->param_shape = {x.size(1)};
+  l->channel_first = true;
+  return l;
+}
+
+std::unique_ptr<CapturedLayer> batchnorm_layer(const std::string& label, Node& node, int64_t batch) {
+  if (auto* n = dynamic_cast<gen::NativeBatchNormBackward0*>(&node)) return batchnorm_eval(label, *n, n->eps, batch);
+  if (auto* n = dynamic_cast<gen::CudnnBatchNormBackward0*>(&node))
+    return batchnorm_eval(label, *n, n->epsilon, batch);
+  if (auto* n = dynamic_cast<gen::MiopenBatchNormBackward0*>(&node))
+    return batchnorm_eval(label, *n, n->epsilon, batch);
+  unexpected(label, "BatchNorm", node);
+}
+
+// Refuses a Linear layer whose batch rows cannot be established.
+void check_linear_batch(const std::string& label, c10::IntArrayRef matrix, const std::vector<int64_t>& origin,
+                        const std::string& how, int64_t batch) {
+  TORCH_CHECK(matrix[0] % batch == 0, "per-sample gradients: Linear layer '", label, "' saw ", matrix[0],
+              " rows, not a multiple of the batch size ", batch, " (inputs must be batch-first)");
+  if (matrix[0] == batch) return;  // one row per sample, whatever the shape before
+  TORCH_CHECK(!origin.empty(), "per-sample gradients: Linear layer '", label,
+              "' multiplies a ", matrix, " matrix whose ", matrix[0], " rows (a multiple of the batch size ", batch,
+              ") come from ", how, ", so its batch dimension cannot be established; give the layer a batch-first, "
+              "contiguous [B, ..., F] tensor");
+  const auto layout = batch_layout(origin, batch);
+  TORCH_CHECK(layout != BatchLayout::ambiguous, "per-sample gradients: Linear layer '", label, "' input of shape ",
+              c10::IntArrayRef(origin), " (", how, ") has more than one leading dimension of the batch size ", batch,
+              ", so the batch dimension cannot be established; use a batch size that differs from the other "
+              "dimensions");
+  TORCH_CHECK(layout == BatchLayout::first, "per-sample gradients: Linear layer '", label, "' input of shape ",
+              c10::IntArrayRef(origin), " (", how, ") is not batch-first for batch size ", batch,
+              " (sequence-first [T, B, F] input?); transpose it to [B, T, F] before the layer");
+}
+
 }  // namespace
 
 PerSampleGradients::PerSampleGradients(const torch::nn::Module& model, PerSampleOptions options)
@@ -516,17 +723,15 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
     const bool batchnorm = dynamic_cast<const torch::nn::BatchNorm1dImpl*>(&m) ||
                            dynamic_cast<const torch::nn::BatchNorm2dImpl*>(&m) ||
                            dynamic_cast<const torch::nn::BatchNorm3dImpl*>(&m);
-    TORCH_CHECK(!batchnorm, "per-sample gradients are not defined for BatchNorm layer '", label,
-                "': in training mode it couples the samples of a batch (use GroupNorm or LayerNorm, or ignore its "
-                "parameters with PerSampleOptions::ignore)");
     const bool linear = dynamic_cast<const torch::nn::LinearImpl*>(&m) != nullptr;
     const bool conv = dynamic_cast<const torch::nn::Conv2dImpl*>(&m) != nullptr;
     const bool embedding = dynamic_cast<const torch::nn::EmbeddingImpl*>(&m) != nullptr;
     const bool layernorm = dynamic_cast<const torch::nn::LayerNormImpl*>(&m) != nullptr;
     const bool groupnorm = dynamic_cast<const torch::nn::GroupNormImpl*>(&m) != nullptr;
-    TORCH_CHECK(linear || conv || embedding || layernorm || groupnorm, "per-sample gradients: layer '", label,
-                "' of type ", type, " has trainable parameters but is not supported (supported: Linear, Conv2d, "
-                "Embedding, LayerNorm, GroupNorm); ignore its parameters with PerSampleOptions::ignore");
+    TORCH_CHECK(linear || conv || embedding || layernorm || groupnorm || batchnorm, "per-sample gradients: layer '",
+                label, "' of type ", type, " has trainable parameters but is not supported (supported: Linear, "
+                "Conv2d, Embedding, LayerNorm, GroupNorm, BatchNorm in eval mode); ignore its parameters with "
+                "PerSampleOptions::ignore");
     for (const auto& [pname, _] : own) {
       TORCH_CHECK(pname == "weight" || pname == "bias", "per-sample gradients: layer '", label,
                   "' has an unexpected parameter '", pname, "'");
@@ -544,21 +749,33 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
     std::unique_ptr<CapturedLayer> layer;
     if (linear) {
       auto l = std::make_unique<LinearLayer>();
+      // The matrix the layer multiplies: its input with all leading dims flattened.
+      at::Tensor saved;
+      std::vector<int64_t> matrix;
+      size_t input_slot = 0;
       if (auto* n = dynamic_cast<gen::AddmmBackward0*>(node.get())) {
-        if (has_w) l->a = n->mat1_.unpack();
+        saved = n->mat1_.unpack();
+        matrix = as_ints(n->mat1_sym_sizes);
+        input_slot = 1;
       } else if (auto* n = dynamic_cast<gen::MmBackward0*>(node.get())) {
-        if (has_w) l->a = n->self_.unpack();
+        saved = n->self_.unpack();
+        matrix = as_ints(n->self_sym_sizes);
       } else if (!has_w && dynamic_cast<gen::AddBackward0*>(node.get())) {
-        // bias only, added after a matmul: the add's output gradient is the layer's.
+        // bias only, added after a matmul: the add's output gradient is the layer's,
+        // shaped like the layer's output; its batch layout is checked once captured.
+        l->check_output_layout = true;
       } else {
         unexpected(label, "Linear", *node);
       }
+      if (has_w) l->a = saved;
       TORCH_CHECK(!has_w || l->a.defined(), "per-sample gradients: the input of Linear layer '", label,
                   "' was not saved by autograd");
-      if (has_w) {
-        TORCH_CHECK(l->a.dim() == 2 && l->a.size(0) % batch_size == 0, "per-sample gradients: Linear layer '", label,
-                    "' saw ", l->a.size(0), " rows, not a multiple of the batch size ", batch_size,
-                    " (inputs must be batch-first)");
+      if (!matrix.empty()) {
+        TORCH_CHECK(matrix.size() == 2, "per-sample gradients: Linear layer '", label, "' multiplies a ",
+                    c10::IntArrayRef(matrix), " tensor, expected a matrix");
+        std::string how;
+        const auto origin = linear_origin(*node, input_slot, saved, matrix, how);
+        check_linear_batch(label, matrix, origin, how, batch_size);
       }
       layer = std::move(l);
     } else if (conv) {
@@ -591,6 +808,8 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
       TORCH_CHECK(l->indices.dim() >= 1 && l->indices.size(0) == batch_size, "per-sample gradients: Embedding layer '",
                   label, "' needs batch-first indices with batch size ", batch_size, ", got ", l->indices.sizes());
       layer = std::move(l);
+    } else if (batchnorm) {
+      layer = batchnorm_layer(label, *node, batch_size);
     } else {
       auto l = std::make_unique<NormLayer>();
       if (auto* n = dynamic_cast<gen::NativeLayerNormBackward0*>(node.get())) {
@@ -636,6 +855,7 @@ void PerSampleGradients::check_ready() const {
   for (const auto& l : layers_) {
     TORCH_CHECK(l->ready(), "per-sample gradients: no output gradient was captured for layer '", l->name,
                 "' (call backward on the attached loss first)");
+    l->check_captured();
   }
 }
 

@@ -276,3 +276,221 @@ TEST(PerSample, ClearErrors) {
   PerSampleGradients cap2(twice);
   SGDX_EXPECT_THROW_MSG(cap2.attach(twice.l->forward(twice.l->forward(x)).sum(), 5), "used 2 times in the graph");
 }
+
+namespace {
+
+// Per-sample gradients of every trainable parameter of `model` (named_parameters()
+// order, [B, *shape]), one backward per sample: `loss_of(i)` is sample i's loss.
+std::vector<at::Tensor> loop_grads(nn::Module& model, int64_t B, const std::function<at::Tensor(int64_t)>& loss_of) {
+  std::vector<at::Tensor> params;
+  for (auto& p : model.parameters()) params.push_back(p);
+  std::vector<std::vector<at::Tensor>> per(params.size());
+  for (int64_t i = 0; i < B; ++i) {
+    auto g = torch::autograd::grad({loss_of(i)}, params, {}, false, false, /*allow_unused=*/true);
+    for (size_t k = 0; k < params.size(); ++k) per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
+  }
+  std::vector<at::Tensor> out;
+  for (auto& v : per) out.push_back(torch::stack(v));
+  return out;
+}
+
+// Captures `model` on x with a summed loss and compares every per-sample gradient
+// and norm with `want` (from loop_grads).
+void expect_matches(nn::Sequential& model, const at::Tensor& x, const at::Tensor& y, int64_t B,
+                    const std::vector<at::Tensor>& want) {
+  PerSampleOptions options;
+  options.reduction = LossReduction::sum;
+  PerSampleGradients cap(*model, options);
+  auto loss = 0.5 * (model->forward(x) - y).pow(2).sum();
+  cap.attach(loss, B);
+  loss.backward();
+  std::vector<at::Tensor> flat;
+  const auto named = model->named_parameters();
+  for (size_t k = 0; k < named.size(); ++k) {
+    EXPECT_LE(rel_err(cap.per_sample_grad(named.keys()[k]), want[k]), kTol64) << named.keys()[k];
+    flat.push_back(want[k].reshape({B, -1}));
+  }
+  EXPECT_LE(rel_err(cap.norms(), torch::cat(flat, 1).norm(2, 1)), kTol64);
+}
+
+nn::Functional fn(std::function<at::Tensor(at::Tensor)> f) { return nn::Functional(std::move(f)); }
+
+}  // namespace
+
+// A Linear layer on sequence-first [T, B, F] input used to give wrong norms silently.
+TEST(PerSample, SequenceFirstLinearIsRefused) {
+  torch::manual_seed(9);
+  const int64_t T = 5, B = 3;
+  auto m = dbl(nn::Sequential(nn::Linear(4, 3), nn::Tanh(), nn::Linear(3, 2)));
+  for (bool grad_in : {false, true}) {
+    auto x = torch::randn({T, B, 4}, torch::kDouble).requires_grad_(grad_in);
+    PerSampleGradients cap(*m);
+    auto loss = m->forward(x).pow(2).sum();
+    SGDX_EXPECT_THROW_MSG(cap.attach(loss, B), "Linear layer '0' input of shape [5, 3, 4]");
+    SGDX_EXPECT_THROW_MSG(cap.attach(loss, B), "is not batch-first for batch size 3 (sequence-first [T, B, F] input?)");
+    // With the first layer left out, the second one (on [T, B, 3]) is refused.
+    PerSampleGradients cap2(*m, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"0.weight", "0.bias"}});
+    SGDX_EXPECT_THROW_MSG(cap2.attach(loss, B), "Linear layer '2' input of shape [5, 3, 3] (a reshape of a tensor of "
+                                                "shape [5, 3, 3]) is not batch-first");
+  }
+  // T == B: the shapes cannot tell [T, B, F] from [B, T, F].
+  PerSampleGradients cap(*m);
+  SGDX_EXPECT_THROW_MSG(cap.attach(m->forward(torch::randn({B, B, 4}, torch::kDouble)).sum(), B),
+                        "has more than one leading dimension of the batch size 3");
+}
+
+TEST(PerSample, BatchFirstLinearMatchesLoopOverSamples) {
+  torch::manual_seed(10);
+  const int64_t B = 3, T = 5;
+  for (bool bias : {true, false}) {
+    for (bool grad_in : {false, true}) {
+      auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(4, 3).bias(bias)), nn::Tanh(), nn::Linear(3, 2)));
+      auto x = torch::randn({B, T, 4}, torch::kDouble).requires_grad_(grad_in);
+      check(m, x, kTol64);
+      auto y = torch::randn({B, T, 2}, torch::kDouble);
+      auto want = loop_grads(*m, B, [&](int64_t i) {
+        return 0.5 * (m->forward(x.slice(0, i, i + 1)) - y.slice(0, i, i + 1)).pow(2).sum();
+      });
+      expect_matches(m, x, y, B, want);
+    }
+  }
+  // A batch sliced out of a larger contiguous data set (a view with an offset).
+  auto m = dbl(nn::Sequential(nn::Linear(4, 3), nn::Tanh(), nn::Linear(3, 2)));
+  auto data = torch::randn({7, T, 4}, torch::kDouble);
+  check(m, data.slice(0, 2, 2 + B), kTol64);
+}
+
+TEST(PerSample, FlattenedBatchFirstReshape) {
+  torch::manual_seed(11);
+  const int64_t B = 3, T = 5;
+  // [B, T, 4] -> [B*T, 4] -> two Linear layers -> [B, T*2]: the rows are traced to the reshape.
+  auto m = dbl(nn::Sequential(fn([](at::Tensor x) { return x.reshape({-1, x.size(-1)}); }), nn::Linear(4, 3),
+                              nn::Tanh(), nn::Linear(3, 2), fn([](at::Tensor x) { return x.reshape({-1, 5 * 2}); })));
+  for (bool grad_in : {false, true}) {
+    auto x = torch::randn({B, T, 4}, torch::kDouble).requires_grad_(grad_in);
+    check(m, x, kTol64);
+    check(m, x, kTol64, LossReduction::mean, NormStrategy::automatic, {"1.weight", "1.bias"});
+  }
+  // The same reshape of sequence-first input is refused, with or without gradients.
+  for (bool grad_in : {false, true}) {
+    auto x = torch::randn({T, B, 4}, torch::kDouble).requires_grad_(grad_in);
+    PerSampleGradients cap(*m);
+    SGDX_EXPECT_THROW_MSG(cap.attach(m->forward(x).sum(), B), "Linear layer '1' input of shape [5, 3, 4]");
+    SGDX_EXPECT_THROW_MSG(cap.attach(m->forward(x).sum(), B), "is not batch-first for batch size 3");
+  }
+  // Rows that are a multiple of B from nowhere traceable: a [B*T, F] matrix handed over as is.
+  auto lin = dbl(nn::Sequential(nn::Linear(4, 2)));
+  PerSampleGradients cap(*lin);
+  SGDX_EXPECT_THROW_MSG(cap.attach(lin->forward(torch::randn({B * T, 4}, torch::kDouble)).sum(), B),
+                        "Linear layer '0' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
+                        "come from a matrix with no recorded reshape");
+  // An op that is not known to keep rows apart (here a cumulative sum over rows) stops the trace.
+  auto sq = dbl(
+      nn::Sequential(fn([](at::Tensor x) { return x.reshape({-1, x.size(-1)}).cumsum(0); }), nn::Linear(4, 2)));
+  PerSampleGradients cap_sq(*sq);
+  SGDX_EXPECT_THROW_MSG(cap_sq.attach(sq->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
+                        "come from a 2-D tensor made by CumsumBackward0");
+  // Nor is a product with a matrix made from the data (here r r^T r) a row-wise op.
+  auto mix = dbl(nn::Sequential(fn([](at::Tensor x) {
+                                  auto r = x.reshape({-1, x.size(-1)});
+                                  return r.mm(r.t().mm(r));
+                                }),
+                                nn::Linear(4, 2)));
+  PerSampleGradients cap_mix(*mix);
+  SGDX_EXPECT_THROW_MSG(cap_mix.attach(mix->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
+                        "come from a 2-D tensor made by MmBackward0");
+}
+
+TEST(PerSample, TransposedSequenceFirstInput) {
+  torch::manual_seed(12);
+  const int64_t B = 3, T = 5;
+  auto to_batch_first = fn([](at::Tensor x) { return x.transpose(0, 1); });
+  auto m = dbl(nn::Sequential(to_batch_first, nn::Linear(4, 3), nn::Tanh(), nn::Linear(3, 2)));
+  auto y = torch::randn({B, T, 2}, torch::kDouble);
+  // With gradients into the input, the graph shows the transpose's copy as [B, T, F]: exact.
+  auto x = torch::randn({T, B, 4}, torch::kDouble).requires_grad_();
+  auto want = loop_grads(*m, B, [&](int64_t i) {
+    return 0.5 * (m->forward(x.slice(1, i, i + 1)) - y.slice(0, i, i + 1)).pow(2).sum();
+  });
+  expect_matches(m, x, y, B, want);
+  const auto want_m = want;
+  // Without, matmul copies the non-contiguous input where the graph cannot see it: refused...
+  auto x0 = x.detach();
+  {
+    PerSampleGradients cap(*m);
+    SGDX_EXPECT_THROW_MSG(cap.attach(m->forward(x0).sum(), B),
+                          "Linear layer '1' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
+                          "come from a matrix with no recorded reshape");
+  }
+  // ...and exact once made contiguous.
+  auto mc = dbl(nn::Sequential(fn([](at::Tensor x) { return x.transpose(0, 1).contiguous(); }), nn::Linear(4, 3),
+                               nn::Tanh(), nn::Linear(3, 2)));
+  want = loop_grads(*mc, B, [&](int64_t i) {
+    return 0.5 * (mc->forward(x0.slice(1, i, i + 1)) - y.slice(0, i, i + 1)).pow(2).sum();
+  });
+  expect_matches(mc, x0, y, B, want);
+  // Bias only (weight left out): matmul then add, the layout read from the captured output gradient.
+  {
+    PerSampleOptions options;
+    options.reduction = LossReduction::sum;
+    options.ignore = {"1.weight"};
+    PerSampleGradients cap(*m, options);
+    auto loss = 0.5 * (m->forward(x) - y).pow(2).sum();
+    cap.attach(loss, B);
+    loss.backward();
+    EXPECT_LE(rel_err(cap.per_sample_grad("1.bias"), want_m[1]), kTol64);
+  }
+  // A transpose that leaves the batch second is refused.
+  auto wrong = dbl(nn::Sequential(fn([](at::Tensor x) { return x.transpose(0, 1); }), nn::Linear(4, 2)));
+  auto xb = torch::randn({B, T, 4}, torch::kDouble).requires_grad_();
+  PerSampleGradients cap(*wrong);
+  SGDX_EXPECT_THROW_MSG(cap.attach(wrong->forward(xb).sum(), B),
+                        "Linear layer '1' input of shape [5, 3, 4] (a reshape of a tensor of shape [5, 3, 4]) is not "
+                        "batch-first");
+  PerSampleOptions bias_only;
+  bias_only.ignore = {"1.weight"};
+  PerSampleGradients cap_b(*wrong, bias_only);
+  auto loss = wrong->forward(xb).sum();
+  cap_b.attach(loss, B);
+  loss.backward();
+  SGDX_EXPECT_THROW_MSG(cap_b.norms(), "Linear layer '1' (bias only) has output of shape [5, 3, 2], whose batch "
+                                       "dimension cannot be established");
+}
+
+// Eval-mode BatchNorm is the per-channel affine map gamma * (x - running_mean) /
+// sqrt(running_var + eps) + beta: exact per-sample gradients. Training mode couples samples.
+TEST(PerSample, BatchNormEvalIsExactTrainingIsRefused) {
+  torch::manual_seed(13);
+  auto warm = [](nn::Sequential m, at::Tensor x) {
+    m->train();
+    for (int k = 0; k < 3; ++k) m->forward(x * (k + 1) + k);  // running statistics far from (0, 1)
+    m->eval();
+    for (auto& p : m->parameters()) p.data().normal_();   // gamma, beta away from (1, 0)
+    return m;
+  };
+  auto bn1 = warm(dbl(nn::Sequential(nn::Linear(3, 4), nn::BatchNorm1d(4), nn::Tanh(), nn::Linear(4, 2))),
+                  torch::randn({8, 3}, torch::kDouble));
+  check(bn1, torch::randn({5, 3}, torch::kDouble), kTol64);
+  auto bn1l = warm(dbl(nn::Sequential(nn::BatchNorm1d(4), nn::Flatten(), nn::Linear(4 * 6, 2))),
+                   torch::randn({8, 4, 6}, torch::kDouble));
+  check(bn1l, torch::randn({5, 4, 6}, torch::kDouble), kTol64);
+  auto bn2 = warm(dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 3, 3).padding(1)), nn::BatchNorm2d(3), nn::ReLU(),
+                                     nn::Flatten(), nn::Linear(3 * 4 * 4, 2))),
+                  torch::randn({8, 2, 4, 4}, torch::kDouble));
+  check(bn2, torch::randn({4, 2, 4, 4}, torch::kDouble), kTol64);
+  check(bn2, torch::randn({4, 2, 4, 4}, torch::kDouble), kTol64, LossReduction::sum, NormStrategy::automatic,
+        {"1.weight"});
+
+  bn1->train();
+  {
+    PerSampleGradients cap(*bn1);
+    SGDX_EXPECT_THROW_MSG(cap.attach(bn1->forward(torch::randn({5, 3}, torch::kDouble)).sum(), 5),
+                          "per-sample gradients are not defined for BatchNorm layer '1': in training mode (or with "
+                          "track_running_stats=false) it normalises with the statistics of the batch");
+  }
+  auto nostats = dbl(nn::Sequential(nn::BatchNorm1d(nn::BatchNormOptions(3).track_running_stats(false))));
+  nostats->eval();
+  PerSampleGradients cap(*nostats);
+  SGDX_EXPECT_THROW_MSG(cap.attach(nostats->forward(torch::randn({5, 3}, torch::kDouble)).sum(), 5),
+                        "BatchNorm layer '0': in training mode (or with track_running_stats=false)");
+}

@@ -12,6 +12,22 @@
 //   Conv2d   the same with A_i = unfold(x_i) per group, T = output positions
 //   Embedding ||dE_i||^2 = sum_{t,t'} [idx_t = idx_t'] <d_t, d_t'>
 //   LayerNorm / GroupNorm affine: dgamma_i = sum d (.) xhat, dbeta_i = sum d
+//   BatchNorm in eval mode: the same, xhat = (x - running_mean) / sqrt(running_var + eps)
+//
+// Batch layout: every layer's input must be batch-first, and the capture
+// refuses (c10::Error naming the layer and the shapes) what it cannot establish
+// as such from the graph. A Linear layer multiplies its input flattened to
+// [R, F]; its rows are accepted when R == B, or when the graph shows the shape
+// they were flattened from (the view/reshape nodes, followed through
+// elementwise activations and earlier Linear layers; without gradients, the
+// view's base) and that shape has the batch first ([B, T, F], [1, B, F]).
+// Refused: sequence-first [T, B, F]; shapes with another leading dim equal to B
+// (T == B: the order cannot be told); rows from anything else (a 2-D [B*T, F]
+// tensor handed over as is, a non-contiguous input without gradients, which
+// matmul copies out of the graph's sight: call .contiguous() on it). A
+// transpose of [T, B, F] to [B, T, F] is accepted, the graph recording the
+// [B, T, F] copy. BatchNorm in training mode (or without running statistics)
+// normalises with the batch's statistics, which couple the samples: refused.
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
@@ -67,8 +83,12 @@ class PerSampleGradients {
 
   /// Walks the autograd graph of `loss` (a scalar, before backward), finds every
   /// trainable parameter's layer, keeps its input and hooks its output gradient.
-  /// Throws c10::Error naming the layer for BatchNorm and for any layer with
-  /// trainable parameters that is not supported (unless its parameters are ignored).
+  /// Throws c10::Error naming the layer for BatchNorm in training mode, for an
+  /// input whose batch dimension cannot be established (see the batch layout
+  /// above) and for any layer with trainable parameters that is not supported
+  /// (unless its parameters are ignored). A Linear layer whose weight is left
+  /// out and whose bias is added after matmul (non-contiguous input) has its
+  /// layout checked from the captured output gradient, when results are first read.
   void attach(const at::Tensor& loss, int64_t batch_size);
 
   /// True once backward has run through every captured layer.
