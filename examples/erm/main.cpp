@@ -12,7 +12,9 @@
 
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/accelerated_vr.h"
+#include "sgdx/optim/reference_optimum.h"
 #include "sgdx/optim/svrg.h"
+#include "pstar_cache.h"
 
 namespace {
 
@@ -32,17 +34,6 @@ struct Problem {
     return data_loss(w, torch::arange(n())).item<double>() + l1 * w.abs().sum().item<double>() +
            0.5 * l2 * w.pow(2).sum().item<double>();
   }
-  /// Smoothness of F: lambda_max(A^T A) / n, times 1/4 for the logistic loss.
-  double smoothness() const {
-    auto v = torch::ones({a.size(1)}, torch::kDouble);
-    double lam = 0;
-    for (int k = 0; k < 500; ++k) {
-      auto u = a.t().mv(a.mv(v));
-      lam = u.norm().item<double>();
-      v = u / lam;
-    }
-    return lam / double(n()) * (loss == "squares" ? 1.0 : 0.25);
-  }
   /// Mean smoothness L-bar = mean_i ||a_i||^2 (x 1/4 for logistic).
   double mean_smoothness() const {
     return a.pow(2).sum(1).mean().item<double>() * (loss == "squares" ? 1.0 : 0.25);
@@ -54,26 +45,32 @@ struct Problem {
   }
 };
 
-/// P* from FISTA with adaptive restart, run to a tiny gradient-mapping norm.
-std::pair<at::Tensor, double> reference_optimum(const Problem& p, int max_iters) {
-  const double L = p.smoothness(), step = 1.0 / L;
-  auto x = torch::zeros({p.a.size(1)}, torch::kDouble), z = x.clone();
-  double t = 1, last = std::numeric_limits<double>::infinity();
-  for (int k = 0; k < max_iters; ++k) {
-    auto v = z - step * p.full_grad(z);
-    auto xn = torch::sign(v) * torch::clamp_min(v.abs() - step * p.l1, 0.0) / (1 + step * p.l2);
-    if (((z - xn) * (xn - x)).sum().item<double>() > 0) t = 1;  // restart
-    const double tn = (1 + std::sqrt(1 + 4 * t * t)) / 2;
-    z = xn + ((t - 1) / tn) * (xn - x);
-    x = xn;
-    t = tn;
-    if (k % 200 == 199) {  // stop when the objective no longer moves
-      const double f = p.objective(x);
-      if (std::abs(last - f) <= 1e-15 * std::abs(f)) break;
-      last = f;
-    }
+/// P* and its minimiser: certified Newton-CG or proximal Newton (sgdx/optim/reference_optimum.h), cached per
+/// problem in `cache_dir` (empty: no cache). Returns the source for the report line.
+std::tuple<at::Tensor, double, std::string> reference_optimum(const Problem& p, const std::string& cache_dir) {
+  const auto o = sgdx::optim::ReferenceOptimumOptions()
+                     .loss(p.loss == "squares" ? sgdx::optim::GlmLoss::squares : sgdx::optim::GlmLoss::logistic)
+                     .l1(p.l1)
+                     .l2(p.l2);
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  sgdx_erm::PStarCache cache(cache_dir, p.a, p.y, p.loss, p.l1, p.l2);
+  if (auto w = cache.load(p.a.size(1))) {
+    const auto [obj, gap] = sgdx::optim::objective_and_gap(p.a, p.y, *w, o);
+    if (gap <= 1e-12 * std::abs(obj))
+      return {*w, obj, fmt::format("cached in {}, duality gap re-checked: {:.1e}, {:.2f} s", cache.file, gap, seconds())};
+    sgdx_erm::PStarCache::warn(fmt::format("ignoring the P* cache file '{}': its minimiser's duality gap is {:.3g} "
+                                           "(P = {:.17g}); recomputing P*", cache.file, gap, obj));
   }
-  return {x, p.objective(x)};
+  const auto r = sgdx::optim::reference_optimum(p.a, p.y, o);
+  if (!r.certified())
+    sgdx_erm::PStarCache::warn(fmt::format("P* is certified only to a duality gap of {:.3g} (relative {:.3g}); not cached",
+                                           r.gap, r.gap / std::abs(r.objective)));
+  else
+    cache.save(r.w);
+  return {r.w, r.objective,
+          fmt::format("{}: {} Newton / {} inner iterations, duality gap {:.1e}, {:.2f} s", p.l1 > 0 ? "proximal Newton" : "Newton-CG", r.newton_iterations,
+                      r.inner_iterations, r.gap, seconds())};
 }
 
 struct Curve {
@@ -196,6 +193,9 @@ int main(int argc, char** argv) {
                "Also time liblinear-train (-s 0 for l2, -s 6 for l1; C = 1/(n lambda), no bias) on the same "
                "(normalised) data in this run, and report its gap");
   app.add_option("--out", out, "Output directory")->capture_default_str();
+  std::string pstar_cache = sgdx_erm::default_cache_dir();
+  app.add_option("--pstar-cache", pstar_cache,
+                 "Directory caching P* per (data, loss, l1, l2); 'off': no cache")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     std::vector<std::string> list;
@@ -219,9 +219,9 @@ int main(int argc, char** argv) {
     TORCH_CHECK(l1 > 0 || l2 > 0 || loss == "squares", "the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
     const int64_t b = batch > 0 ? batch : static_cast<int64_t>(std::ceil(std::sqrt(double(p.n()))));
     TORCH_CHECK(b <= p.n(), "--batch ", b, " exceeds n = ", p.n());
-    const auto [x_star, p_star] = reference_optimum(p, 30000);
-    fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} (FISTA)\n", data, p.n(),
-               p.a.size(1), loss, l1, l2, b, p_star);
+    const auto [x_star, p_star, p_star_source] = reference_optimum(p, pstar_cache == "off" ? "" : pstar_cache);
+    fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", data, p.n(),
+               p.a.size(1), loss, l1, l2, b, p_star, p_star_source);
     std::filesystem::create_directories(out);
     std::vector<Curve> curves;
     for (const auto& m : list) {
@@ -307,6 +307,9 @@ int main(int argc, char** argv) {
     fmt::print("curves: {}/gap.csv\n", out);
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "sgdx-erm: error: %s\n", std::string(e.what_without_backtrace()).substr(0, std::string(e.what_without_backtrace()).find('\n')).c_str());
+    return 1;
+  } catch (const std::exception& e) {  // e.g. std::filesystem errors on --out: one line, not an abort
+    std::fprintf(stderr, "sgdx-erm: error: %s\n", e.what());
     return 1;
   }
   return 0;
