@@ -18,6 +18,7 @@
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"
+#include "optim/optimizer_bytes.h"
 #include "test_util.h"
 
 using sgdx::amp::GradScaler;
@@ -58,13 +59,7 @@ std::vector<Batch> make_batches(int count, const torch::Device& device) {
   return out;
 }
 
-std::string bytes_of(const Optimizer& opt) {
-  torch::serialize::OutputArchive archive;
-  opt.save(archive);
-  std::ostringstream out;
-  archive.save_to(out);
-  return out.str();
-}
+std::string bytes_of(const Optimizer& opt) { return sgdx::testing::optimizer_bytes(opt); }
 
 bool amp_aware(Optimizer& opt) {
   return dynamic_cast<sgdx::optim::AmpScaledStep*>(&opt) != nullptr;

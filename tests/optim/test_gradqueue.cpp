@@ -13,6 +13,7 @@
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/optim/gradqueue.h"
 #include "cuda/cuda_test_util.h"
+#include "optim/optimizer_bytes.h"
 #include "test_util.h"
 
 namespace {
@@ -384,13 +385,7 @@ TEST(GradQueueSGDMClustered, GradHoldsTheBatchMeanGradient) {
   for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::allclose(params[i].grad(), expected[i], 1e-10, 1e-12));
 }
 
-std::string save(const GradQueueSGDM& opt) {
-  torch::serialize::OutputArchive a;
-  opt.save(a);
-  std::ostringstream s;
-  a.save_to(s);
-  return s.str();
-}
+std::string save(const GradQueueSGDM& opt) { return sgdx::testing::optimizer_bytes(opt); }
 
 TEST(GradQueueSGDM, SaveLoadResumesBitIdentically) {
   for (auto storage : {GradQueueStorage::exact, GradQueueStorage::ema}) {
