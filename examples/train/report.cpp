@@ -149,6 +149,15 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
   }
   const auto groups = by_optimizer(runs);
   const std::string data = png + ".dat";
+  // The data, the script and the unfinished image are intermediate: gone on every path
+  // (a failed gnuplot keeps only its log, which the message points to).
+  struct Cleanup {
+    std::string png;
+    ~Cleanup() {
+      std::error_code ec;
+      for (const char* ext : {".dat", ".gp", ".tmp"}) std::filesystem::remove(png + ext, ec);
+    }
+  } cleanup{png};
   std::string d;
   for (const auto& [name, rs] : groups) {
     d += fmt::format("# {}\n", name);

@@ -153,6 +153,12 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
     EXPECT_TRUE(std::filesystem::exists(dir.file("out/training.png")));
     EXPECT_GT(std::filesystem::file_size(dir.file("out/training.png")), 10000u);
   }
+  // Only the results: no plot intermediates or temporary files in the output directory.
+  for (const auto& entry : std::filesystem::directory_iterator(dir.file("out"))) {
+    const auto name = entry.path().filename().string();
+    EXPECT_TRUE(name == "metrics.csv" || name == "metrics.json" || name == "summary.md" || name == "training.png")
+        << "left behind: " << name;
+  }
 }
 
 TEST(TrainCli, GradQueuePlainAndClusteredRun) {
