@@ -47,7 +47,11 @@ int main(int argc, char** argv) {
     std::vector<sgdx::ops::GradQueueTensor> ts;
     for (int k = 0; k < 10; ++k) {
       sgdx::ops::GradQueueTensor t;
-      t.param = s.p[k]; t.grad = s.g[k]; t.momentum = s.v[k]; t.s1 = s.s1[k]; t.s2 = s.s2[k];
+      t.param = s.p[k];
+      t.grad = s.g[k];
+      t.momentum = s.v[k];
+      t.s1 = s.s1[k];
+      t.s2 = s.s2[k];
       if (exact) {
         t.slot = s.queue[k][head % q];
         t.old = s.queue[k][(head + 1) % q];
@@ -69,27 +73,32 @@ int main(int argc, char** argv) {
     sgdx::ops::gradqueue_step_cuda_(ts, c);
     ++head;
   };
-  const auto t = compare_cuda({[&] { dst.copy_(src); }, [&] { step(elem, true, true); },
-                               [&] { step(tens, true, false); }, [&] { step(ema, false, true); },
-                               [&] { at::_fused_sgd_(sgd.p, sgd.g, sgd.v, 0.0, 0.9, 1e-9, 0.0, false, false, false); }});
+  const auto t =
+      compare_cuda({[&] { dst.copy_(src); }, [&] { step(elem, true, true); },
+                    [&] { step(tens, true, false); }, [&] { step(ema, false, true); },
+                    [&] { at::_fused_sgd_(sgd.p, sgd.g, sgd.v, 0.0, 0.9, 1e-9, 0.0, false, false, false); }});
   const auto &copy = t[0], &t_elem = t[1], &t_tens = t[2], &t_ema = t[3], &t_sgd = t[4];
   const double copy_bw = 2.0 * 4.0 * double(n) / copy.median;
   const double P = double(10 * per);
   auto frac = [&](const sgdx::bench::Timing& t, double bytes) { return bytes * P / t.median / copy_bw; };
   const std::string name = sgdx::bench::cuda_device_name();
-  std::printf("device %s, %lld parameters, copy bandwidth %.0f GB/s\n", name.c_str(), static_cast<long long>(n),
-              copy_bw / 1e9);
+  std::printf("device %s, %lld parameters, copy bandwidth %.0f GB/s\n", name.c_str(),
+              static_cast<long long>(n), copy_bw / 1e9);
   std::printf("%-34s %10s %12s %10s\n", "", "median ms", "of copy BW", "vs fused");
-  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ element, exact (44 B/param)", 1e3 * t_elem.median, frac(t_elem, 44),
-              t_elem.median / t_sgd.median);
-  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ tensor, exact (60 B/param)", 1e3 * t_tens.median, frac(t_tens, 60),
-              t_tens.median / t_sgd.median);
-  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ element, ema (36 B/param)", 1e3 * t_ema.median, frac(t_ema, 36),
-              t_ema.median / t_sgd.median);
-  std::printf("%-34s %10.3f %12.3f %10.2f\n", "at::_fused_sgd_ (20 B/param)", 1e3 * t_sgd.median, frac(t_sgd, 20), 1.0);
+  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ element, exact (44 B/param)", 1e3 * t_elem.median,
+              frac(t_elem, 44), t_elem.median / t_sgd.median);
+  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ tensor, exact (60 B/param)", 1e3 * t_tens.median,
+              frac(t_tens, 60), t_tens.median / t_sgd.median);
+  std::printf("%-34s %10.3f %12.3f %10.2f\n", "GQ element, ema (36 B/param)", 1e3 * t_ema.median,
+              frac(t_ema, 36), t_ema.median / t_sgd.median);
+  std::printf("%-34s %10.3f %12.3f %10.2f\n", "at::_fused_sgd_ (20 B/param)", 1e3 * t_sgd.median,
+              frac(t_sgd, 20), 1.0);
   std::printf("target: bandwidth fraction >= 0.8\n");
-  sgdx::bench::write_json(out, {{"name", "gradqueue_step_cuda"}, {"device", name}, {"parameters", n},
-                                {"copy_bandwidth_GBps", copy_bw / 1e9}, {"copy", sgdx::bench::to_json(copy)},
+  sgdx::bench::write_json(out, {{"name", "gradqueue_step_cuda"},
+                                {"device", name},
+                                {"parameters", n},
+                                {"copy_bandwidth_GBps", copy_bw / 1e9},
+                                {"copy", sgdx::bench::to_json(copy)},
                                 {"gq_element_exact", sgdx::bench::to_json(t_elem)},
                                 {"gq_tensor_exact", sgdx::bench::to_json(t_tens)},
                                 {"gq_element_ema", sgdx::bench::to_json(t_ema)},

@@ -37,12 +37,13 @@ struct ClusterDesc {
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    cluster_partials_kernel(const ClusterDesc* __restrict__ descs, int tensors, int K, const double* __restrict__ inv,
-                            double* __restrict__ partials) {
+    cluster_partials_kernel(const ClusterDesc* __restrict__ descs, int tensors, int K,
+                            const double* __restrict__ inv, double* __restrict__ partials) {
   __shared__ double red[kThreads / 32];
   __shared__ ClusterDesc D;
   const int64_t chunk = blockIdx.x;
-  if (threadIdx.x == 0) D = descs[sgdx::cuda::find_descriptor(descs, tensors, chunk, &ClusterDesc::chunk_base)];
+  if (threadIdx.x == 0)
+    D = descs[sgdx::cuda::find_descriptor(descs, tensors, chunk, &ClusterDesc::chunk_base)];
   __syncthreads();
   const int64_t begin = (chunk - D.chunk_base) * kChunk, end = min(D.numel, begin + kChunk);
   using stat_t = at::opmath_type<scalar_t>;  // the window statistics' dtype (gradqueue_stats_dtype)
@@ -86,7 +87,8 @@ __global__ void cluster_reduce_kernel(const ClusterDesc* __restrict__ descs, int
 
 }  // namespace
 
-at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size) {
+at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors,
+                                        const at::Tensor& inv_size) {
   detail::check_cluster_stats(tensors, inv_size, /*cuda=*/true);
   const int64_t K = inv_size.numel();
   const int T = static_cast<int>(tensors.size());
@@ -120,7 +122,8 @@ at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor
   }
   auto out = at::zeros({T, K + 1}, inv_size.options().device(device));
   if (chunks == 0) return out;  // every tensor empty: zero deviations and variances
-  TORCH_CHECK(chunks < (int64_t{1} << 31), "gradqueue_cluster_stats_cuda: ", chunks, " chunks exceed one launch");
+  TORCH_CHECK(chunks < (int64_t{1} << 31), "gradqueue_cluster_stats_cuda: ", chunks,
+              " chunks exceed one launch");
   auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
   const auto* dp = reinterpret_cast<const ClusterDesc*>(dev_descs.data_ptr());
   auto inv = inv_size.to(device).contiguous();

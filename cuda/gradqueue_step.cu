@@ -26,9 +26,9 @@ constexpr int kGQBlocks = 160;
 enum class OldRow : int { none = 0, separate = 1, in_slot = 2 };
 
 struct GQArgs {
-  double inv_var;    // the variance is s2 * inv_var: 1/n of the window (exact storage), 1 for ema
-  double inv_push;   // exact storage: 1/n of the window after the push
-  double rate;       // ema storage: the running-moment rate; 0 for exact
+  double inv_var;   // the variance is s2 * inv_var: 1/n of the window (exact storage), 1 for ema
+  double inv_push;  // exact storage: 1/n of the window after the push
+  double rate;      // ema storage: the running-moment rate; 0 for exact
   bool stats, first, exact;
   OldRow old;
   int chunk_offset;  // this tensor's first chunk in the partial buffers
@@ -44,7 +44,9 @@ struct Common {
   bool nesterov, per_element;
 };
 
-__device__ __forceinline__ bool skip(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
+__device__ __forceinline__ bool skip(const float* found_inf) {
+  return found_inf != nullptr && *found_inf != 0.f;
+}
 __device__ __forceinline__ float inv_scale_of(const float* grad_scale) {
   return grad_scale != nullptr ? 1.f / *grad_scale : 1.f;
 }
@@ -93,14 +95,17 @@ __device__ __forceinline__ void moments_range(const Meta<kLists>& meta, const Bl
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
-    gq_moments_kernel(Meta<kLists> meta, Common c, double* partial, const float* grad_scale, const float* found_inf) {
+    gq_moments_kernel(Meta<kLists> meta, Common c, double* partial, const float* grad_scale,
+                      const float* found_inf) {
   using opmath_t = at::opmath_type<scalar_t>;
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
   const BlockWork w = block_work(meta);
   double dev = 0.0, var = 0.0;
-  if (w.a.exact) moments_range<scalar_t, double>(meta, w, c, grad_scale, dev, var);
-  else moments_range<scalar_t, opmath_t>(meta, w, c, grad_scale, dev, var);
+  if (w.a.exact)
+    moments_range<scalar_t, double>(meta, w, c, grad_scale, dev, var);
+  else
+    moments_range<scalar_t, opmath_t>(meta, w, c, grad_scale, dev, var);
   const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
   const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
   if (threadIdx.x == 0) {
@@ -110,8 +115,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
 }
 
 // One block per tensor: its chunks' partials, in order, to Delta-rho.
-__global__ void gq_rho_kernel(const double* partial, const int* first_chunk, const int* chunks, const int* stats,
-                              Common c, double* rho, const float* found_inf) {
+__global__ void gq_rho_kernel(const double* partial, const int* first_chunk, const int* chunks,
+                              const int* stats, Common c, double* rho, const float* found_inf) {
   if (skip(found_inf)) return;
   __shared__ double sh[sgdx::cuda::kBlockSize / 32];
   const int t = blockIdx.x;
@@ -122,7 +127,8 @@ __global__ void gq_rho_kernel(const double* partial, const int* first_chunk, con
   }
   const double sd = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(dev, sh);
   const double sv = sgdx::cuda::block_sum<sgdx::cuda::kBlockSize>(var, sh);
-  if (threadIdx.x == 0) rho[t] = stats[t] ? sgdx::detail::tensor_rho(sd, sv, c.eps, c.kappa, c.rho_min, c.rho_max) : 1.0;
+  if (threadIdx.x == 0)
+    rho[t] = stats[t] ? sgdx::detail::tensor_rho(sd, sv, c.eps, c.kappa, c.rho_min, c.rho_max) : 1.0;
 }
 
 // The update of this block's elements; returns their sum of Delta-rho. M: the mean's type.
@@ -148,7 +154,8 @@ __device__ __forceinline__ double update_range(const Meta<kLists>& meta, const B
   const opmath_t inv_zref = static_cast<opmath_t>(c.inv_zref), rmin = static_cast<opmath_t>(c.rho_min);
   const opmath_t rmax = static_cast<opmath_t>(c.rho_max), kappa = static_cast<opmath_t>(c.kappa);
   const bool kappa1 = c.kappa == 1.0;
-  const opmath_t rho_fixed = (!c.per_element && a.stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
+  const opmath_t rho_fixed =
+      (!c.per_element && a.stats) ? static_cast<opmath_t>(rho_tensor[a.tensor]) : opmath_t(1);
   double rho_sum = 0.0;
   for (int64_t i = w.begin + threadIdx.x; i < w.end; i += blockDim.x) {
     const opmath_t pi = static_cast<opmath_t>(p[i]);
@@ -158,8 +165,10 @@ __device__ __forceinline__ double update_range(const Meta<kLists>& meta, const B
     opmath_t rho = rho_fixed;
     if (c.per_element && a.stats) {
       const opmath_t dev = static_cast<opmath_t>(static_cast<M>(d) - mu);
-      rho = kappa1 ? sgdx::detail::element_rho<opmath_t, true>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin, rmax)
-                   : sgdx::detail::element_rho<opmath_t, false>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin, rmax);
+      rho = kappa1 ? sgdx::detail::element_rho<opmath_t, true>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin,
+                                                               rmax)
+                   : sgdx::detail::element_rho<opmath_t, false>(dev, m2 * inv_var, eps, inv_zref, kappa, rmin,
+                                                                rmax);
     }
     rho_sum += static_cast<double>(rho);
     const opmath_t gh = rho * d;
@@ -179,8 +188,10 @@ __device__ __forceinline__ double update_range(const Meta<kLists>& meta, const B
     opmath_t u = gh;
     if (c.mom != 0.0) {
       opmath_t vi = static_cast<opmath_t>(v[i]);
-      u = c.nesterov ? sgdx::detail::momentum_direction<opmath_t, MomentumMode::nesterov>(vi, gh, mom, damp1, a.first)
-                     : sgdx::detail::momentum_direction<opmath_t, MomentumMode::heavy_ball>(vi, gh, mom, damp1, a.first);
+      u = c.nesterov ? sgdx::detail::momentum_direction<opmath_t, MomentumMode::nesterov>(vi, gh, mom, damp1,
+                                                                                          a.first)
+                     : sgdx::detail::momentum_direction<opmath_t, MomentumMode::heavy_ball>(vi, gh, mom,
+                                                                                            damp1, a.first);
       v[i] = static_cast<scalar_t>(vi);
     }
     p[i] = static_cast<scalar_t>(pi - lr * u);
@@ -220,7 +231,8 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
     auto& t = tensors[k];
     const bool exact = t.ema_rate == 0.0;
     OldRow old = OldRow::none;
-    if (exact && t.old.defined()) old = t.old.const_data_ptr() == t.slot.const_data_ptr() ? OldRow::in_slot : OldRow::separate;
+    if (exact && t.old.defined())
+      old = t.old.const_data_ptr() == t.slot.const_data_ptr() ? OldRow::in_slot : OldRow::separate;
     lists[0].push_back(t.param.data_ptr());
     lists[1].push_back(const_cast<void*>(t.grad.const_data_ptr()));
     lists[2].push_back(t.momentum.defined() ? t.momentum.data_ptr() : nullptr);
@@ -272,7 +284,9 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
       sgdx::cuda::multi_tensor_apply<kLists, GQArgs, kGQTensors, kGQBlocks>(
           lists, numels, extras, gq_moments_kernel<scalar_t>, c, partial.data_ptr<double>(), gs, fi);
       // Pinned and non-blocking: no host synchronisation.
-      auto up = [&](const std::vector<int>& v) { return at::tensor(v, iopt).pin_memory().to(dev, /*non_blocking=*/true); };
+      auto up = [&](const std::vector<int>& v) {
+        return at::tensor(v, iopt).pin_memory().to(dev, /*non_blocking=*/true);
+      };
       auto fc = up(first_chunk), ch = up(chunks), st = up(stats);
       gq_rho_kernel<<<T, sgdx::cuda::kBlockSize, 0, at::cuda::getCurrentCUDAStream()>>>(
           partial.const_data_ptr<double>(), fc.const_data_ptr<int>(), ch.const_data_ptr<int>(),

@@ -45,8 +45,8 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRows = 32;      // rows per assignment tile
-constexpr int kFeat = 64;      // features per shared-memory chunk of the assignment
+constexpr int kRows = 32;  // rows per assignment tile
+constexpr int kFeat = 64;  // features per shared-memory chunk of the assignment
 constexpr int kMaxK = 64;
 constexpr int kUpdFeat = 128;  // features per update task (4 per lane)
 
@@ -57,21 +57,21 @@ struct KArgs {
   double tol;
   unsigned long long seed, stream;
   // workspace
-  float* c0;        // [k, d]
-  float* c1;        // [k, d]
-  int* assign;      // [n]
-  double* best;     // [2, n]
-  double* bpart;    // [2, grid]
-  double* fvar;     // [d]
-  double* tpart;    // [k * ceil(d / 128)]
-  float* far;       // [n]
-  int* counts;      // [k]
-  int* bad;         // [2, grid]: per block, first row with a non-finite value (n: none) | non-finite init
+  float* c0;      // [k, d]
+  float* c1;      // [k, d]
+  int* assign;    // [n]
+  double* best;   // [2, n]
+  double* bpart;  // [2, grid]
+  double* fvar;   // [d]
+  double* tpart;  // [k * ceil(d / 128)]
+  float* far;     // [n]
+  int* counts;    // [k]
+  int* bad;       // [2, grid]: per block, first row with a non-finite value (n: none) | non-finite init
   // outputs
-  float* centroids;          // [k, d]
-  long long* assignment;     // [n]
-  long long* out_counts;     // [k], zeroed
-  double* stats;             // [4]: iterations, inertia, bad row (-1: none), bad init (KMeansCudaStat)
+  float* centroids;       // [k, d]
+  long long* assignment;  // [n]
+  long long* out_counts;  // [k], zeroed
+  double* stats;          // [4]: iterations, inertia, bad row (-1: none), bad init (KMeansCudaStat)
 };
 
 struct Shared {
@@ -138,7 +138,8 @@ __device__ void assign_rows(const KArgs& a, const float* c, Shared& sh) {
       __syncthreads();
       for (int e = threadIdx.x; e < kRows * kFeat; e += kThreads) {
         const int rr = e / kFeat, ff = e % kFeat;
-        sh.sx[rr][ff] = (row0 + rr < a.n && f0 + ff < a.d) ? a.x[static_cast<int64_t>(row0 + rr) * a.d + f0 + ff] : 0.f;
+        sh.sx[rr][ff] =
+            (row0 + rr < a.n && f0 + ff < a.d) ? a.x[static_cast<int64_t>(row0 + rr) * a.d + f0 + ff] : 0.f;
       }
       for (int e = threadIdx.x; e < a.k * kFeat; e += kThreads) {
         const int jj = e / kFeat, ff = e % kFeat;
@@ -215,7 +216,8 @@ __device__ void update_centroids(const KArgs& a, const float* c, float* next, Sh
       const double delta = static_cast<double>(v) - static_cast<double>(c[j * a.d + f]);
       shift = delta * delta;
     }
-    const double task_shift = sgdx::cuda::block_sum<kThreads>(shift, sh.bsum);  // threads 0..127 hold the values
+    const double task_shift =
+        sgdx::cuda::block_sum<kThreads>(shift, sh.bsum);  // threads 0..127 hold the values
     if (threadIdx.x == 0) {
       a.tpart[task] = task_shift;
       if (f0 == 0) a.counts[j] = total;
@@ -284,8 +286,10 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
         __syncthreads();
         double t = 0.0;
         for (int w = 0; w < kWarps; ++w) t += sh.red[w][lane];
-        if (pass == 0) mean = t / a.n;
-        else if (warp == 0 && f < a.d) a.fvar[f] = t / a.n;
+        if (pass == 0)
+          mean = t / a.n;
+        else if (warp == 0 && f < a.d)
+          a.fvar[f] = t / a.n;
       }
     }
   }
@@ -294,10 +298,12 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
   float* cur = a.c0;
   float* nxt = a.c1;
   if (a.init != nullptr) {
-    for (int e = blockIdx.x * kThreads + threadIdx.x; e < a.k * a.d; e += gridDim.x * kThreads) cur[e] = a.init[e];
+    for (int e = blockIdx.x * kThreads + threadIdx.x; e < a.k * a.d; e += gridDim.x * kThreads)
+      cur[e] = a.init[e];
   } else {
     if (threadIdx.x == 0) {
-      const int first = min(a.n - 1, static_cast<int>(sgdx::detail::kmeans_uniform(a.seed, a.stream, 0) * a.n));
+      const int first =
+          min(a.n - 1, static_cast<int>(sgdx::detail::kmeans_uniform(a.seed, a.stream, 0) * a.n));
       sh.chosen[0] = first;
       sh.prev = first;
     }
@@ -442,7 +448,8 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
           }
           __syncthreads();
           const int i = sh.prev;
-          for (int f = threadIdx.x; f < a.d; f += kThreads) nxt[e * a.d + f] = a.x[static_cast<int64_t>(i) * a.d + f];
+          for (int f = threadIdx.x; f < a.d; f += kThreads)
+            nxt[e * a.d + f] = a.x[static_cast<int64_t>(i) * a.d + f];
           __syncthreads();
           // The shift partials of this cluster's tasks, recomputed.
           for (int ch = 0; ch < chunks; ++ch) {
@@ -487,7 +494,8 @@ __global__ void __launch_bounds__(kThreads) kmeans_kernel(KArgs a) {
       atomicAdd(reinterpret_cast<unsigned long long*>(a.out_counts + j), 1ull);  // integers: order-free
     }
   }
-  for (int e = blockIdx.x * kThreads + threadIdx.x; e < a.k * a.d; e += gridDim.x * kThreads) a.centroids[e] = cur[e];
+  for (int e = blockIdx.x * kThreads + threadIdx.x; e < a.k * a.d; e += gridDim.x * kThreads)
+    a.centroids[e] = cur[e];
   __syncthreads();
   if (threadIdx.x == 0) {
     double s = 0.0;
@@ -513,7 +521,9 @@ namespace {
 std::atomic<int> grid_for_testing{0};
 }  // namespace
 
-int set_kmeans_cuda_grid_for_testing(int blocks) { return grid_for_testing.exchange(std::max(blocks, 0)); }
+int set_kmeans_cuda_grid_for_testing(int blocks) {
+  return grid_for_testing.exchange(std::max(blocks, 0));
+}
 
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
     const at::Tensor& x_in, int64_t k, const KMeansOptions& options) {
@@ -588,8 +598,8 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans
   args.stats = stats.data_ptr<double>();
   void* params[] = {&args};
   const cudaError_t err =
-      cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&kmeans_kernel), dim3(grid), dim3(kThreads), params,
-                                  0, at::cuda::getCurrentCUDAStream());
+      cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&kmeans_kernel), dim3(grid), dim3(kThreads),
+                                  params, 0, at::cuda::getCurrentCUDAStream());
   if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
     // Not a sticky error, but it stays the "last error" that the next launch
     // check (C10_CUDA_KERNEL_LAUNCH_CHECK) would report: clear it.

@@ -36,7 +36,7 @@
 namespace sgdx::ops {
 namespace {
 
-constexpr int kTile = 32;     // output tile edge and reduction chunk
+constexpr int kTile = 32;      // output tile edge and reduction chunk
 constexpr int kThreads = 256;  // 16 x 16 threads, 2 x 2 outputs each
 
 struct LayerDesc {
@@ -49,11 +49,11 @@ struct LayerDesc {
   int bias;           // rules 1-2: the last item of each sample is the bias item; rule 0: add ||d||^2
   int weight;
   int conv;
-  int T, K, P, G;     // positions per sample, inputs per group, outputs per group, groups
+  int T, K, P, G;  // positions per sample, inputs per group, outputs per group, groups
   int tiles_per_group;
-  int nt0, nt1;       // tile grid: ghost nt x nt (upper triangle), materialise P-tiles x K-tiles
+  int nt0, nt1;  // tile grid: ghost nt x nt (upper triangle), materialise P-tiles x K-tiles
   int Cin, H, W, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
-  int counter_base;   // this layer's first counter (layer * B)
+  int counter_base;  // this layer's first counter (layer * B)
 };
 
 template <typename T>
@@ -254,7 +254,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+int ceil_div(int64_t a, int64_t b) {
+  return static_cast<int>((a + b - 1) / b);
+}
 
 }  // namespace
 
@@ -343,7 +345,8 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
   for (auto& [dtype, descs] : by_dtype) {
     const int64_t items = items_of[dtype];
     if (items == 0) continue;
-    TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items, " work items exceed one launch");
+    TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items,
+                " work items exceed one launch");
     auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
     auto partials = at::empty({items}, fopt.dtype(at::kDouble));
     const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());

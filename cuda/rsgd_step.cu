@@ -24,8 +24,8 @@ struct alignas(4 * sizeof(scalar_t)) Vec4 {
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
-    rsgd_kernel(sgdx::cuda::TensorListMeta<3, RSGDTensorArgs> meta, double lr_d, double wd_d,
-                uint64_t seed, bool per_element, bool previous) {
+    rsgd_kernel(sgdx::cuda::TensorListMeta<3, RSGDTensorArgs> meta, double lr_d, double wd_d, uint64_t seed,
+                bool per_element, bool previous) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int t = meta.block_to_tensor[blockIdx.x];
   const int64_t chunk = meta.block_to_chunk[blockIdx.x];
@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
   for (int64_t i0 = begin + 16 * static_cast<int64_t>(threadIdx.x); i0 < end;
        i0 += 16 * static_cast<int64_t>(blockDim.x)) {
     sgdx::detail::Philox4x32 high{};
-    if (random) high = sgdx::detail::rsgd_high_block(seed, a.tensor_id, a.step, static_cast<uint64_t>(i0 / 16));
+    if (random)
+      high = sgdx::detail::rsgd_high_block(seed, a.tensor_id, a.step, static_cast<uint64_t>(i0 / 16));
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int64_t i = i0 + 4 * q;
@@ -57,9 +58,10 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
       bool xi[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        xi[j] = random ? sgdx::detail::rsgd_resolve(sgdx::detail::rsgd_high_byte(high, 4 * q + j), a.threshold, seed,
-                                                    a.tensor_id, a.step, static_cast<uint64_t>(i + j))
-                       : fixed_xi;
+        xi[j] = random
+                    ? sgdx::detail::rsgd_resolve(sgdx::detail::rsgd_high_byte(high, 4 * q + j), a.threshold,
+                                                 seed, a.tensor_id, a.step, static_cast<uint64_t>(i + j))
+                    : fixed_xi;
       }
       if (aligned && i + 4 <= end) {
         Vec4<scalar_t> pv = *reinterpret_cast<const Vec4<scalar_t>*>(p + i);
@@ -68,7 +70,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           opmath_t pj = pv.v[j], mj = mv.v[j];
-          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd, previous);
+          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(gv.v[j]), mj, xi[j], lr, wd,
+                                              previous);
           pv.v[j] = static_cast<scalar_t>(pj);
           mv.v[j] = static_cast<scalar_t>(mj);
         }
@@ -77,7 +80,8 @@ __global__ void __launch_bounds__(sgdx::cuda::kBlockSize)
       } else {
         for (int j = 0; j < 4 && i + j < end; ++j) {
           opmath_t pj = p[i + j], mj = m[i + j];
-          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(g[i + j]), mj, xi[j], lr, wd, previous);
+          sgdx::detail::rsgd_update<opmath_t>(pj, static_cast<opmath_t>(g[i + j]), mj, xi[j], lr, wd,
+                                              previous);
           p[i + j] = static_cast<scalar_t>(pj);
           m[i + j] = static_cast<scalar_t>(mj);
         }
@@ -93,8 +97,7 @@ void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList
                      c10::ArrayRef<double> probs, const RSGDStepConfig& config) {
   const auto device = detail::check_rsgd_inputs(params, grads, memory, tensor_ids, steps, probs);
   if (params.empty()) return;
-  TORCH_CHECK(device == c10::DeviceType::CUDA, "rsgd_step_cuda_: tensors must be on CUDA, got ",
-              device);
+  TORCH_CHECK(device == c10::DeviceType::CUDA, "rsgd_step_cuda_: tensors must be on CUDA, got ", device);
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<std::vector<void*>> lists(3);
   std::vector<int64_t> numels;
@@ -104,21 +107,19 @@ void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList
     lists[1].push_back(const_cast<void*>(grads[k].const_data_ptr()));
     lists[2].push_back(memory[k].data_ptr());
     numels.push_back(params[k].numel());
-    RSGDTensorArgs a{sgdx::detail::bernoulli_threshold(probs[k]),
-                     static_cast<uint32_t>(tensor_ids[k]), static_cast<uint32_t>(steps[k])};
+    RSGDTensorArgs a{sgdx::detail::bernoulli_threshold(probs[k]), static_cast<uint32_t>(tensor_ids[k]),
+                     static_cast<uint32_t>(steps[k])};
     if (!config.per_element && a.threshold != 0 && a.threshold != (uint64_t{1} << 32)) {
       const bool xi = sgdx::detail::rsgd_draw(config.seed, a.tensor_id, a.step, 0, a.threshold);
       a.threshold = xi ? (uint64_t{1} << 32) : 0;
     }
     extras.push_back(a);
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(),
-                                  "rsgd_step_cuda_", [&] {
-                                    sgdx::cuda::multi_tensor_apply<3>(
-                                        lists, numels, extras, rsgd_kernel<scalar_t>, config.lr,
-                                        config.weight_decay, config.seed, config.per_element,
-                                        config.memory_previous);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "rsgd_step_cuda_", [&] {
+    sgdx::cuda::multi_tensor_apply<3>(lists, numels, extras, rsgd_kernel<scalar_t>, config.lr,
+                                      config.weight_decay, config.seed, config.per_element,
+                                      config.memory_previous);
+  });
 }
 
 }  // namespace sgdx::ops

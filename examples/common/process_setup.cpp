@@ -13,13 +13,16 @@ namespace sgdx_examples {
 WaitPolicyAction wait_policy_action(const char* omp_wait_policy, const char* gomp_spincount,
                                     const char* sgdx_no_passive_wait) {
   if (omp_wait_policy != nullptr || gomp_spincount != nullptr) return WaitPolicyAction::kKeepUser;
-  if (sgdx_no_passive_wait != nullptr && *sgdx_no_passive_wait != '\0' && std::strcmp(sgdx_no_passive_wait, "0") != 0) {
+  if (sgdx_no_passive_wait != nullptr && *sgdx_no_passive_wait != '\0' &&
+      std::strcmp(sgdx_no_passive_wait, "0") != 0) {
     return WaitPolicyAction::kDisabled;
   }
   return WaitPolicyAction::kSetPassive;
 }
 
-int threads_for_free_cores(int cores, int busy) { return std::max(1, cores - busy); }
+int threads_for_free_cores(int cores, int busy) {
+  return std::max(1, cores - busy);
+}
 
 namespace {
 
@@ -57,8 +60,9 @@ int busy_cores() {
 // The new image finds OMP_WAIT_POLICY set and goes on; if execve fails, this one goes on
 // with the runtime's defaults, as before.
 void reexec_if_cores_are_taken(int, char** argv, char** envp) {
-  if (envp == nullptr || wait_policy_action(find_env(envp, "OMP_WAIT_POLICY"), find_env(envp, "GOMP_SPINCOUNT"),
-                                            find_env(envp, "SGDX_NO_PASSIVE_WAIT")) != WaitPolicyAction::kSetPassive) {
+  if (envp == nullptr ||
+      wait_policy_action(find_env(envp, "OMP_WAIT_POLICY"), find_env(envp, "GOMP_SPINCOUNT"),
+                         find_env(envp, "SGDX_NO_PASSIVE_WAIT")) != WaitPolicyAction::kSetPassive) {
     return;
   }
   const int busy = busy_cores();
@@ -81,7 +85,8 @@ void reexec_if_cores_are_taken(int, char** argv, char** envp) {
     int t = threads_for_free_cores(cores, busy);
     char digits[12];
     int d = 0;
-    do digits[d++] = static_cast<char>('0' + t % 10); while ((t /= 10) > 0);
+    do digits[d++] = static_cast<char>('0' + t % 10);
+    while ((t /= 10) > 0);
     while (d > 0) *end++ = digits[--d];
     *end = '\0';
     env[n++] = threads;
@@ -97,6 +102,6 @@ void reexec_if_cores_are_taken(int, char** argv, char** envp) {
 
 #if defined(__ELF__)
 // `used` keeps the entry although nothing refers to it; the section is honoured only in an executable.
-__attribute__((section(".preinit_array"), used)) static void (*const sgdx_examples_preinit)(int, char**, char**) =
-    &sgdx_examples::reexec_if_cores_are_taken;
+__attribute__((section(".preinit_array"), used)) static void (*const sgdx_examples_preinit)(
+    int, char**, char**) = &sgdx_examples::reexec_if_cores_are_taken;
 #endif

@@ -8,8 +8,8 @@
 // the parallel regions from waiting on a thread that has no core. Both cost time
 // when the cores are free (a sleeping worker is slow to wake on an idle vCPU), so
 // they are chosen only when another task is runnable at start-up (procs_running
-// in /proc/stat, least of a few looks), and the runtime's defaults stay otherwise. libgomp reads OMP_WAIT_POLICY and
-// GOMP_SPINCOUNT in its own constructor, before main() and before any C++ static
+// in /proc/stat, least of a few looks), and the runtime's defaults stay otherwise. libgomp reads
+// OMP_WAIT_POLICY and GOMP_SPINCOUNT in its own constructor, before main() and before any C++ static
 // constructor of the program, and offers no call to change them later. So the
 // programs re-execute themselves with OMP_WAIT_POLICY=passive (and OMP_NUM_THREADS
 // = free cores unless the user set it) from an ELF

@@ -30,30 +30,34 @@ inline uint64_t fnv1a(const void* data, size_t bytes, uint64_t h = 1469598103934
 }
 
 // Shortest round-trip decimal: exact, and readable.
-inline std::string exact(double v) { return fmt::format("{}", v); }
+inline std::string exact(double v) {
+  return fmt::format("{}", v);
+}
 
 /// The default directory: $XDG_CACHE_HOME/sgdx, else $HOME/.cache/sgdx, else "".
 inline std::string default_cache_dir() {
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != '\0') return std::string(x) + "/sgdx";
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != '\0')
+    return std::string(x) + "/sgdx";
   if (const char* h = std::getenv("HOME"); h != nullptr && *h != '\0') return std::string(h) + "/.cache/sgdx";
   return "";
 }
 
 struct PStarCache {
-  std::string file;  // empty: caching off
+  std::string file;      // empty: caching off
   std::string key_text;  // the fields a cached file must repeat
 
   /// The key hashes the problem as solved: the (normalised) float64 rows, the labels, the
   /// loss and the exact bits of l1 and l2.
-  PStarCache(const std::string& dir, const at::Tensor& a, const at::Tensor& y, const std::string& loss, double l1,
-             double l2) {
+  PStarCache(const std::string& dir, const at::Tensor& a, const at::Tensor& y, const std::string& loss,
+             double l1, double l2) {
     auto ac = a.contiguous();
     auto yc = y.contiguous();
     uint64_t h = fnv1a(ac.data_ptr<double>(), size_t(ac.numel()) * sizeof(double));
     h = fnv1a(yc.data_ptr<double>(), size_t(yc.numel()) * sizeof(double), h);
     key_text = fmt::format("data {:016x} n {} d {}\nloss {}\nl1 {}\nl2 {}\n", h, a.size(0), a.size(1), loss,
                            exact(l1), exact(l2));
-    if (!dir.empty()) file = fmt::format("{}/erm-pstar-{:016x}.txt", dir, fnv1a(key_text.data(), key_text.size()));
+    if (!dir.empty())
+      file = fmt::format("{}/erm-pstar-{:016x}.txt", dir, fnv1a(key_text.data(), key_text.size()));
   }
 
   static void warn(const std::string& what) { std::fprintf(stderr, "sgdx-erm: warning: %s\n", what.c_str()); }

@@ -49,8 +49,9 @@ void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tens
   };
   std::vector<Group> groups;  // per device and dtype, as the fused op takes them
   for (const auto& g : grads) {
-    auto it = std::find_if(groups.begin(), groups.end(),
-                           [&](const Group& x) { return x.device == g.device() && x.dtype == g.scalar_type(); });
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& x) {
+      return x.device == g.device() && x.dtype == g.scalar_type();
+    });
     if (it == groups.end()) it = groups.insert(groups.end(), Group{g.device(), g.scalar_type(), {}});
     it->grads.push_back(g);
   }
@@ -75,8 +76,9 @@ torch::optim::Optimizer::LossClosure checked(torch::optim::Optimizer& optimizer,
 }
 }  // namespace
 
-torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who, const at::Tensor& grad_scale,
-                                  const at::Tensor& found_inf, torch::optim::Optimizer::LossClosure closure,
+torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who,
+                                  const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                                  torch::optim::Optimizer::LossClosure closure,
                                   torch::optim::Optimizer::LossClosure* full) {
   if (amp_skip(found_inf, who)) return {};
   if (!grad_scale.defined() || closure == nullptr) return optimizer.step(std::move(closure));

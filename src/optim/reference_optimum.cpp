@@ -31,8 +31,8 @@ struct Glm {
   // Value only (line search): one product with A.
   double objective(const at::Tensor& w) const {
     auto z = mv(w);
-    const double loss = logistic() ? at::softplus(-y * z).mean().item<double>()
-                                   : 0.5 * (z - y).pow(2).mean().item<double>();
+    const double loss =
+        logistic() ? at::softplus(-y * z).mean().item<double>() : 0.5 * (z - y).pow(2).mean().item<double>();
     return loss + regulariser(w);
   }
 
@@ -87,7 +87,8 @@ struct Glm {
       if (logistic()) {  // phi(z) + phi*(s phi'(z)) - s phi'(z) z with phi'(z) = -y t
         auto m = y * p.z;
         auto st = s * at::sigmoid(-m);
-        fy = (at::softplus(-m) + at::xlogy(st, st) + at::xlogy(1 - st, 1 - st) + st * m).mean().item<double>();
+        fy =
+            (at::softplus(-m) + at::xlogy(st, st) + at::xlogy(1 - st, 1 - st) + st * m).mean().item<double>();
       } else {
         fy = 0.5 * (1 - s) * (1 - s) * p.dphi.dot(p.dphi).item<double>() / n;
       }
@@ -98,7 +99,8 @@ struct Glm {
 
 // Conjugate gradients on H x = b for a PSD operator, stopping at |r| <= tol |b|.
 template <typename Op>
-at::Tensor conjugate_gradients(const Op& hv, const at::Tensor& b, double tol, int64_t max_iters, int64_t& iters) {
+at::Tensor conjugate_gradients(const Op& hv, const at::Tensor& b, double tol, int64_t max_iters,
+                               int64_t& iters) {
   auto x = at::zeros_like(b), r = b.clone(), p = r.clone();
   double rs = r.dot(r).item<double>();
   const double target = tol * tol * rs;
@@ -125,8 +127,8 @@ double model_residual(const at::Tensor& x, const at::Tensor& gm, double l1) {
 
 // The proximal Newton model minimised by cyclic coordinate descent on an explicit H
 // (newGLMNET's inner solver), to a model residual of at most `tol`.
-at::Tensor model_cd(const at::Tensor& hessian, const at::Tensor& g, const at::Tensor& w, double l1, double tol,
-                    int64_t max_sweeps, int64_t& sweeps) {
+at::Tensor model_cd(const at::Tensor& hessian, const at::Tensor& g, const at::Tensor& w, double l1,
+                    double tol, int64_t max_sweeps, int64_t& sweeps) {
   const int64_t d = w.numel();
   auto hc = hessian.contiguous();
   auto x = w.clone(), q = at::zeros_like(w);  // q = H (x - w)
@@ -181,14 +183,16 @@ at::Tensor model_fista(const Op& hv, const at::Tensor& g, const at::Tensor& w, d
 
 }  // namespace
 
-bool ReferenceOptimum::certified() const { return gap <= 1e-12 * std::abs(objective); }
+bool ReferenceOptimum::certified() const {
+  return gap <= 1e-12 * std::abs(objective);
+}
 
 std::pair<double, double> objective_and_gap(const at::Tensor& a, const at::Tensor& y, const at::Tensor& w,
                                             const ReferenceOptimumOptions& o) {
   TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble && w.scalar_type() == at::kDouble &&
                   w.numel() == a.size(1),
-              "objective_and_gap: need float64 A [n, d] and w [d], got A ", a.sizes(), " ", a.scalar_type(), ", w ",
-              w.sizes(), " ", w.scalar_type());
+              "objective_and_gap: need float64 A [n, d] and w [d], got A ", a.sizes(), " ", a.scalar_type(),
+              ", w ", w.sizes(), " ", w.scalar_type());
   Glm glm{a, y, o, double(a.size(0))};
   const auto p = glm.point(w);
   return {p.objective, glm.gap(p)};
@@ -196,11 +200,13 @@ std::pair<double, double> objective_and_gap(const at::Tensor& a, const at::Tenso
 
 ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, const ReferenceOptimumOptions& o,
                                    const at::Tensor& w0) {
-  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble, "reference_optimum: A must be float64 [n, d], got ",
-              a.sizes(), " ", a.scalar_type());
+  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble,
+              "reference_optimum: A must be float64 [n, d], got ", a.sizes(), " ", a.scalar_type());
   TORCH_CHECK(y.dim() == 1 && y.size(0) == a.size(0) && y.scalar_type() == at::kDouble,
-              "reference_optimum: y must be float64 [", a.size(0), "], got ", y.sizes(), " ", y.scalar_type());
-  TORCH_CHECK(o.l1() >= 0 && o.l2() >= 0, "reference_optimum: l1 and l2 must be >= 0, got ", o.l1(), ", ", o.l2());
+              "reference_optimum: y must be float64 [", a.size(0), "], got ", y.sizes(), " ",
+              y.scalar_type());
+  TORCH_CHECK(o.l1() >= 0 && o.l2() >= 0, "reference_optimum: l1 and l2 must be >= 0, got ", o.l1(), ", ",
+              o.l2());
   TORCH_CHECK(o.loss() == GlmLoss::squares || o.l1() > 0 || o.l2() > 0,
               "reference_optimum: the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
   TORCH_CHECK(o.rel_gap() > 0, "reference_optimum: rel_gap must be > 0, got ", o.rel_gap());
@@ -233,7 +239,8 @@ ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, con
     double decrease_rate;  // the directional decrease the Armijo test scales
     if (o.l1() == 0) {
       // Inexact Newton: forcing term min(0.5, sqrt|g|) gives superlinear convergence.
-      const double forcing = glm.logistic() ? std::min(0.5, std::sqrt(pg_norm)) : 1e-15;  // squares: H is exact
+      const double forcing =
+          glm.logistic() ? std::min(0.5, std::sqrt(pg_norm)) : 1e-15;  // squares: H is exact
       dir = conjugate_gradients(hv, -pg, forcing, max_cg, res.inner_iterations);
       decrease_rate = pg.dot(dir).item<double>();
     } else {
@@ -241,8 +248,9 @@ ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, con
       // plus l1 |x|_1, to a residual shrinking with |pg| (superlinear), then a line search on P.
       const auto g = p.grad_f + o.l2() * p.w;
       const double tol = std::min(0.5, std::sqrt(pg_norm)) * pg_norm;
-      const auto x = explicit_hessian ? model_cd(hessian, g, p.w, o.l1(), tol, 10 * max_cg, res.inner_iterations)
-                                      : model_fista(hv, g, p.w, o.l1(), tol, 100 * max_cg, res.inner_iterations);
+      const auto x = explicit_hessian
+                         ? model_cd(hessian, g, p.w, o.l1(), tol, 10 * max_cg, res.inner_iterations)
+                         : model_fista(hv, g, p.w, o.l1(), tol, 100 * max_cg, res.inner_iterations);
       dir = x - p.w;
       decrease_rate = g.dot(dir).item<double>() + o.l1() * (x.abs().sum() - p.w.abs().sum()).item<double>();
     }

@@ -12,13 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "optim/optimizer_bytes.h"
 #include "sgdx/amp/grad_scaler.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "sgdx/optim/amp_step.h"
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"
-#include "optim/optimizer_bytes.h"
 #include "test_util.h"
 
 using sgdx::amp::GradScaler;
@@ -59,7 +59,9 @@ std::vector<Batch> make_batches(int count, const torch::Device& device) {
   return out;
 }
 
-std::string bytes_of(const Optimizer& opt) { return sgdx::testing::optimizer_bytes(opt); }
+std::string bytes_of(const Optimizer& opt) {
+  return sgdx::testing::optimizer_bytes(opt);
+}
 
 bool amp_aware(Optimizer& opt) {
   return dynamic_cast<sgdx::optim::AmpScaledStep*>(&opt) != nullptr;
@@ -813,18 +815,26 @@ void expect_closure_overflow_skips(const std::function<std::unique_ptr<Opt>(cons
 }
 }  // namespace
 
-TEST(GradScalerClosureOverflow, SVRG) { expect_closure_overflow_skips<sgdx::optim::SVRG>(make_svrg); }
-TEST(GradScalerClosureOverflow, Katyusha) { expect_closure_overflow_skips<sgdx::optim::Katyusha>(make_katyusha); }
-TEST(GradScalerClosureOverflow, DASVRDA) { expect_closure_overflow_skips<sgdx::optim::DASVRDA>(make_dasvrda); }
+TEST(GradScalerClosureOverflow, SVRG) {
+  expect_closure_overflow_skips<sgdx::optim::SVRG>(make_svrg);
+}
+TEST(GradScalerClosureOverflow, Katyusha) {
+  expect_closure_overflow_skips<sgdx::optim::Katyusha>(make_katyusha);
+}
+TEST(GradScalerClosureOverflow, DASVRDA) {
+  expect_closure_overflow_skips<sgdx::optim::DASVRDA>(make_dasvrda);
+}
 
 TEST(GradScalerClosureOverflow, RSGDAndGradQueue) {
   for (int which = 0; which < 2; ++which) {
     torch::manual_seed(3);
     auto w = torch::randn({6}, torch::requires_grad());
     std::unique_ptr<Optimizer> opt;
-    if (which == 0) opt = std::make_unique<sgdx::optim::RSGD>(std::vector<at::Tensor>{w}, sgdx::optim::RSGDOptions(0.1));
-    else opt = std::make_unique<sgdx::optim::GradQueueSGDM>(std::vector<at::Tensor>{w},
-                                                            sgdx::optim::GradQueueSGDMOptions(0.1).q_min(2));
+    if (which == 0)
+      opt = std::make_unique<sgdx::optim::RSGD>(std::vector<at::Tensor>{w}, sgdx::optim::RSGDOptions(0.1));
+    else
+      opt = std::make_unique<sgdx::optim::GradQueueSGDM>(std::vector<at::Tensor>{w},
+                                                         sgdx::optim::GradQueueSGDMOptions(0.1).q_min(2));
     GradScaler scaler;
     scaler.scale(at::zeros({}));  // the scale exists before the first step (a closure-only loop creates none)
     auto closure = [&](bool bad) {

@@ -15,7 +15,8 @@ namespace {
 using sgdx::optim::GlmLoss;
 using sgdx::optim::ReferenceOptimumOptions;
 
-double objective(const at::Tensor& a, const at::Tensor& y, const at::Tensor& w, const ReferenceOptimumOptions& o) {
+double objective(const at::Tensor& a, const at::Tensor& y, const at::Tensor& w,
+                 const ReferenceOptimumOptions& o) {
   auto z = a.mv(w);
   const double loss = o.loss() == GlmLoss::logistic ? torch::softplus(-y * z).mean().item<double>()
                                                     : 0.5 * (z - y).pow(2).mean().item<double>();
@@ -108,18 +109,24 @@ TEST(ReferenceOptimum, GapBoundsSuboptimality) {
 
 TEST(ReferenceOptimum, BadArgumentsNameTheValue) {
   auto a = torch::zeros({4, 2}, torch::kDouble), y = torch::ones({4}, torch::kDouble);
-  SGDX_EXPECT_THROW_MSG(sgdx::optim::reference_optimum(a, y, ReferenceOptimumOptions()), "needs l1 > 0 or l2 > 0");
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::reference_optimum(a, y, ReferenceOptimumOptions()),
+                        "needs l1 > 0 or l2 > 0");
   SGDX_EXPECT_THROW_MSG(sgdx::optim::reference_optimum(a, y, ReferenceOptimumOptions().l1(-1)), "got -1");
-  SGDX_EXPECT_THROW_MSG(sgdx::optim::reference_optimum(a.to(torch::kFloat), y, ReferenceOptimumOptions().l2(1)),
-                        "A must be float64");
-  SGDX_EXPECT_THROW_MSG(sgdx::optim::reference_optimum(a, torch::ones({3}, torch::kDouble), ReferenceOptimumOptions().l2(1)),
-                        "y must be float64 [4]");
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::optim::reference_optimum(a.to(torch::kFloat), y, ReferenceOptimumOptions().l2(1)),
+      "A must be float64");
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::optim::reference_optimum(a, torch::ones({3}, torch::kDouble), ReferenceOptimumOptions().l2(1)),
+      "y must be float64 [4]");
 }
 
 namespace {
-bool have_liblinear() { return std::system("command -v liblinear-train >/dev/null 2>&1") == 0; }
+bool have_liblinear() {
+  return std::system("command -v liblinear-train >/dev/null 2>&1") == 0;
+}
 
-at::Tensor liblinear_weights(const std::string& data, int solver, double C, double eps, const sgdx::testing::TempDir& dir) {
+at::Tensor liblinear_weights(const std::string& data, int solver, double C, double eps,
+                             const sgdx::testing::TempDir& dir) {
   const std::string model = dir.file("model");
   char c[64];
   std::snprintf(c, sizeof(c), "%.17g", C);
@@ -144,7 +151,8 @@ void expect_agrees_with_liblinear(const std::string& file, int64_t features) {
   auto d = sgdx::data::read_libsvm(file, features);
   const double n = double(d.features.size(0)), C = 1.0;
   for (int solver : {0, 6}) {
-    const auto o = solver == 0 ? ReferenceOptimumOptions().l2(1 / (n * C)) : ReferenceOptimumOptions().l1(1 / (n * C));
+    const auto o =
+        solver == 0 ? ReferenceOptimumOptions().l2(1 / (n * C)) : ReferenceOptimumOptions().l1(1 / (n * C));
     const auto r = sgdx::optim::reference_optimum(d.features, d.labels, o);
     EXPECT_TRUE(r.certified()) << r.gap;
     const auto w_ll = liblinear_weights(file, solver, C, 1e-6, dir);
@@ -163,11 +171,13 @@ void expect_agrees_with_liblinear(const std::string& file, int64_t features) {
 
 TEST(ReferenceOptimum, HeartScaleAgreesWithLiblinearAndFista) {
   const std::string file = "/usr/share/doc/liblinear-tools/examples/heart_scale";
-  if (!have_liblinear() || !std::filesystem::exists(file)) GTEST_SKIP() << "Debian's liblinear-tools is not installed";
+  if (!have_liblinear() || !std::filesystem::exists(file))
+    GTEST_SKIP() << "Debian's liblinear-tools is not installed";
   expect_agrees_with_liblinear(file, 13);
   // Elastic net (liblinear has none): against the long FISTA run.
   auto d = sgdx::data::read_libsvm(file, 13);
-  expect_matches_fista(d.features, d.labels, ReferenceOptimumOptions().l1(1e-3).l2(1e-3), "heart_scale elastic net");
+  expect_matches_fista(d.features, d.labels, ReferenceOptimumOptions().l1(1e-3).l2(1e-3),
+                       "heart_scale elastic net");
   expect_matches_fista(d.features, d.labels, ReferenceOptimumOptions().l2(1 / 270.0), "heart_scale L2");
 }
 

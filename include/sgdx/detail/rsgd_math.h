@@ -10,15 +10,27 @@
 namespace sgdx::detail {
 
 #if defined(__CUDA_ARCH__)
-SGDX_HOST_DEVICE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-SGDX_HOST_DEVICE double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-SGDX_HOST_DEVICE float add_rn(float a, float b) { return __fadd_rn(a, b); }
-SGDX_HOST_DEVICE double add_rn(double a, double b) { return __dadd_rn(a, b); }
+SGDX_HOST_DEVICE float mul_rn(float a, float b) {
+  return __fmul_rn(a, b);
+}
+SGDX_HOST_DEVICE double mul_rn(double a, double b) {
+  return __dmul_rn(a, b);
+}
+SGDX_HOST_DEVICE float add_rn(float a, float b) {
+  return __fadd_rn(a, b);
+}
+SGDX_HOST_DEVICE double add_rn(double a, double b) {
+  return __dadd_rn(a, b);
+}
 #else
 template <typename T>
-SGDX_HOST_DEVICE T mul_rn(T a, T b) { return a * b; }
+SGDX_HOST_DEVICE T mul_rn(T a, T b) {
+  return a * b;
+}
 template <typename T>
-SGDX_HOST_DEVICE T add_rn(T a, T b) { return a + b; }
+SGDX_HOST_DEVICE T add_rn(T a, T b) {
+  return a + b;
+}
 #endif
 
 /// g = grad + wd * p (wd == 0 adds nothing, so an infinite p does not turn g into NaN);

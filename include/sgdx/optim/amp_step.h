@@ -43,8 +43,9 @@ std::vector<at::Tensor> defined_grads(torch::optim::Optimizer& optimizer);
 /// (the batch closure and, for the step's duration, the full-gradient closure `*full`).
 /// Their overflow is known only after the step, so the step runs on a snapshot of the
 /// parameters and the optimizer's state, restored when found_inf turned non-zero.
-torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who, const at::Tensor& grad_scale,
-                                  const at::Tensor& found_inf, torch::optim::Optimizer::LossClosure closure,
+torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who,
+                                  const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                                  torch::optim::Optimizer::LossClosure closure,
                                   torch::optim::Optimizer::LossClosure* full);
 }  // namespace detail
 

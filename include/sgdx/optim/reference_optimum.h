@@ -34,11 +34,11 @@ struct ReferenceOptimumOptions {
 };
 
 struct ReferenceOptimum {
-  at::Tensor w;        ///< the minimiser, float64 [d]
-  double objective;    ///< P(w)
-  double gap;          ///< duality gap at w: P(w) - P* <= gap (inf where no dual bound exists)
+  at::Tensor w;      ///< the minimiser, float64 [d]
+  double objective;  ///< P(w)
+  double gap;        ///< duality gap at w: P(w) - P* <= gap (inf where no dual bound exists)
   int64_t newton_iterations = 0, inner_iterations = 0;  ///< inner: CG, CD sweeps or FISTA steps
-  bool certified() const;  ///< gap <= 1e-12 |P(w)|
+  bool certified() const;                               ///< gap <= 1e-12 |P(w)|
 };
 
 /// Minimises P over float64 w from `w0` (undefined: zero). `a` is float64 [n, d] (dense or
