@@ -63,6 +63,15 @@ void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tens
   }
 }
 
+bool amp_begin_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
+                    const at::Tensor& found_inf, bool closure_ran, const char* who) {
+  const bool checked = closure_ran && grad_scale.defined();
+  if (checked) amp_check_and_unscale_(defined_grads(optimizer), grad_scale, found_inf, who);
+  if (amp_skip(found_inf, who)) return true;
+  if (grad_scale.defined() && !checked) amp_unscale_(defined_grads(optimizer), grad_scale, who);
+  return false;
+}
+
 namespace {
 torch::optim::Optimizer::LossClosure checked(torch::optim::Optimizer& optimizer,
                                              torch::optim::Optimizer::LossClosure closure,

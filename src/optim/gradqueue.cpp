@@ -354,17 +354,12 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // The closure's gradients are checked as they are unscaled (the scaler's found_inf
-  // then covers them); otherwise found_inf was formed from .grad before the step.
-  const bool checked = closure != nullptr && grad_scale.defined();
-  if (checked) detail::amp_check_and_unscale_(detail::defined_grads(*this), grad_scale, found_inf, "GradQueueSGDM");
-  if (detail::amp_skip(found_inf, "GradQueueSGDM")) {
+  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "GradQueueSGDM")) {
     pending_loss_.reset();  // the skipped batch's loss does not enter the window's trend either
     return loss;
   }
   if (loss.defined() && loss.numel() == 1) observe_loss(loss.item<double>());
   take_pending_loss();
-  if (grad_scale.defined() && !checked) detail::amp_unscale_(detail::defined_grads(*this), grad_scale, "GradQueueSGDM");
   info_ = {};
   at::Tensor rho_sum;  // device sums of Delta-rho, read only when last_step_info() is asked for
   double elements = 0.0;

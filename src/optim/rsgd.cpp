@@ -129,12 +129,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // The closure's gradients are checked as they are unscaled (the scaler's found_inf
-  // then covers them); otherwise found_inf was formed from .grad before the step.
-  const bool checked = closure != nullptr && grad_scale.defined();
-  if (checked) detail::amp_check_and_unscale_(detail::defined_grads(*this), grad_scale, found_inf, "RSGD");
-  if (detail::amp_skip(found_inf, "RSGD")) return loss;  // before any counter moves
-  if (grad_scale.defined() && !checked) detail::amp_unscale_(detail::defined_grads(*this), grad_scale, "RSGD");
+  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "RSGD")) return loss;  // skipped
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];

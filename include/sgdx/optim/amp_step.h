@@ -36,6 +36,12 @@ void amp_unscale_(const std::vector<at::Tensor>& grads, const at::Tensor& grad_s
 /// _amp_foreach_non_finite_check_and_unscale_ per device and dtype, no host read.
 void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tensor& grad_scale,
                             const at::Tensor& found_inf, const char* who);
+/// The start of step_scaled once the closure (if any) has run: with a closure and
+/// grad_scale the closure's gradients are checked as they are unscaled (into found_inf,
+/// which the scaler then sees); otherwise found_inf was formed from .grad before the step
+/// and grad_scale divides the gradients after the skip test. True: skip the step.
+bool amp_begin_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
+                    const at::Tensor& found_inf, bool closure_ran, const char* who);
 /// The .grad of every parameter of `optimizer` that has one.
 std::vector<at::Tensor> defined_grads(torch::optim::Optimizer& optimizer);
 /// step_scaled of the closure-driven optimizers: skip without evaluating any closure, or
