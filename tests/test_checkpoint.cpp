@@ -85,6 +85,41 @@ TEST(Checkpoint, MismatchedModelGivesClearErrorAndChangesNothing) {
   SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *mlp, &opt), "holds no optimizer state");
 }
 
+TEST(Checkpoint, LoadThatFailsPartWayChangesNothing) {
+  TempDir dir;
+  torch::manual_seed(1);
+  auto saved = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8}, 2);
+  torch::optim::SGD sgdm(saved->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  sgdx::save_checkpoint(dir.file("c.pt"), *saved, &sgdm, [](torch::serialize::OutputArchive& a) {
+    a.write("n", c10::IValue(int64_t{3}));
+  });
+
+  auto model = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8}, 2);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  auto x = torch::randn({5, 4});
+  opt.zero_grad();
+  model->forward(x).sum().backward();
+  opt.step();  // a momentum buffer that a failed load must keep
+  std::vector<torch::Tensor> before;
+  for (const auto& p : model->parameters()) before.push_back(p.detach().clone());
+  auto buffer = [&] {
+    auto& st = static_cast<torch::optim::SGDParamState&>(*opt.state().at(model->parameters()[0].unsafeGetTensorImpl()));
+    return st.momentum_buffer().clone();
+  };
+  const auto momentum = buffer();
+  // The model and optimizer parts load; the extra part then fails.
+  EXPECT_ANY_THROW(sgdx::load_checkpoint(dir.file("c.pt"), *model, &opt, [](torch::serialize::InputArchive& a) {
+    c10::IValue v;
+    a.read("missing", v);
+  }));
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(before[i], model->parameters()[i])) << i;
+  EXPECT_TRUE(torch::equal(momentum, buffer()));
+  // And a load that succeeds does change them (the test above can fail).
+  sgdx::load_checkpoint(dir.file("c.pt"), *model, &opt);
+  EXPECT_TRUE(torch::equal(saved->parameters()[0], model->parameters()[0]));
+  EXPECT_FALSE(torch::equal(before[0], model->parameters()[0]));
+}
+
 TEST(Checkpoint, FailedWriteLeavesPreviousFileIntact) {
   TempDir dir;
   auto m = sgdx::models::make_model("mlp", {4}, 2);

@@ -1,8 +1,12 @@
 #include "report.h"
 
+#include <fcntl.h>
 #include <fmt/core.h>
 #include <fmt/format.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cmath>
 #include <cstdio>
@@ -16,14 +20,28 @@ namespace sgdx_train {
 
 void write_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error("cannot write '" + tmp + "'");
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("write to '" + tmp + "' failed");
+  const auto fail = [&](const std::string& what) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("cannot write '{}': {}", path, what));
+  };
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      fail(why);
+    }
+    done += static_cast<size_t>(n);
   }
-  std::filesystem::rename(tmp, path);
+  if (::fsync(fd) != 0 || ::close(fd) != 0) fail(std::strerror(errno));
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) fail(ec.message());
 }
 
 std::string metrics_csv(const std::vector<RunResult>& runs) {
@@ -32,9 +50,10 @@ std::string metrics_csv(const std::vector<RunResult>& runs) {
       "grad_norm_mean,grad_norm_var,quality,tau\n";
   for (const auto& r : runs)
     for (const auto& e : r.epochs)
-      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g},{:.4f},{:.4f}\n", r.optimizer,
-                       r.seed, e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds, e.head_accuracy,
-                       e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var, e.quality, e.tau);
+      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g},{:.4f},{:.4f}\n",
+                       r.optimizer, r.seed, e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy,
+                       e.seconds, e.head_accuracy, e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var,
+                       e.quality, e.tau);
   return s;
 }
 
@@ -44,13 +63,22 @@ nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunR
   j["runs"] = nlohmann::json::array();
   for (const auto& r : runs) {
     nlohmann::json run = {{"optimizer", r.optimizer}, {"seed", r.seed}, {"epochs", nlohmann::json::array()}};
+    if (!r.status.empty()) run["status"] = r.status;
     for (const auto& e : r.epochs)
-      run["epochs"].push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"train_loss", e.train_loss},
-                               {"test_loss", e.test_loss}, {"test_accuracy", e.test_accuracy},
-                               {"seconds", e.seconds}, {"head_accuracy", e.head_accuracy},
-                               {"tail_accuracy", e.tail_accuracy}, {"grad_norm_mean", e.grad_norm_mean},
-                               {"grad_norm_var", e.grad_norm_var}, {"class_accuracy", e.class_accuracy},
-                               {"class_loss", e.class_loss}, {"quality", e.quality}, {"tau", e.tau},
+      run["epochs"].push_back({{"epoch", e.epoch},
+                               {"steps", e.steps},
+                               {"train_loss", e.train_loss},
+                               {"test_loss", e.test_loss},
+                               {"test_accuracy", e.test_accuracy},
+                               {"seconds", e.seconds},
+                               {"head_accuracy", e.head_accuracy},
+                               {"tail_accuracy", e.tail_accuracy},
+                               {"grad_norm_mean", e.grad_norm_mean},
+                               {"grad_norm_var", e.grad_norm_var},
+                               {"class_accuracy", e.class_accuracy},
+                               {"class_loss", e.class_loss},
+                               {"quality", e.quality},
+                               {"tau", e.tau},
                                {"importance_step_fraction", e.importance_step_fraction}});
     j["runs"].push_back(run);
   }
@@ -90,7 +118,9 @@ std::vector<std::pair<std::string, std::vector<const RunResult*>>> by_optimizer(
   return out;
 }
 
-std::string pm(const Stat& s, int digits) { return fmt::format("{:.{}f} ± {:.{}f}", s.mean, digits, s.std, digits); }
+std::string pm(const Stat& s, int digits) {
+  return fmt::format("{:.{}f} ± {:.{}f}", s.mean, digits, s.std, digits);
+}
 
 }  // namespace
 
@@ -101,7 +131,8 @@ bool has_quality(const std::vector<RunResult>& runs) {
 }
 
 bool has_head_tail(const std::vector<RunResult>& runs) {
-  return !runs.empty() && !runs.front().epochs.empty() && !std::isnan(runs.front().epochs.back().tail_accuracy);
+  return !runs.empty() && !runs.front().epochs.empty() &&
+         !std::isnan(runs.front().epochs.back().tail_accuracy);
 }
 
 std::string summary_table(const std::vector<RunResult>& runs) {
@@ -137,6 +168,11 @@ std::string summary_table(const std::vector<RunResult>& runs) {
     s += fmt::format(" {} | {} | {} |", pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(gv), 4));
     if (hq) s += fmt::format(" {} | {} |", pm(stat(q), 3), pm(stat(tau), 2));
     s += fmt::format(" {} |\n", pm(stat(sec), 1));
+  }
+  for (const auto& r : runs) {
+    if (r.status.empty()) continue;
+    s += fmt::format("\n{} seed {}: {}; the table shows its last finished epoch ({} of them).", r.optimizer,
+                     r.seed, r.status, r.epochs.size());
   }
   return s;
 }
@@ -177,8 +213,8 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
         tail.push_back(100 * r->epochs[e].tail_accuracy);
       }
       const auto a = stat(acc), l = stat(loss), t = stat(sec), h = stat(head), tl = stat(tail);
-      d += fmt::format("{} {:.4f} {:.4f} {:.6f} {:.6f} {:.3f} {:.4f} {:.4f}\n", e + 1, a.mean, a.std, l.mean, l.std,
-                       t.mean, h.mean, tl.mean);
+      d += fmt::format("{} {:.4f} {:.4f} {:.6f} {:.6f} {:.3f} {:.4f} {:.4f}\n", e + 1, a.mean, a.std, l.mean,
+                       l.std, t.mean, h.mean, tl.mean);
     }
     d += "\n\n";
   }

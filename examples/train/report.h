@@ -29,16 +29,18 @@ struct RunResult {
   std::string optimizer;  ///< the run's label: optimizer[@balance:tau]
   long long seed = 0;
   std::vector<EpochMetrics> epochs;
+  std::string status;  ///< empty: finished; otherwise why it ended early ("diverged at step 12")
 };
 
-/// Writes `text` to `path` through a temporary file and a rename.
+/// Writes `text` to `path` through a temporary file, fsync and a rename: `path`
+/// holds the old or the new text, never a part; no temporary file is left on failure.
 void write_atomically(const std::string& path, const std::string& text);
 
 std::string metrics_csv(const std::vector<RunResult>& runs);
 nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunResult>& runs);
 
 /// One row per optimizer: final test accuracy, test loss, train loss and
-/// seconds as mean ± std over seeds (markdown).
+/// seconds as mean ± std over seeds (markdown); runs that ended early are listed below it.
 std::string summary_table(const std::vector<RunResult>& runs);
 
 /// Plots test accuracy and train loss against epoch and against seconds

@@ -14,7 +14,9 @@
 namespace sgdx::data {
 namespace {
 
-double unit(uint32_t hi, uint32_t lo) { return static_cast<double>(((uint64_t{hi} << 32) | lo) >> 11) * 0x1.0p-53; }
+double unit(uint32_t hi, uint32_t lo) {
+  return static_cast<double>(((uint64_t{hi} << 32) | lo) >> 11) * 0x1.0p-53;
+}
 
 void check_score(double s, int64_t index) {
   TORCH_CHECK(std::isfinite(s) && s >= 0, "importance sampling: score of example ", index,
@@ -23,7 +25,8 @@ void check_score(double s, int64_t index) {
 
 }  // namespace
 
-SumTree::SumTree(int64_t n, double initial) : n_(n), tree_(static_cast<size_t>(2 * std::max<int64_t>(n, 1)), 0.0) {
+SumTree::SumTree(int64_t n, double initial)
+    : n_(n), tree_(static_cast<size_t>(2 * std::max<int64_t>(n, 1)), 0.0) {
   TORCH_CHECK(n > 0, "SumTree: size must be positive, got ", n);
   check_score(initial, -1);
   std::vector<double> leaves(static_cast<size_t>(n), initial);
@@ -36,7 +39,9 @@ void SumTree::assign_leaves(const double* values) {
   if (n_ == 1) tree_[1] = values[0];
 }
 
-double SumTree::get(int64_t i) const { return n_ == 1 ? tree_[1] : tree_[n_ + i]; }
+double SumTree::get(int64_t i) const {
+  return n_ == 1 ? tree_[1] : tree_[n_ + i];
+}
 
 void SumTree::set(int64_t i, double value) {
   TORCH_CHECK(i >= 0 && i < n_, "SumTree: index ", i, " out of range [0, ", n_, ")");
@@ -86,15 +91,16 @@ struct ImportanceSampler::State {
 
 ImportanceSampler::ImportanceSampler(int64_t size, ImportanceSamplerOptions options) {
   TORCH_CHECK(size > 0, "ImportanceSampler: size must be positive, got ", size);
-  TORCH_CHECK(options.mix > 0 && options.mix <= 1, "ImportanceSampler: mix (eps) must be in (0, 1], got ", options.mix,
-              " (eps = 0 would allow unbounded weights)");
+  TORCH_CHECK(options.mix > 0 && options.mix <= 1, "ImportanceSampler: mix (eps) must be in (0, 1], got ",
+              options.mix, " (eps = 0 would allow unbounded weights)");
   state_ = std::make_shared<State>(size, options);
 }
 
 void ImportanceSampler::reset(std::optional<size_t> new_size) {
   std::lock_guard<std::mutex> lock(state_->mutex);
-  TORCH_CHECK(!new_size || static_cast<int64_t>(*new_size) == state_->tree.size(), "ImportanceSampler: the dataset has ",
-              new_size.value_or(0), " examples but the sampler was built for ", state_->tree.size());
+  TORCH_CHECK(!new_size || static_cast<int64_t>(*new_size) == state_->tree.size(),
+              "ImportanceSampler: the dataset has ", new_size.value_or(0),
+              " examples but the sampler was built for ", state_->tree.size());
   state_->epoch_batch = 0;
   // Batches drawn ahead in the last epoch and never taken are dropped.
   state_->drawn = state_->taken;
@@ -107,8 +113,9 @@ std::optional<std::vector<size_t>> ImportanceSampler::next(size_t batch_size) {
   TORCH_CHECK(batch_size > 0, "ImportanceSampler: batch size must be positive");
   const int64_t n = s.tree.size();
   if (s.batches_per_epoch == 0) {
-    s.batches_per_epoch = s.options.batches_per_epoch > 0 ? s.options.batches_per_epoch
-                                                          : (n + int64_t(batch_size) - 1) / int64_t(batch_size);
+    s.batches_per_epoch = s.options.batches_per_epoch > 0
+                              ? s.options.batches_per_epoch
+                              : (n + int64_t(batch_size) - 1) / int64_t(batch_size);
   }
   if (s.epoch_batch >= s.batches_per_epoch) return std::nullopt;
   ImportanceBatch batch;
@@ -120,10 +127,9 @@ std::optional<std::vector<size_t>> ImportanceSampler::next(size_t batch_size) {
   const auto seq = static_cast<uint64_t>(s.drawn);
   std::vector<size_t> out(batch_size);
   for (const auto j : c10::irange(batch_size)) {
-    const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(j), static_cast<uint32_t>(seq),
-                                               static_cast<uint32_t>(seq >> 32), 0x15A3C001u,
-                                               static_cast<uint32_t>(s.options.seed),
-                                               static_cast<uint32_t>(s.options.seed >> 32));
+    const auto r = sgdx::detail::philox4x32_10(
+        static_cast<uint32_t>(j), static_cast<uint32_t>(seq), static_cast<uint32_t>(seq >> 32), 0x15A3C001u,
+        static_cast<uint32_t>(s.options.seed), static_cast<uint32_t>(s.options.seed >> 32));
     const double u_mix = unit(r.v[0], r.v[1]), u = unit(r.v[2], r.v[3]);
     int64_t i;
     if (u_mix < s.options.mix || !(total > 0)) {
@@ -143,7 +149,8 @@ std::optional<std::vector<size_t>> ImportanceSampler::next(size_t batch_size) {
 
 ImportanceBatch ImportanceSampler::take() {
   std::lock_guard<std::mutex> lock(state_->mutex);
-  TORCH_CHECK(!state_->pending.empty(), "ImportanceSampler::take: no drawn batch is waiting (take once per batch "
+  TORCH_CHECK(!state_->pending.empty(),
+              "ImportanceSampler::take: no drawn batch is waiting (take once per batch "
               "the loader yields)");
   auto b = std::move(state_->pending.front());
   state_->pending.pop_front();
@@ -155,8 +162,8 @@ void ImportanceSampler::update(const at::Tensor& indices, const at::Tensor& scor
   TORCH_CHECK(beta >= 0 && beta < 1, "ImportanceSampler::update: beta must be in [0, 1), got ", beta);
   auto idx = indices.to(at::kLong).cpu().contiguous().reshape(-1);
   auto sc = scores.detach().to(at::kDouble).cpu().contiguous().reshape(-1);
-  TORCH_CHECK(idx.numel() == sc.numel(), "ImportanceSampler::update: ", idx.numel(), " indices but ", sc.numel(),
-              " scores");
+  TORCH_CHECK(idx.numel() == sc.numel(), "ImportanceSampler::update: ", idx.numel(), " indices but ",
+              sc.numel(), " scores");
   std::lock_guard<std::mutex> lock(state_->mutex);
   auto& tree = state_->tree;
   const auto* ip = idx.data_ptr<int64_t>();
@@ -164,8 +171,8 @@ void ImportanceSampler::update(const at::Tensor& indices, const at::Tensor& scor
   // Every entry is checked before any is applied: a rejected update leaves the table as it was.
   std::vector<double> next(static_cast<size_t>(idx.numel()));
   for (const auto k : c10::irange(idx.numel())) {
-    TORCH_CHECK(ip[k] >= 0 && ip[k] < tree.size(), "ImportanceSampler::update: index ", ip[k], " out of range [0, ",
-                tree.size(), ")");
+    TORCH_CHECK(ip[k] >= 0 && ip[k] < tree.size(), "ImportanceSampler::update: index ", ip[k],
+                " out of range [0, ", tree.size(), ")");
     check_score(sp[k], ip[k]);
     next[k] = beta == 0 ? sp[k] : beta * tree.get(ip[k]) + (1 - beta) * sp[k];
   }
@@ -184,9 +191,15 @@ at::Tensor ImportanceSampler::probabilities(const at::Tensor& indices) const {
   return out;
 }
 
-int64_t ImportanceSampler::size() const { return state_->tree.size(); }
-double ImportanceSampler::mix() const { return state_->options.mix; }
-int64_t ImportanceSampler::taken() const { return state_->taken; }
+int64_t ImportanceSampler::size() const {
+  return state_->tree.size();
+}
+double ImportanceSampler::mix() const {
+  return state_->options.mix;
+}
+int64_t ImportanceSampler::taken() const {
+  return state_->taken;
+}
 
 void ImportanceSampler::save(torch::serialize::OutputArchive& archive) const {
   std::lock_guard<std::mutex> lock(state_->mutex);
@@ -236,8 +249,8 @@ at::Tensor upper_bound_scores(const at::Tensor& logits, const at::Tensor& target
 }
 
 at::Tensor weighted_mean_loss(const at::Tensor& losses, const at::Tensor& weights) {
-  TORCH_CHECK(losses.sizes() == weights.sizes(), "weighted_mean_loss: losses ", losses.sizes(), " and weights ",
-              weights.sizes(), " differ");
+  TORCH_CHECK(losses.sizes() == weights.sizes(), "weighted_mean_loss: losses ", losses.sizes(),
+              " and weights ", weights.sizes(), " differ");
   return (weights.detach().to(losses.scalar_type()).to(losses.device()) * losses).mean();
 }
 
@@ -250,7 +263,7 @@ double sampling_quality(const at::Tensor& grad_norms, const at::Tensor& probs) {
   p = p / p.sum();
   const double m = double(g.numel());
   const double sq = g.pow(2).sum().item<double>();
-  const double v_uniform = sq / m;                              // (1/M^2) sum G^2 / (1/M)
+  const double v_uniform = sq / m;  // (1/M^2) sum G^2 / (1/M)
   const double v_p = (g.pow(2) / p).sum().item<double>() / (m * m);
   const double v_opt = std::pow(g.sum().item<double>(), 2) / (m * m);  // p* = G / sum G
   const double gap = v_uniform - v_opt;
@@ -287,7 +300,8 @@ std::pair<at::Tensor, at::Tensor> Presampler::select(const at::Tensor& scores) {
   TORCH_CHECK(at::isfinite(s).all().item<bool>() && (s >= 0).all().item<bool>(),
               "Presampler::select: scores must be finite and >= 0");
   const double total = s.sum().item<double>();
-  auto p = total > 0 ? (1 - mix_) * s / total + mix_ / double(B) : at::full({B}, 1.0 / double(B), at::kDouble);
+  auto p =
+      total > 0 ? (1 - mix_) * s / total + mix_ / double(B) : at::full({B}, 1.0 / double(B), at::kDouble);
   auto cdf = at::cumsum(p, 0);
   auto positions = at::empty({batch_size_}, at::kLong);
   auto weights = at::empty({batch_size_}, at::kFloat);
@@ -298,9 +312,9 @@ std::pair<at::Tensor, at::Tensor> Presampler::select(const at::Tensor& scores) {
   auto* wt = weights.data_ptr<float>();
   const uint64_t call = calls_++;
   for (int64_t j = 0; j < batch_size_; ++j) {
-    const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(j), static_cast<uint32_t>(call),
-                                               static_cast<uint32_t>(call >> 32), 0x9E5A0001u,
-                                               static_cast<uint32_t>(seed_), static_cast<uint32_t>(seed_ >> 32));
+    const auto r = sgdx::detail::philox4x32_10(
+        static_cast<uint32_t>(j), static_cast<uint32_t>(call), static_cast<uint32_t>(call >> 32), 0x9E5A0001u,
+        static_cast<uint32_t>(seed_), static_cast<uint32_t>(seed_ >> 32));
     const double u = unit(r.v[0], r.v[1]) * c[B - 1];
     int64_t k = std::upper_bound(c, c + B, u) - c;
     k = std::min(k, B - 1);
@@ -313,6 +327,31 @@ std::pair<at::Tensor, at::Tensor> Presampler::select(const at::Tensor& scores) {
 
 void Presampler::update_tau(const at::Tensor& scores) {
   tau_ = tau_ema_ * tau_ + (1 - tau_ema_) * effective_batch_increase(scores);
+}
+
+void Presampler::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("presampler/settings",
+                c10::IValue(std::vector<double>{double(batch_size_), double(ratio_), mix_, tau_ema_}));
+  archive.write("presampler/seed", c10::IValue(static_cast<int64_t>(seed_)));
+  archive.write("presampler/tau", c10::IValue(tau_));
+  archive.write("presampler/calls", c10::IValue(static_cast<int64_t>(calls_)));
+}
+
+void Presampler::load(torch::serialize::InputArchive& archive) {
+  c10::IValue settings, seed, tau, calls;
+  archive.read("presampler/settings", settings);
+  archive.read("presampler/seed", seed);
+  archive.read("presampler/tau", tau);
+  archive.read("presampler/calls", calls);
+  const std::vector<double> mine{double(batch_size_), double(ratio_), mix_, tau_ema_};
+  const auto saved = settings.toDoubleVector();
+  TORCH_CHECK(saved == mine, "Presampler::load: the saved settings (batch, ratio, mix, tau EMA) ", saved,
+              " differ from this presampler's ", mine);
+  TORCH_CHECK(static_cast<uint64_t>(seed.toInt()) == seed_, "Presampler::load: the saved seed ",
+              static_cast<uint64_t>(seed.toInt()), " differs from this presampler's ", seed_);
+  TORCH_CHECK(calls.toInt() >= 0, "Presampler::load: negative draw counter ", calls.toInt());
+  tau_ = tau.toDouble();
+  calls_ = static_cast<uint64_t>(calls.toInt());
 }
 
 }  // namespace sgdx::data

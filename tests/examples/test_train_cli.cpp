@@ -54,9 +54,41 @@ TEST(TrainCli, BadInputGivesOneClearErrorLine) {
   expect_one_error_line(run("--epochs 0" + out, dir), "--epochs", dir);
   expect_one_error_line(run("--dataset mnist --data-dir /nonexistent" + out, dir), "/nonexistent", dir);
   expect_one_error_line(run("--balance upsample" + out, dir), "upsample", dir);
-  expect_one_error_line(run("--tau 0" + out, dir), "--tau: must be > 0, got 0", dir);
+  expect_one_error_line(run("--tau 0" + out, dir), "--tau: must be a finite number > 0, got '0'", dir);
   expect_one_error_line(run("--compare sgd@ts:-1" + out, dir), "tau must be > 0, got -1", dir);
   expect_one_error_line(run("--compare sgd@oversample" + out, dir), "unknown balance 'oversample'", dir);
+}
+
+TEST(TrainCli, EmptyListsNonFiniteNumbersAndRangesAreRefused) {
+  TempDir dir;
+  const std::string out = " --out " + dir.file("out");
+  expect_one_error_line(run("--compare ''" + out, dir), "--compare: the list is empty", dir);
+  expect_one_error_line(run("--compare sgd,,adam" + out, dir), "--compare: item 2 of 'sgd,,adam' is empty", dir);
+  expect_one_error_line(run("--compare sgd," + out, dir), "item 2 of 'sgd,' is empty", dir);
+  expect_one_error_line(run("--out ''", dir), "--out: the path is empty", dir);
+  {
+    std::ofstream(dir.file("a-file")) << "x";
+  }
+  auto r = run("--out " + dir.file("a-file") + "/sub", dir);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("is not a directory, so"), std::string::npos) << r.err;
+  for (const char* opt : {"--lr", "--momentum", "--weight-decay", "--rsgd-gamma", "--rsgd-max-prob", "--mix",
+                          "--score-beta", "--tau", "--imbalance"}) {
+    for (const char* bad : {"nan", "inf", "-inf"}) {
+      auto r = run(std::string(opt) + " " + bad + out, dir);
+      expect_one_error_line(r, opt, dir);
+      EXPECT_NE(r.err.find(bad), std::string::npos) << r.err;
+    }
+  }
+  expect_one_error_line(run("--imbalance 0.5" + out, dir), "must be 0 (off) or a ratio >= 1, got 0.5", dir);
+  expect_one_error_line(run("--sampling loss --presample 1" + out, dir), "--presample must be 0 (off) or a ratio >= 2", dir);
+  expect_one_error_line(run("--sampling loss --presample 4611686018427387904 --batch-size 4" + out, dir),
+                        "too large a presample batch", dir);
+  expect_one_error_line(run("--batch-size 99999999999999999999" + out, dir), "--batch-size", dir);
+  expect_one_error_line(run("--resume ''" + out, dir), "--resume: the directory must not be empty", dir);
+  expect_one_error_line(run("--resume " + dir.file("elsewhere") + out, dir), "differ", dir);
+  expect_one_error_line(run("--stop-after 0" + out, dir), "--stop-after", dir);
+  expect_one_error_line(run("--checkpoint-every -1" + out, dir), "--checkpoint-every", dir);
 }
 
 TEST(TrainCli, ImbalancedBalancingModesRun) {

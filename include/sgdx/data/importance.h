@@ -37,7 +37,7 @@ class SumTree {
 };
 
 struct ImportanceSamplerOptions {
-  double mix = 0.1;              ///< eps: weight of the uniform component, in (0, 1]
+  double mix = 0.1;  ///< eps: weight of the uniform component, in (0, 1]
   uint64_t seed = 0;
   int64_t batches_per_epoch = 0;  ///< <= 0: ceil(N / batch_size)
   double initial_score = 1.0;     ///< before any update every item scores this (uniform)
@@ -107,7 +107,8 @@ double effective_batch_increase(const at::Tensor& scores);
 /// otherwise train on b of them uniformly. Feed every step's scores to update_tau.
 class Presampler {
  public:
-  Presampler(int64_t batch_size, int64_t ratio = 3, double mix = 0.0, double tau_ema = 0.9, uint64_t seed = 0);
+  Presampler(int64_t batch_size, int64_t ratio = 3, double mix = 0.0, double tau_ema = 0.9,
+             uint64_t seed = 0);
   int64_t presample_size() const { return batch_size_ * ratio_; }
   bool importance_step() const { return tau_ > tau_threshold(); }
   double tau() const { return tau_; }
@@ -116,6 +117,9 @@ class Presampler {
   /// (1 - mix) s/sum(s) + mix/B; weights 1/(B p). Returns {positions (int64), weights (float32)}.
   std::pair<at::Tensor, at::Tensor> select(const at::Tensor& scores);
   void update_tau(const at::Tensor& scores);
+  /// Saves tau and the draw counter (the settings are checked on load, not restored).
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
 
  private:
   int64_t batch_size_, ratio_;
