@@ -62,6 +62,7 @@ void RunTrainer::load() {
     feed_.sampler->load(sampler_archive);
     feed_.load_extra(a);
   });
+  if (schedule_) schedule_->set_steps(c_.step);
 }
 
 // After every step: a checkpoint when one is due, a stop when one was asked for.

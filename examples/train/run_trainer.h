@@ -14,6 +14,7 @@
 #include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
 #include "sgdx/ops/per_sample.h"
+#include "sgdx/optim/cosine_lr.h"
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"
@@ -93,6 +94,7 @@ class RunTrainer {
   double base_lr_;
   std::shared_ptr<sgdx::models::Classifier> model_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::optional<sgdx::optim::CosineLR> schedule_;
   sgdx::optim::GradQueueSGDM* gq_ = nullptr;
   sgdx::optim::SVRG* svrg_ = nullptr;
   bool clustered_ = false;

@@ -42,6 +42,7 @@ RunTrainer::RunTrainer(const sgdx::data::DatasetSplits& data, const RunSpec& spe
   model_->to(device);
   optimizer_ = make_optimizer(spec.optimizer, model_->parameters(), cfg);
   configure_optimizer();
+  if (cfg.schedule == "cosine") schedule_.emplace(*optimizer_, total_steps_);  // per step, to 0
   auto counts = torch::bincount(train_.targets(), {}, data.num_classes);
   train_counts_.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + data.num_classes);
   if (spec.balance == "scalarize")
@@ -95,10 +96,6 @@ void RunTrainer::configure_optimizer() {
 // and fills `scores` (when asked) with the batch's fresh scores.
 double RunTrainer::train_step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weights,
                               at::Tensor* scores) {
-  if (cfg_.schedule == "cosine") {
-    const double lr = 0.5 * base_lr_ * (1 + std::cos(M_PI * double(c_.step) / double(total_steps_)));
-    for (auto& g : optimizer_->param_groups()) g.options().set_lr(lr);
-  }
   optimizer_->zero_grad();
   std::optional<sgdx::ops::PerSampleGradients> cap;
   if (scores != nullptr && spec_.sampling == "exact") cap.emplace(*model_, capture_options_);
@@ -185,6 +182,7 @@ double RunTrainer::finish_step(const at::Tensor& loss) {
     if (scaler_.is_enabled() && !std::isfinite(last_grad_sq_)) ++c_.amp_skipped;
   }
   ++c_.step;
+  if (schedule_) schedule_->step();  // the lr of the next step
   return l;
 }
 

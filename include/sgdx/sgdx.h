@@ -15,6 +15,7 @@
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/ops/rsgd_step.h"
 #include "sgdx/optim/accelerated_vr.h"
+#include "sgdx/optim/cosine_lr.h"
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"
