@@ -6,4 +6,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh"
 cd "$build"
 ctest --output-on-failure -j"$(nproc)" --timeout 900
+if command -v clang++ >/dev/null; then
+  "$root/scripts/fuzz.sh" 20  # the data readers under libFuzzer + ASan/UBSan, 20 s each
+else
+  echo "test: clang++ not found, skipping the reader fuzzers (scripts/setup.sh installs clang)"
+fi
 "$root/scripts/test_consumer.sh"

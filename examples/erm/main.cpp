@@ -10,11 +10,12 @@
 #include <fstream>
 #include <random>
 
+#include "../common/cli_checks.h"
+#include "pstar_cache.h"
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "sgdx/optim/reference_optimum.h"
 #include "sgdx/optim/svrg.h"
-#include "pstar_cache.h"
 
 namespace {
 
@@ -166,9 +167,77 @@ double default_lr(const Problem& p, const std::string& method, int64_t b) {
   return 1.0 / (4.0 * L);  // svrg, sgd
 }
 
+constexpr const char* kMethods[] = {"sgd", "svrg", "katyusha", "dasvrda"};
+
+/// `--methods` as a list: no empty list, no empty item, no unknown or repeated method.
+std::vector<std::string> parse_methods(const std::string& text) {
+  TORCH_CHECK(!text.empty(), "--methods is empty (choose from sgd, svrg, katyusha, dasvrda)");
+  std::vector<std::string> list;
+  for (size_t start = 0;;) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string m = text.substr(start, comma - start);
+    TORCH_CHECK(!m.empty(), "--methods '", text, "' has an empty item");
+    TORCH_CHECK(std::find(std::begin(kMethods), std::end(kMethods), m) != std::end(kMethods),
+                "unknown method '", m, "' (choose sgd, svrg, katyusha, dasvrda)");
+    TORCH_CHECK(std::find(list.begin(), list.end(), m) == list.end(), "--methods '", text, "' lists '", m,
+                "' twice");
+    list.push_back(m);
+    if (comma == text.size()) break;
+    start = comma + 1;
+  }
+  return list;
+}
+
+/// The LIBSVM file `--data` names (after the heart-scale and a9a shortcuts).
+std::string data_path(const std::string& data) {
+  TORCH_CHECK(!data.empty(), "--data is empty (heart-scale, a9a or a LIBSVM file)");
+  std::string path = data;
+  if (data == "heart-scale") path = "/usr/share/doc/liblinear-tools/examples/heart_scale";
+  if (data == "a9a") {
+    const char* d = std::getenv("SGDX_DATA_DIR");
+    TORCH_CHECK(d != nullptr && *d != '\0',
+                "--data a9a needs SGDX_DATA_DIR (files under $SGDX_DATA_DIR/libsvm/a9a)");
+    path = std::string(d) + "/libsvm/a9a";
+  }
+  return path;
+}
+
+/// Beyond what the reader checks (finite values, at least one feature): finite row norms and a
+/// nonzero row, so the smoothness and the default step sizes are finite.
+void check_data(const at::Tensor& a, const std::string& path) {
+  const auto sq = a.pow(2).sum(1);
+  const auto overflow = (~torch::isfinite(sq)).nonzero();
+  TORCH_CHECK(overflow.size(0) == 0, "LIBSVM file '", path, "': the squared norm of example ",
+              overflow.size(0) > 0 ? overflow[0][0].item<int64_t>() + 1 : 0, " overflows float64");
+  TORCH_CHECK(sq.max().item<double>() > 0, "LIBSVM file '", path, "': every example is zero, nothing to fit");
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a failed write leaves nothing
+/// half-written.
+void write_file(const std::string& path, const std::string& text) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  std::error_code ec;
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    if (!f.good()) {
+      const int err = errno;
+      std::filesystem::remove(tmp, ec);
+      TORCH_CHECK(false, "cannot write '", path, "': ", std::generic_category().message(err));
+    }
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    TORCH_CHECK(false, "cannot write '", path, "': ", ec.message());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  namespace checks = sgdx_examples;
   std::string data = "heart-scale", loss = "logistic", methods = "sgd,svrg,katyusha,dasvrda", out = "runs/erm";
   double l1 = 0, l2 = 1e-6, passes = 50;
   int64_t batch = 0, features = 0;
@@ -179,14 +248,19 @@ int main(int argc, char** argv) {
     return std::string("sgdx-erm: error: ") + e.what() + " (see --help)\n";
   });
   app.add_option("--data", data, "heart-scale (Debian liblinear-tools), a9a ($SGDX_DATA_DIR/libsvm/a9a) or a LIBSVM file")->capture_default_str();
-  app.add_option("--features", features, "Number of features (0: the largest index in the file)");
+  app.add_option("--features", features, "Number of features (0: the largest index in the file)")
+      ->check(checks::integer(0));
   app.add_option("--loss", loss, "logistic or squares")->check(CLI::IsMember({"logistic", "squares"}))->capture_default_str();
-  app.add_option("--l1", l1, "L1 weight lambda1")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--l2", l2, "L2 weight lambda2")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--l1", l1, "L1 weight lambda1")->check(checks::finite_number(0))->capture_default_str();
+  app.add_option("--l2", l2, "L2 weight lambda2")->check(checks::finite_number(0))->capture_default_str();
   app.add_option("--methods", methods, "Comma-separated: sgd, svrg, katyusha, dasvrda")->capture_default_str();
-  app.add_option("--passes", passes, "Passes over the data per method")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--batch", batch, "Minibatch size (0: ceil(sqrt(n)))")->check(CLI::NonNegativeNumber);
-  app.add_option("--seed", seed, "Seed of the minibatch draws")->capture_default_str();
+  app.add_option("--passes", passes, "Passes over the data per method (1 to 1e6)")
+      ->check(checks::finite_number(1, 1e6))
+      ->capture_default_str();
+  app.add_option("--batch", batch, "Minibatch size (0: ceil(sqrt(n)))")->check(checks::integer(0));
+  app.add_option("--seed", seed, "Seed of the minibatch draws")
+      ->check(checks::unsigned_integer())
+      ->capture_default_str();
   app.add_flag("--tune", tune, "Tune each method's step size on a log grid (x1/4 ... x16 of the default) by final gap");
   app.add_flag("--no-normalize", no_normalize, "Keep rows as they are (default: unit-norm rows)");
   app.add_flag("--liblinear", liblinear,
@@ -198,31 +272,41 @@ int main(int argc, char** argv) {
                  "Directory caching P* per (data, loss, l1, l2); 'off': no cache")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
-    std::vector<std::string> list;
-    std::stringstream ss(methods);
-    for (std::string m; std::getline(ss, m, ',');) {
-      TORCH_CHECK(m == "sgd" || m == "svrg" || m == "katyusha" || m == "dasvrda", "unknown method '", m,
-                  "' (choose sgd, svrg, katyusha, dasvrda)");
-      list.push_back(m);
+    // Every check runs here, before P*, training or any file written.
+    const auto list = parse_methods(methods);
+    const auto out_problem = checks::output_directory_problem(out);  // the default too
+    TORCH_CHECK(out_problem.empty(), "--out: ", out_problem);
+    for (const char* name : {"gap.csv", "gap.gp", "gap.png", "data.libsvm", "liblinear.model"}) {
+      std::error_code ec;
+      TORCH_CHECK(!std::filesystem::is_directory(out + "/" + name, ec), "--out: '", out, "/", name,
+                  "' is a directory, so the result cannot be written there");
     }
-    std::string path = data;
-    if (data == "heart-scale") path = "/usr/share/doc/liblinear-tools/examples/heart_scale";
-    if (data == "a9a") {
-      const char* d = std::getenv("SGDX_DATA_DIR");
-      TORCH_CHECK(d != nullptr, "--data a9a needs SGDX_DATA_DIR (files under $SGDX_DATA_DIR/libsvm/a9a)");
-      path = std::string(d) + "/libsvm/a9a";
-      if (features == 0) features = 123;
+    if (app.count("--pstar-cache") > 0 && pstar_cache != "off") {
+      const auto why = checks::output_directory_problem(pstar_cache);
+      TORCH_CHECK(why.empty(), "--pstar-cache: ", why, " ('off': no cache)");
     }
+    if (liblinear) {
+      TORCH_CHECK(loss == "logistic" && ((l1 > 0) != (l2 > 0)),
+                  "--liblinear compares pure-L2 (-s 0) or pure-L1 (-s 6) logistic regression");
+      TORCH_CHECK(std::system("command -v liblinear-train >/dev/null 2>&1") == 0,
+                  "liblinear-train not found (Debian liblinear-tools)");
+    }
+    TORCH_CHECK(l1 > 0 || l2 > 0 || loss == "squares",
+                "the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
+    const std::string path = data_path(data);
+    if (data == "a9a" && features == 0) features = 123;
     auto raw = sgdx::data::read_libsvm(path, features);
+    check_data(raw.features, path);
     Problem p{raw.features, raw.labels, loss, l1, l2};
     if (!no_normalize) sgdx::data::normalize_rows_(p.a);
-    TORCH_CHECK(l1 > 0 || l2 > 0 || loss == "squares", "the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
+    const double smoothness = p.mean_smoothness();
+    TORCH_CHECK(std::isfinite(smoothness) && smoothness > 0, "LIBSVM file '", path,
+                "': the mean squared row norm is ", smoothness, ", so no step size follows from it");
     const int64_t b = batch > 0 ? batch : static_cast<int64_t>(std::ceil(std::sqrt(double(p.n()))));
     TORCH_CHECK(b <= p.n(), "--batch ", b, " exceeds n = ", p.n());
     const auto [x_star, p_star, p_star_source] = reference_optimum(p, pstar_cache == "off" ? "" : pstar_cache);
-    fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", data, p.n(),
-               p.a.size(1), loss, l1, l2, b, p_star, p_star_source);
-    std::filesystem::create_directories(out);
+    fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", data,
+               p.n(), p.a.size(1), loss, l1, l2, b, p_star, p_star_source);
     std::vector<Curve> curves;
     for (const auto& m : list) {
       const double base = default_lr(p, m, b);
@@ -239,11 +323,14 @@ int main(int argc, char** argv) {
       TORCH_CHECK(!best.points.empty(), m, " diverged at every step size tried");
       curves.push_back(best);
     }
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    TORCH_CHECK(!ec, "cannot create the output directory '", out, "': ", ec.message());
     std::string csv = "method,lr,passes,seconds,relative_gap\n";
     for (const auto& c : curves)
       for (size_t k = 0; k < c.points.size(); ++k)
         csv += fmt::format("{},{:.6g},{},{:.4f},{:.6e}\n", c.method, c.lr, c.points[k].first, c.seconds[k], c.points[k].second);
-    std::ofstream(out + "/gap.csv") << csv;
+    write_file(out + "/gap.csv", csv);
     fmt::print("\n| method | step size | passes to 1e-4 | 1e-6 | 1e-8 | seconds to 1e-6 | final gap |\n|---|---|---|---|---|---|---|\n");
     for (const auto& c : curves) {
       auto first = [&](double tol) -> std::string {
@@ -258,19 +345,18 @@ int main(int argc, char** argv) {
                  sec, c.points.back().second);
     }
     if (liblinear) {
-      TORCH_CHECK(loss == "logistic" && ((l1 > 0) != (l2 > 0)), "--liblinear compares pure-L2 (-s 0) or pure-L1 (-s 6) logistic regression");
-      TORCH_CHECK(std::system("command -v liblinear-train >/dev/null 2>&1") == 0, "liblinear-train not found (Debian liblinear-tools)");
       // Write the (normalised) rows so both solve the same problem.
       const std::string file = out + "/data.libsvm", model = out + "/liblinear.model";
       {
-        std::ofstream f(file);
+        std::string rows;
         auto acc = p.a.accessor<double, 2>();
         for (int64_t i = 0; i < p.n(); ++i) {
-          f << (p.y[i].item<double>() > 0 ? "+1" : "-1");
+          rows += p.y[i].item<double>() > 0 ? "+1" : "-1";
           for (int64_t j = 0; j < p.a.size(1); ++j)
-            if (acc[i][j] != 0) f << ' ' << j + 1 << ':' << fmt::format("{:.17g}", acc[i][j]);
-          f << '\n';
+            if (acc[i][j] != 0) rows += fmt::format(" {}:{:.17g}", j + 1, acc[i][j]);
+          rows += '\n';
         }
+        write_file(file, rows);
       }
       const int solver = l2 > 0 ? 0 : 6;
       const double C = 1.0 / (double(p.n()) * (l2 > 0 ? l2 : l1));
@@ -301,7 +387,7 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < curves.size(); ++i)
         gp += fmt::format("{}'{}/gap.csv' using (strcol(1) eq '{}' ? $3 : 1/0):5 with lines lw 2 title '{} (step {:.3g})'",
                           i ? ", " : "", out, curves[i].method, curves[i].method, curves[i].lr);
-      std::ofstream(out + "/gap.gp") << gp << "\n";
+      write_file(out + "/gap.gp", gp + "\n");
       if (std::system(fmt::format("gnuplot '{}/gap.gp'", out).c_str()) == 0) fmt::print("\nplot: {}/gap.png\n", out);
     }
     fmt::print("curves: {}/gap.csv\n", out);

@@ -64,7 +64,8 @@ struct PStarCache {
 
   /// The cached minimiser, when the file exists, is intact and belongs to this problem.
   std::optional<at::Tensor> load(int64_t d) const {
-    if (file.empty() || !std::filesystem::exists(file)) return std::nullopt;
+    std::error_code ec;
+    if (file.empty() || !std::filesystem::is_regular_file(file, ec)) return std::nullopt;
     std::ifstream in(file, std::ios::binary);
     std::stringstream ss;
     ss << in.rdbuf();

@@ -3,51 +3,77 @@
 #include <ATen/ATen.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <vector>
 
-namespace sgdx::data {
+#include "sgdx/data/idx.h"
 
-LibsvmData read_libsvm(const std::string& path, int64_t num_features) {
-  std::ifstream in(path);
-  TORCH_CHECK(in.good(), "cannot open LIBSVM file '", path, "'");
+namespace sgdx::data {
+namespace {
+
+bool is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
+// What may follow a label or a value: the end of the line, a blank or a comment.
+bool ends_field(char c) {
+  return c == '\0' || is_blank(c) || c == '#';
+}
+std::string snippet(const char* p) {
+  return std::string(p).substr(0, 20);
+}
+
+}  // namespace
+
+LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features) {
   std::vector<double> labels;
   std::vector<int64_t> rows, cols;
   std::vector<double> vals;
   std::string line;
   int64_t line_no = 0, max_index = 0;
-  while (std::getline(in, line)) {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t eol = text.find('\n', pos);
+    line.assign(text.substr(pos, eol == std::string_view::npos ? std::string_view::npos : eol - pos));
+    pos = eol == std::string_view::npos ? text.size() : eol + 1;
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    TORCH_CHECK(line.find('\0') == std::string::npos, "'", name, "' line ", line_no,
+                ": contains a NUL byte (not a LIBSVM text file?)");
     const char* p = line.c_str();
-    while (*p == ' ' || *p == '\t') ++p;
+    while (is_blank(*p)) ++p;
     if (*p == '\0' || *p == '#') continue;
     char* end = nullptr;
-    errno = 0;
     const double label = std::strtod(p, &end);
-    TORCH_CHECK(end != p && errno == 0, "'", path, "' line ", line_no, ": expected a label, got '",
-                line.substr(0, 20), "'");
-    TORCH_CHECK(label == 1 || label == -1 || label == 0, "'", path, "' line ", line_no,
+    TORCH_CHECK(end != p && ends_field(*end), "'", name, "' line ", line_no, ": expected a label, got '",
+                snippet(p), "'");
+    TORCH_CHECK(label == 1 || label == -1 || label == 0, "'", name, "' line ", line_no,
                 ": label must be +1, -1 or 0/1, got ", label);
     const int64_t row = static_cast<int64_t>(labels.size());
     labels.push_back(label == 0 ? -1.0 : label);
     p = end;
     int64_t prev = 0;
     while (true) {
-      while (*p == ' ' || *p == '\t') ++p;
+      while (is_blank(*p)) ++p;
       if (*p == '\0' || *p == '#') break;
       errno = 0;
       const long long idx = std::strtoll(p, &end, 10);
-      TORCH_CHECK(end != p && *end == ':', "'", path, "' line ", line_no, ": expected 'index:value', got '",
-                  std::string(p).substr(0, 20), "'");
-      TORCH_CHECK(idx >= 1, "'", path, "' line ", line_no, ": feature index must be >= 1, got ", idx);
-      TORCH_CHECK(idx > prev, "'", path, "' line ", line_no, ": feature indices must increase, got ", prev,
+      TORCH_CHECK(end != p && *end == ':', "'", name, "' line ", line_no, ": expected 'index:value', got '",
+                  snippet(p), "'");
+      TORCH_CHECK(errno != ERANGE, "'", name, "' line ", line_no, ": feature index ",
+                  std::string(p, static_cast<size_t>(end - p)), " overflows int64");
+      TORCH_CHECK(idx >= 1, "'", name, "' line ", line_no, ": feature index must be >= 1, got ", idx);
+      TORCH_CHECK(idx > prev, "'", name, "' line ", line_no, ": feature indices must increase, got ", prev,
                   " then ", idx);
       p = end + 1;
+      // strtod would skip blanks: "3: 1" is malformed, not feature 3 = 1.
+      TORCH_CHECK(!ends_field(*p), "'", name, "' line ", line_no, ": missing value for feature ", idx);
       const double v = std::strtod(p, &end);
-      TORCH_CHECK(end != p && errno == 0, "'", path, "' line ", line_no, ": bad value for feature ", idx);
+      TORCH_CHECK(end != p && ends_field(*end), "'", name, "' line ", line_no, ": bad value '", snippet(p),
+                  "' for feature ", idx);
+      TORCH_CHECK(std::isfinite(v), "'", name, "' line ", line_no, ": non-finite value ",
+                  std::string(p, static_cast<size_t>(end - p)), " for feature ", idx);
       p = end;
       rows.push_back(row);
       cols.push_back(idx - 1);
@@ -56,15 +82,24 @@ LibsvmData read_libsvm(const std::string& path, int64_t num_features) {
       max_index = std::max<int64_t>(max_index, idx);
     }
   }
-  TORCH_CHECK(!labels.empty(), "LIBSVM file '", path, "' holds no examples");
+  TORCH_CHECK(!labels.empty(), "LIBSVM file '", name, "' holds no examples");
   if (num_features <= 0) num_features = max_index;
-  TORCH_CHECK(max_index <= num_features, "'", path, "': feature index ", max_index, " exceeds num_features ",
+  TORCH_CHECK(num_features > 0, "LIBSVM file '", name, "' has no features (", labels.size(),
+              " examples, none with an index:value pair)");
+  TORCH_CHECK(max_index <= num_features, "'", name, "': feature index ", max_index, " exceeds num_features ",
               num_features);
   const auto n = static_cast<int64_t>(labels.size());
+  dense_bytes({n, num_features}, sizeof(double), "LIBSVM file '" + name + "' as a dense float64 matrix");
   auto x = at::zeros({n, num_features}, at::kDouble);
   auto* xp = x.data_ptr<double>();
   for (size_t k = 0; k < vals.size(); ++k) xp[rows[k] * num_features + cols[k]] = vals[k];
   return {x, at::tensor(labels, at::kDouble)};
+}
+
+LibsvmData read_libsvm(const std::string& path, int64_t num_features) {
+  const auto bytes = read_file_maybe_gz(path, "LIBSVM file");
+  return parse_libsvm(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path,
+                      num_features);
 }
 
 void normalize_rows_(at::Tensor& features) {

@@ -4,8 +4,11 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <string>
+#include <system_error>
 
 #include "sgdx/data/cifar10.h"
 #include "sgdx/data/idx.h"
@@ -49,14 +52,47 @@ std::string default_data_dir(const std::string& name) {
 
 namespace {
 
-DatasetSplits standardised(const std::string& name, ImageSet train, ImageSet test) {
+std::string shape_text(const at::Tensor& images) {
+  std::string text;
+  for (const auto d : images.sizes().slice(1)) text += (text.empty() ? "" : "x") + std::to_string(d);
+  return text;
+}
+
+// Standardises both splits with the training set's mean and standard deviation. A constant training
+// set (standard deviation 0) is refused: dividing by its deviation would make every input NaN or inf.
+DatasetSplits standardised(const std::string& name, const std::string& dir, ImageSet train, ImageSet test) {
+  TORCH_CHECK(train.images.size(0) > 0 && test.images.size(0) > 0, "dataset '", name, "' in '", dir,
+              "': the ", train.images.size(0) == 0 ? "training" : "test", " split has no examples");
+  TORCH_CHECK(train.images.sizes().slice(1) == test.images.sizes().slice(1), "dataset '", name, "' in '", dir,
+              "': the training images are ", shape_text(train.images), " but the test images are ",
+              shape_text(test.images));
+  // min == max, not std == 0: the float32 deviation of a constant set is a rounding error, not 0.
+  const auto [lo, hi] = at::aminmax(train.images);
+  TORCH_CHECK(lo.item<float>() < hi.item<float>(), "dataset '", name, "' in '", dir,
+              "': the training images are constant (every pixel is ", lo.item<float>(),
+              ", standard deviation 0), so they cannot be standardised");
   const auto mean = train.images.mean().item<double>();
   const auto std = train.images.std().item<double>();
+  TORCH_CHECK(std > 0 && std::isfinite(std), "dataset '", name, "' in '", dir,
+              "': the training images have standard deviation ", std, ", so they cannot be standardised");
   train.images.sub_(mean).div_(std);
   test.images.sub_(mean).div_(std);
   auto shape = train.images.sizes().slice(1).vec();
-  return {name, TensorDataset(train.images, train.labels), TensorDataset(test.images, test.labels),
-          10, shape};
+  return {name, TensorDataset(train.images, train.labels), TensorDataset(test.images, test.labels), 10,
+          shape};
+}
+
+// The directory the files are read from: one line naming it when it is missing, a file or unreadable.
+void check_data_directory(const std::string& name, const std::string& dir) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(dir, ec);
+  TORCH_CHECK(std::filesystem::exists(st) || !ec || ec == std::errc::no_such_file_or_directory ||
+                  ec == std::errc::not_a_directory,
+              "data directory '", dir, "' for dataset '", name, "': ", ec.message());
+  TORCH_CHECK(std::filesystem::exists(st), "data directory '", dir, "' for dataset '", name,
+              "' does not exist", name == "fashion-mnist" ? " (install Debian's dataset-fashion-mnist)" : "");
+  TORCH_CHECK(std::filesystem::is_directory(st), "data directory '", dir, "' for dataset '", name,
+              "' is not a directory");
 }
 
 DatasetSplits teacher_student() {
@@ -85,11 +121,13 @@ DatasetSplits load_dataset(const std::string& name, const std::string& dir) {
   TORCH_CHECK(!d.empty(), "dataset '", name,
               "' needs a directory: pass one or set SGDX_DATA_DIR (files under $SGDX_DATA_DIR/",
               name, ")");
-  TORCH_CHECK(std::filesystem::is_directory(d), "data directory '", d, "' for dataset '", name,
-              "' does not exist",
-              name == "fashion-mnist" ? " (install Debian's dataset-fashion-mnist)" : "");
-  if (name == "cifar10") return standardised(name, load_cifar10(d, true), load_cifar10(d, false));
-  return standardised(name, load_mnist_family(d, true), load_mnist_family(d, false));
+  check_data_directory(name, d);
+  try {
+    if (name == "cifar10") return standardised(name, d, load_cifar10(d, true), load_cifar10(d, false));
+    return standardised(name, d, load_mnist_family(d, true), load_mnist_family(d, false));
+  } catch (const std::filesystem::filesystem_error& e) {  // one c10::Error line, as for every other problem
+    TORCH_CHECK(false, "dataset '", name, "' in '", d, "': ", e.what());
+  }
 }
 
 }  // namespace sgdx::data

@@ -47,7 +47,8 @@ TEST(Idx, CorruptFilesGiveErrorsNamingFileAndProblem) {
   auto truncated = good;
   truncated.resize(good.size() - 3);
   write_bytes(dir.file("trunc"), truncated, false);
-  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("trunc")), "trunc' has 29 bytes but its header ([4, 2, 2]) implies 32 (truncated)");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("trunc")),
+                        "trunc' has 29 bytes but its header ([4, 2, 2]) implies 32 (truncated)");
   auto trailing = good;
   trailing.push_back(0);
   write_bytes(dir.file("trail"), trailing, false);
@@ -69,6 +70,103 @@ TEST(Idx, CorruptFilesGiveErrorsNamingFileAndProblem) {
   gz.resize(gz.size() / 2);
   write_bytes(dir.file("cut.gz"), gz, false);
   SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("cut.gz")), "cut.gz' is a");
+}
+
+namespace {
+// Sets an environment variable for one scope (each test runs in its own process under ctest).
+struct ScopedEnv {
+  std::string name;
+  ScopedEnv(std::string n, const std::string& value) : name(std::move(n)) {
+    setenv(name.c_str(), value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+}  // namespace
+
+TEST(Idx, DimensionsThatOverflowOrExceedMemoryAreRefusedBeforeAllocating) {
+  TempDir dir;
+  // 2^16 * 2^16 * 2^16 one-byte elements = 2^48 bytes (256 TiB): more than any machine's memory.
+  write_bytes(dir.file("huge"), idx_bytes(0x08, {65536, 65536, 65536}, {}), false);
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::data::read_idx(dir.file("huge")),
+      "IDX file '" + dir.file("huge") +
+          "': dense storage of [65536, 65536, 65536] x 1-byte elements needs 281474976710656 "
+          "bytes, more than the limit of");
+  // (2^32 - 1)^2 * 8 bytes > 2^63: must be detected, not wrapped.
+  write_bytes(dir.file("wrap"), idx_bytes(0x0E, {4294967295u, 4294967295u}, {}), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("wrap")),
+                        "[4294967295, 4294967295] x 8-byte elements overflows int64");
+  // 2^32 * 2^32 = 2^64 wraps to 0 in 64 bits: a header-only file would then "match".
+  write_bytes(dir.file("wrap0"), idx_bytes(0x08, {65536, 65536, 65536, 65536}, {}), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("wrap0")), "overflows int64");
+  // Zero elements, but the strides of the other dims overflow.
+  write_bytes(dir.file("zero"), idx_bytes(0x08, {0, 4294967295u, 4294967295u, 4294967295u}, {}), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("zero")), "overflows int64");
+  write_bytes(dir.file("nodims"), {0, 0, 8, 0}, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("nodims")), "nodims' declares 0 dimensions");
+}
+
+TEST(Idx, MemoryLimitCoversRawFilesGzipAndHeaders) {
+  TempDir dir;
+  ScopedEnv limit("SGDX_MAX_DATA_BYTES", "100");
+  EXPECT_EQ(sgdx::data::max_dataset_bytes(), 100);
+  write_bytes(dir.file("h"), idx_bytes(0x0C, {5, 6}, {}), false);  // 120 bytes of int32
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::data::read_idx(dir.file("h")),
+      "[5, 6] x 4-byte elements needs 120 bytes, more than the limit of 100 bytes (SGDX_MAX_DATA_BYTES)");
+  write_bytes(dir.file("raw"), idx_bytes(0x08, {200}, std::vector<uint8_t>(200, 1)), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("raw")),
+                        "raw' has 208 bytes, more than the limit of 100 bytes");
+  // 1000 zero bytes compress to a few dozen: refused while inflating, not after.
+  write_bytes(dir.file("bomb.gz"), std::vector<uint8_t>(1000, 0), true);
+  ASSERT_LT(sgdx::testing::read_bytes(dir.file("bomb.gz")).size(), 100u);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("bomb.gz")),
+                        "bomb.gz' inflates to more than the limit of 100 bytes");
+  ScopedEnv bad("SGDX_MAX_DATA_BYTES", "12k");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::max_dataset_bytes(),
+                        "SGDX_MAX_DATA_BYTES must be a positive integer, got '12k'");
+}
+
+TEST(Idx, GzipMembersTrailingGarbageAndCorruptStreams) {
+  TempDir dir;
+  // Two gzip members (as `cat a.gz b.gz` makes) hold one file.
+  const auto whole = idx_bytes(0x08, {2, 3}, {1, 2, 3, 4, 5, 6});
+  write_bytes(dir.file("p1.gz"), std::vector<uint8_t>(whole.begin(), whole.begin() + 7), true);
+  write_bytes(dir.file("p2.gz"), std::vector<uint8_t>(whole.begin() + 7, whole.end()), true);
+  auto two = sgdx::testing::read_bytes(dir.file("p1.gz"));
+  const auto p2 = sgdx::testing::read_bytes(dir.file("p2.gz"));
+  two.insert(two.end(), p2.begin(), p2.end());
+  write_bytes(dir.file("two.gz"), two, false);
+  auto t = sgdx::data::read_idx(dir.file("two.gz"));
+  EXPECT_TRUE(torch::equal(t, torch::tensor({1, 2, 3, 4, 5, 6}, torch::kByte).reshape({2, 3})));
+  auto garbage = two;
+  garbage.insert(garbage.end(), {'x', 'y', 'z'});
+  write_bytes(dir.file("garbage.gz"), garbage, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("garbage.gz")), "garbage.gz' is a corrupt gzip file");
+  auto flipped = sgdx::testing::read_bytes(dir.file("p1.gz"));
+  flipped[12] ^= 0xff;  // inside the deflate data
+  write_bytes(dir.file("flipped.gz"), flipped, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.file("flipped.gz")), "flipped.gz' is a");
+}
+
+TEST(Idx, DirectoriesWhereFilesAreExpectedAndEmptySplits) {
+  TempDir dir;
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_idx(dir.path.string()),
+                        "IDX file '" + dir.path.string() + "' is a directory, not a file");
+  std::filesystem::create_directories(dir.path / "train-images-idx3-ubyte");
+  write_bytes(dir.file("train-labels-idx1-ubyte"), idx_bytes(0x08, {1}, {0}), false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.path.string(), true),
+                        "IDX file '" + dir.file("train-images-idx3-ubyte") + "' is a directory, not a file");
+  write_bytes(dir.file("plain"), {1, 2, 3}, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.file("plain"), true),
+                        "MNIST-family data directory '" + dir.file("plain") + "' is not a directory");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.file("absent"), true), "absent' not found");
+  write_mnist_split(dir.path.string(), "t10k", 0, 4, 5, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.path.string(), false),
+                        "t10k-images-idx3-ubyte' holds no images ([0, 4, 5])");
+  write_mnist_split(dir.path.string(), "t10k", 3, 0, 5, false);
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_mnist_family(dir.path.string(), false),
+                        "holds images of 0 x 5 pixels");
 }
 
 TEST(Idx, LoadsMnistFamilySplitAndChecksCounts) {

@@ -119,7 +119,10 @@ void run_against_reference(GradQueueSGDMOptions o, int64_t steps, bool with_loss
     }
     opt.step();
     ref.step(pr, g);
-    ASSERT_TRUE(torch::allclose(p.detach(), pr, 1e-10, 1e-12))
+    // Parameters of size 1-10 after gradients up to ~1e3 (the cubed stretches) summed over
+    // windows of up to 32 in another order than the reference: float64 rounding reaches
+    // ~1e-12 absolute (seen at -O1), far below any rule error.
+    ASSERT_TRUE(torch::allclose(p.detach(), pr, 1e-10, 1e-10))
         << "step " << t << " max diff " << (p.detach() - pr).abs().max().item<double>();
     EXPECT_EQ(opt.last_step_info().window, ref.L) << "step " << t;
     EXPECT_GE(ref.last_rho.min().item<double>(), o.rho_min());

@@ -1,5 +1,7 @@
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "sgdx/data/idx.h"
 
@@ -16,6 +18,9 @@ struct Cifar10Batch {
   at::Tensor labels;
 };
 Cifar10Batch read_cifar10_batch(const std::string& path);
+
+/// Parses the bytes of a batch already in memory (after gunzip); `name` is used in error messages.
+Cifar10Batch parse_cifar10_batch(const std::vector<uint8_t>& bytes, const std::string& name);
 
 /// Loads the training (data_batch_1..5.bin) or test (test_batch.bin) split from
 /// `dir` (or its cifar-10-batches-bin subfolder) as float32 images in [0, 1].

@@ -2,6 +2,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <string_view>
 
 namespace sgdx::data {
 
@@ -11,10 +12,15 @@ struct LibsvmData {
   at::Tensor labels;    ///< float64 [n], +1 / -1 (0/1 labels are mapped 0 -> -1)
 };
 
-/// Reads a LIBSVM file. `num_features` <= 0: the largest index seen (a9a.t needs
-/// 123 given explicitly: feature 123 never occurs in it). Malformed lines give a
+/// Reads a LIBSVM file (raw or gzipped). `num_features` <= 0: the largest index seen
+/// (a9a.t needs 123 given explicitly: feature 123 never occurs in it). Malformed
+/// lines, non-finite values, index overflow, a file with no examples or no features,
+/// and a dense matrix larger than max_dataset_bytes() (sgdx/data/idx.h) give a
 /// c10::Error naming the file, the line number and the problem.
 LibsvmData read_libsvm(const std::string& path, int64_t num_features = 0);
+
+/// Parses LIBSVM text already in memory; `name` is used in error messages.
+LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features = 0);
 
 /// Scales every row to unit Euclidean norm (zero rows stay zero), in place.
 void normalize_rows_(at::Tensor& features);

@@ -44,6 +44,10 @@ std::string default_data_dir(const std::string& name);
 /// with the training set's mean and std) or teacher (a synthetic
 /// teacher-student task: x ~ N(0, I_100), labels = argmax of a fixed random
 /// 100-50-10 tanh network; the task is the same for every training seed).
+/// Throws one c10::Error line naming the directory or file when the directory is
+/// missing or not a directory, a split is empty, the training and test images
+/// differ in shape, or the training images are constant (standard deviation 0:
+/// refused, since standardising would divide by zero).
 DatasetSplits load_dataset(const std::string& name, const std::string& dir = "");
 
 }  // namespace sgdx::data
