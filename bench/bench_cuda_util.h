@@ -18,8 +18,8 @@ namespace sgdx::bench {
 /// The GPU counterpart of compare(): warm-up calls, then `samples` rounds in which
 /// every candidate (order rotating) runs `inner` calls between device
 /// synchronisations; returns each candidate's median/min/max seconds per call.
-inline std::vector<Timing> compare_cuda(const std::vector<std::function<void()>>& candidates, int samples = 15,
-                                        int inner = 10) {
+inline std::vector<Timing> compare_cuda(const std::vector<std::function<void()>>& candidates,
+                                        int samples = 15, int inner = 10) {
   for (int w = 0; w < 3; ++w)
     for (const auto& f : candidates) f();
   torch::cuda::synchronize();

@@ -46,27 +46,35 @@ nlohmann::json bench_step(int reps) {
   // Fill the window (L = q_init = 8): every timed step scores, pushes and drops a row.
   for (int i = 0; i < 10; ++i) gq.step(), gqt.step(), ema.step();
   sgd.step();
-  auto t = sgdx::bench::compare({[&] { gq.step(); }, [&] { sgd.step(); }, [&] { gqt.step(); }, [&] { ema.step(); }},
-                                reps);
-  std::printf("\n1. GradQueue-SGDM step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d reps\n",
-              static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps);
-  const char* names[] = {"GQ-SGDM (element, exact queue)", "torch::optim::SGD momentum 0.9", "GQ-SGDM (tensor, exact)",
-                         "GQ-SGDM (element, ema: no queue)"};
+  auto t = sgdx::bench::compare(
+      {[&] { gq.step(); }, [&] { sgd.step(); }, [&] { gqt.step(); }, [&] { ema.step(); }}, reps);
+  std::printf(
+      "\n1. GradQueue-SGDM step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d "
+      "reps\n",
+      static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps);
+  const char* names[] = {"GQ-SGDM (element, exact queue)", "torch::optim::SGD momentum 0.9",
+                         "GQ-SGDM (tensor, exact)", "GQ-SGDM (element, ema: no queue)"};
   std::printf("%-34s %10s %10s %10s %8s\n", "", "median ms", "min ms", "max ms", "ratio");
   for (int i = 0; i < 4; ++i)
-    std::printf("%-34s %10.2f %10.2f %10.2f %8.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min, 1e3 * t[i].max,
-                t[i].median / t[1].median);
+    std::printf("%-34s %10.2f %10.2f %10.2f %8.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min,
+                1e3 * t[i].max, t[i].median / t[1].median);
   std::printf("floor ratio (bytes moved): 44/20 = 2.20 exact, 36/20 = 1.80 ema (no queue rows)\n");
   std::printf("state: GQ exact %.1f MiB (queue q_max=32 x params), GQ ema %.1f MiB, SGDM %.1f MiB\n",
               gq.state_bytes() / 1048576.0, ema.state_bytes() / 1048576.0, n * 4 / 1048576.0);
-  return {{"parameters", n}, {"tensors", p_sgd.size()}, {"reps", reps},
-          {"gq_element_exact", sgdx::bench::to_json(t[0])}, {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
-          {"gq_tensor_exact", sgdx::bench::to_json(t[2])}, {"gq_element_ema", sgdx::bench::to_json(t[3])},
+  return {{"parameters", n},
+          {"tensors", p_sgd.size()},
+          {"reps", reps},
+          {"gq_element_exact", sgdx::bench::to_json(t[0])},
+          {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
+          {"gq_tensor_exact", sgdx::bench::to_json(t[2])},
+          {"gq_element_ema", sgdx::bench::to_json(t[3])},
           {"ratio_element_exact_vs_sgdm", t[0].median / t[1].median},
           {"ratio_tensor_exact_vs_sgdm", t[2].median / t[1].median},
           {"ratio_element_ema_vs_sgdm", t[3].median / t[1].median},
-          {"floor_ratio_exact", 44.0 / 20.0}, {"floor_ratio_ema", 36.0 / 20.0},
-          {"state_bytes_exact", gq.state_bytes()}, {"state_bytes_ema", ema.state_bytes()},
+          {"floor_ratio_exact", 44.0 / 20.0},
+          {"floor_ratio_ema", 36.0 / 20.0},
+          {"state_bytes_exact", gq.state_bytes()},
+          {"state_bytes_ema", ema.state_bytes()},
           {"param_bytes", n * 4}};
 }
 
@@ -108,18 +116,26 @@ nlohmann::json bench_clustered(const std::string& model_name, int64_t B, int64_t
   auto t = sgdx::bench::compare({plain_step, [&] { clustered(*m_fast, fast, &cap); },
                                  [&] { clustered(*m_ref, ref, nullptr); }, kmeans_only},
                                 reps);
-  std::printf("\n2. clustered step, %s, batch %lld, K = %lld, features d = %lld, %d reps\n", model_name.c_str(),
-              static_cast<long long>(B), static_cast<long long>(K), static_cast<long long>(feats.size(1)), reps);
-  const char* names[] = {"fwd+bwd+SGDM step (plain)", "GQ clustered, fast path", "GQ clustered, reference path",
-                         "k-means alone (10 iters max)"};
+  std::printf("\n2. clustered step, %s, batch %lld, K = %lld, features d = %lld, %d reps\n",
+              model_name.c_str(), static_cast<long long>(B), static_cast<long long>(K),
+              static_cast<long long>(feats.size(1)), reps);
+  const char* names[] = {"fwd+bwd+SGDM step (plain)", "GQ clustered, fast path",
+                         "GQ clustered, reference path", "k-means alone (10 iters max)"};
   std::printf("%-34s %10s %10s %10s %8s\n", "", "median ms", "min ms", "max ms", "ratio");
   for (int i = 0; i < 4; ++i)
-    std::printf("%-34s %10.2f %10.2f %10.2f %8.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min, 1e3 * t[i].max,
-                t[i].median / t[0].median);
-  return {{"model", model_name}, {"batch", B}, {"clusters", K}, {"feature_dim", feats.size(1)}, {"reps", reps},
-          {"plain_fwd_bwd_sgdm", sgdx::bench::to_json(t[0])}, {"clustered_fast", sgdx::bench::to_json(t[1])},
-          {"clustered_reference", sgdx::bench::to_json(t[2])}, {"kmeans", sgdx::bench::to_json(t[3])},
-          {"ratio_fast_vs_plain", t[1].median / t[0].median}, {"ratio_reference_vs_plain", t[2].median / t[0].median},
+    std::printf("%-34s %10.2f %10.2f %10.2f %8.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min,
+                1e3 * t[i].max, t[i].median / t[0].median);
+  return {{"model", model_name},
+          {"batch", B},
+          {"clusters", K},
+          {"feature_dim", feats.size(1)},
+          {"reps", reps},
+          {"plain_fwd_bwd_sgdm", sgdx::bench::to_json(t[0])},
+          {"clustered_fast", sgdx::bench::to_json(t[1])},
+          {"clustered_reference", sgdx::bench::to_json(t[2])},
+          {"kmeans", sgdx::bench::to_json(t[3])},
+          {"ratio_fast_vs_plain", t[1].median / t[0].median},
+          {"ratio_reference_vs_plain", t[2].median / t[0].median},
           {"ratio_kmeans_vs_plain", t[3].median / t[0].median}};
 }
 
@@ -135,8 +151,8 @@ int main(int argc, char** argv) {
     return argc > 1 && std::string(argv[1]) == "--help" ? 0 : 2;
   }
   torch::manual_seed(0);
-  nlohmann::json j = {{"name", "gradqueue"}, {"device", sgdx::bench::cpu_device_name()},
-                      {"threads", at::get_num_threads()}};
+  nlohmann::json j = {
+      {"name", "gradqueue"}, {"device", sgdx::bench::cpu_device_name()}, {"threads", at::get_num_threads()}};
   if (which != "clustered") j["step_resnet18"] = bench_step(reps);
   if (which != "step") {
     j["clustered"] = nlohmann::json::array();

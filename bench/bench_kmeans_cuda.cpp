@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   auto mine = sgdx::ops::kmeans_cuda(x, k, o);
   const double agree = mine.assignment.eq(ref.assignment).to(torch::kDouble).mean().item<double>();
   const std::string name = sgdx::bench::cuda_device_name();
-  std::printf("device %s, n %lld, k %lld, d %lld, tol 0, max 10 iterations (fused ran %lld, ATen %lld)\n", name.c_str(),
-              static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(d),
+  std::printf("device %s, n %lld, k %lld, d %lld, tol 0, max 10 iterations (fused ran %lld, ATen %lld)\n",
+              name.c_str(), static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(d),
               static_cast<long long>(fused_iters), static_cast<long long>(ref.iterations));
   std::printf("%-44s %10s %10s\n", "", "median us", "speed-up");
   std::printf("%-44s %10.1f %10.1f\n", "fused kernel, given init (Lloyd only)", 1e6 * t_fused.median,
@@ -55,8 +55,13 @@ int main(int argc, char** argv) {
               t_aten.median / t_fused_pp.median);
   std::printf("%-44s %10.1f %10.1f\n", "ATen composition, given init", 1e6 * t_aten.median, 1.0);
   std::printf("assignments equal to the ATen result: %.4f; targets: <= 50 us, >= 10x\n", agree);
-  sgdx::bench::write_json(out, {{"name", "kmeans_cuda"}, {"device", name}, {"n", n}, {"k", k}, {"d", d},
-                                {"iterations_fused", fused_iters}, {"iterations_aten", ref.iterations},
+  sgdx::bench::write_json(out, {{"name", "kmeans_cuda"},
+                                {"device", name},
+                                {"n", n},
+                                {"k", k},
+                                {"d", d},
+                                {"iterations_fused", fused_iters},
+                                {"iterations_aten", ref.iterations},
                                 {"fused_given_init", sgdx::bench::to_json(t_fused)},
                                 {"fused_kmeanspp", sgdx::bench::to_json(t_fused_pp)},
                                 {"aten_given_init", sgdx::bench::to_json(t_aten)},

@@ -18,8 +18,12 @@ int main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   std::printf("per-sample gradient norms, batch %lld, %d threads (%s)\n", static_cast<long long>(B),
               at::get_num_threads(), sgdx::bench::cpu_device_name().c_str());
-  std::printf("%-8s %12s %14s %14s %10s %10s\n", "model", "plain ms", "capture ms", "brute ms", "overhead", "speed-up");
-  struct Case { std::string model; std::vector<int64_t> shape; };
+  std::printf("%-8s %12s %14s %14s %10s %10s\n", "model", "plain ms", "capture ms", "brute ms", "overhead",
+              "speed-up");
+  struct Case {
+    std::string model;
+    std::vector<int64_t> shape;
+  };
   for (const auto& c : {Case{"mlp", {1, 28, 28}}, Case{"cnn", {1, 28, 28}}, Case{"resnet", {3, 32, 32}}}) {
     auto model = sgdx::models::make_model(c.model, c.shape, 10);
     std::vector<int64_t> xs = {B};
@@ -42,7 +46,8 @@ int main(int argc, char** argv) {
     auto brute = [&] {
       auto params = model->parameters();
       for (int64_t i = 0; i < B; ++i) {
-        auto li = torch::nn::functional::cross_entropy(model->forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1));
+        auto li =
+            torch::nn::functional::cross_entropy(model->forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1));
         auto g = torch::autograd::grad({li}, params);
         double sq = 0;
         for (auto& t : g) sq += t.pow(2).sum().item<double>();
@@ -52,15 +57,22 @@ int main(int argc, char** argv) {
     auto t = sgdx::bench::compare({plain, capture}, reps);
     auto tb = sgdx::bench::compare({brute}, 3, 1);
     const double overhead = t[1].median / t[0].median, speedup = tb[0].median / t[1].median;
-    std::printf("%-8s %12.2f %14.2f %14.1f %9.2fx %9.1fx\n", c.model.c_str(), 1e3 * t[0].median, 1e3 * t[1].median,
-                1e3 * tb[0].median, overhead, speedup);
-    results.push_back({{"model", c.model}, {"batch", B}, {"plain", sgdx::bench::to_json(t[0])},
-                       {"capture_and_norms", sgdx::bench::to_json(t[1])}, {"brute_force", sgdx::bench::to_json(tb[0])},
-                       {"overhead_vs_plain", overhead}, {"speedup_vs_brute_force", speedup}});
+    std::printf("%-8s %12.2f %14.2f %14.1f %9.2fx %9.1fx\n", c.model.c_str(), 1e3 * t[0].median,
+                1e3 * t[1].median, 1e3 * tb[0].median, overhead, speedup);
+    results.push_back({{"model", c.model},
+                       {"batch", B},
+                       {"plain", sgdx::bench::to_json(t[0])},
+                       {"capture_and_norms", sgdx::bench::to_json(t[1])},
+                       {"brute_force", sgdx::bench::to_json(tb[0])},
+                       {"overhead_vs_plain", overhead},
+                       {"speedup_vs_brute_force", speedup}});
     if (sink == 42.0) std::printf(" ");  // keep the work observable
   }
   std::printf("target: overhead <= 1.5x on CPU\n");
-  sgdx::bench::write_json(out, {{"name", "per_sample_norms"}, {"device", sgdx::bench::cpu_device_name()},
-                                {"threads", at::get_num_threads()}, {"reps", reps}, {"results", results}});
+  sgdx::bench::write_json(out, {{"name", "per_sample_norms"},
+                                {"device", sgdx::bench::cpu_device_name()},
+                                {"threads", at::get_num_threads()},
+                                {"reps", reps},
+                                {"results", results}});
   return 0;
 }

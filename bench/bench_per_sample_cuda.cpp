@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
     aten_cap.attach(loss, B);
     loss.backward();
   }
-  const auto n = compare_cuda({[&] { sink = fused_cap.squared_norms(); }, [&] { sink = aten_cap.squared_norms(); }});
+  const auto n =
+      compare_cuda({[&] { sink = fused_cap.squared_norms(); }, [&] { sink = aten_cap.squared_norms(); }});
   const auto &n_fused = n[0], &n_aten = n[1];
   const double max_rel =
       ((fused_cap.squared_norms().to(torch::kDouble) - aten_cap.squared_norms().to(torch::kDouble)).abs() /
@@ -67,7 +68,8 @@ int main(int argc, char** argv) {
           .max()
           .item<double>();
   const std::string name = sgdx::bench::cuda_device_name();
-  std::printf("device %s, resnet (GroupNorm) 3x32x32, batch %lld, float32\n", name.c_str(), static_cast<long long>(B));
+  std::printf("device %s, resnet (GroupNorm) 3x32x32, batch %lld, float32\n", name.c_str(),
+              static_cast<long long>(B));
   std::printf("%-40s %10s %10s\n", "", "median ms", "vs plain");
   std::printf("%-40s %10.3f %10.2f\n", "forward+backward", 1e3 * t_plain.median, 1.0);
   std::printf("%-40s %10.3f %10.2f\n", "forward+backward+norms (fused kernel)", 1e3 * t_fused.median,
@@ -77,7 +79,10 @@ int main(int argc, char** argv) {
   std::printf("%-40s %10.3f %10s\n", "norms alone (fused kernel)", 1e3 * n_fused.median, "");
   std::printf("%-40s %10.3f %10s\n", "norms alone (ATen)", 1e3 * n_aten.median, "");
   std::printf("max relative difference fused vs ATen: %.2e; target: fused <= 1.1x plain\n", max_rel);
-  sgdx::bench::write_json(out, {{"name", "per_sample_cuda"}, {"device", name}, {"batch", B}, {"model", "resnet"},
+  sgdx::bench::write_json(out, {{"name", "per_sample_cuda"},
+                                {"device", name},
+                                {"batch", B},
+                                {"model", "resnet"},
                                 {"forward_backward", sgdx::bench::to_json(t_plain)},
                                 {"forward_backward_norms_fused", sgdx::bench::to_json(t_fused)},
                                 {"forward_backward_norms_aten", sgdx::bench::to_json(t_aten)},

@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   for (auto& p : p_sgd) n += p.numel();
   sgdx::optim::RSGD rsgd(p_rsgd, sgdx::optim::RSGDOptions(1e-6).gamma(0.999));
   // Gamma = 0.5 at every step: a real Bernoulli draw for every element.
-  sgdx::optim::RSGD rsgd_mid(p_rsgd_half, sgdx::optim::RSGDOptions(1e-6).gamma(0.5).gamma0(1.0).max_prob(0.5));
+  sgdx::optim::RSGD rsgd_mid(p_rsgd_half,
+                             sgdx::optim::RSGDOptions(1e-6).gamma(0.5).gamma0(1.0).max_prob(0.5));
   // gamma0 = 0: Gamma = 1 at every step, no draws (one fused pass, the floor).
   sgdx::optim::RSGD rsgd_one(p_rsgd_one, sgdx::optim::RSGDOptions(1e-6).gamma0(0.0));
   torch::optim::SGD sgd(p_sgd, torch::optim::SGDOptions(1e-6).momentum(0.9));
@@ -48,32 +49,42 @@ int main(int argc, char** argv) {
     fb.push_back(torch::zeros_like(p));
   }
   // Put every optimizer past its first (lazy-state) step.
-  rsgd.step(); rsgd_mid.step(); rsgd_one.step(); sgd.step();
+  rsgd.step();
+  rsgd_mid.step();
+  rsgd_one.step();
+  sgd.step();
   auto foreach_sgdm = [&] {
     at::_foreach_mul_(fb, 0.9);
     at::_foreach_add_(fb, fg);
     at::_foreach_add_(fp, fb, -1e-6);
   };
   auto t = sgdx::bench::compare(
-      {[&] { rsgd_mid.step(); }, [&] { sgd.step(); }, [&] { foreach_sgdm(); }, [&] { rsgd_one.step(); }}, reps);
+      {[&] { rsgd_mid.step(); }, [&] { sgd.step(); }, [&] { foreach_sgdm(); }, [&] { rsgd_one.step(); }},
+      reps);
   const double ratio_sgd = t[0].median / t[1].median, ratio_foreach = t[0].median / t[2].median;
   const double ratio_nodraw = t[3].median / t[1].median;
   std::printf("R-SGD step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d reps\n",
               static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps);
   std::printf("%-34s %10s %10s %10s\n", "", "median ms", "min ms", "max ms");
-  const char* names[] = {"sgdx RSGD (Gamma=0.5, element)", "torch::optim::SGD momentum 0.9", "_foreach_ heavy ball",
-                         "sgdx RSGD (Gamma=1, no draws)"};
+  const char* names[] = {"sgdx RSGD (Gamma=0.5, element)", "torch::optim::SGD momentum 0.9",
+                         "_foreach_ heavy ball", "sgdx RSGD (Gamma=1, no draws)"};
   for (int i = 0; i < 4; ++i)
     std::printf("%-34s %10.2f %10.2f %10.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min, 1e3 * t[i].max);
   std::printf("ratio RSGD / torch SGD(momentum): %.3f (target <= 1.2)\n", ratio_sgd);
   std::printf("ratio RSGD / _foreach_ heavy ball: %.3f\n", ratio_foreach);
   std::printf("ratio RSGD without draws (Gamma=1) / torch SGD(momentum): %.3f\n", ratio_nodraw);
-  nlohmann::json j = {{"name", "rsgd_step_resnet18"}, {"device", sgdx::bench::cpu_device_name()}, {"threads", at::get_num_threads()},
-                      {"parameters", n}, {"tensors", p_sgd.size()}, {"reps", reps},
-                      {"rsgd", sgdx::bench::to_json(t[0])}, {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
+  nlohmann::json j = {{"name", "rsgd_step_resnet18"},
+                      {"device", sgdx::bench::cpu_device_name()},
+                      {"threads", at::get_num_threads()},
+                      {"parameters", n},
+                      {"tensors", p_sgd.size()},
+                      {"reps", reps},
+                      {"rsgd", sgdx::bench::to_json(t[0])},
+                      {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
                       {"reference_foreach_heavy_ball", sgdx::bench::to_json(t[2])},
                       {"rsgd_no_draws", sgdx::bench::to_json(t[3])},
-                      {"ratio_vs_torch_sgd_momentum", ratio_sgd}, {"ratio_vs_foreach", ratio_foreach},
+                      {"ratio_vs_torch_sgd_momentum", ratio_sgd},
+                      {"ratio_vs_foreach", ratio_foreach},
                       {"ratio_no_draws_vs_torch_sgd_momentum", ratio_nodraw},
                       {"bytes_per_param_floor", 20}};
   sgdx::bench::write_json(out, j);

@@ -21,9 +21,17 @@ inline std::vector<std::vector<int64_t>> resnet18_shapes() {
   for (int64_t out : {64, 128, 256, 512}) {
     for (int block = 0; block < 2; ++block) {
       const int64_t cin = block == 0 ? in : out;
-      s.push_back({out, cin, 3, 3}); s.push_back({out}); s.push_back({out});
-      s.push_back({out, out, 3, 3}); s.push_back({out}); s.push_back({out});
-      if (block == 0 && cin != out) { s.push_back({out, cin, 1, 1}); s.push_back({out}); s.push_back({out}); }
+      s.push_back({out, cin, 3, 3});
+      s.push_back({out});
+      s.push_back({out});
+      s.push_back({out, out, 3, 3});
+      s.push_back({out});
+      s.push_back({out});
+      if (block == 0 && cin != out) {
+        s.push_back({out, cin, 1, 1});
+        s.push_back({out});
+        s.push_back({out});
+      }
     }
     in = out;
   }
@@ -49,7 +57,8 @@ inline double seconds_of(const std::function<void()>& f) {
 
 /// Runs warm-up calls, then `reps` rounds in which every candidate runs once
 /// (order rotating), and returns each candidate's timing.
-inline std::vector<Timing> compare(const std::vector<std::function<void()>>& candidates, int reps, int warmup = 3) {
+inline std::vector<Timing> compare(const std::vector<std::function<void()>>& candidates, int reps,
+                                   int warmup = 3) {
   for (int w = 0; w < warmup; ++w)
     for (const auto& c : candidates) c();
   std::vector<std::vector<double>> times(candidates.size());

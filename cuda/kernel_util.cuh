@@ -36,7 +36,10 @@ __device__ __forceinline__ int find_descriptor(const Desc* descs, int n, int64_t
   int lo = 0, hi = n - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (descs[mid].*base <= item) lo = mid; else hi = mid - 1;
+    if (descs[mid].*base <= item)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }

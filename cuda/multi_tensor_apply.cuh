@@ -32,9 +32,8 @@ struct TensorListMeta {
 /// times as needed to cover all tensors. lists[i][k] is tensor k of list i.
 template <int N, typename Extra, int MaxTensors = kMaxTensors, int MaxBlocks = kMaxBlocks, typename Kernel,
           typename... Args>
-void multi_tensor_apply(const std::vector<std::vector<void*>>& lists,
-                        const std::vector<int64_t>& numels, const std::vector<Extra>& extras,
-                        Kernel kernel, Args... args) {
+void multi_tensor_apply(const std::vector<std::vector<void*>>& lists, const std::vector<int64_t>& numels,
+                        const std::vector<Extra>& extras, Kernel kernel, Args... args) {
   static_assert(sizeof(TensorListMeta<N, Extra, MaxTensors, MaxBlocks>) <= 4000,
                 "kernel parameter space: lower MaxTensors / MaxBlocks");
   constexpr int kMaxTensors = MaxTensors;  // the limits of this instantiation

@@ -3,7 +3,8 @@
 # Data under ../shared/data is used when SGDX_DATA_DIR points there.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-"$root/scripts/build.sh"
+"$root/scripts/build.sh"  # runs scripts/setup.sh first: every tool below is installed
+"$root/scripts/format_check.sh"
 cd "$build"
 ctest --output-on-failure -j"$(nproc)" --timeout 900
 if command -v clang++ >/dev/null; then

@@ -50,8 +50,9 @@ TEST(Checkpoint, ModelAndRSGDRoundTripMidRunIsBitIdentical) {
 TEST(Checkpoint, ExtraStateRoundTrips) {
   TempDir dir;
   auto m = sgdx::models::make_model("mlp", {4}, 2);
-  sgdx::save_checkpoint(dir.file("c.pt"), *m, nullptr,
-                        [](torch::serialize::OutputArchive& ar) { ar.write("epoch", c10::IValue(int64_t{7})); });
+  sgdx::save_checkpoint(dir.file("c.pt"), *m, nullptr, [](torch::serialize::OutputArchive& ar) {
+    ar.write("epoch", c10::IValue(int64_t{7}));
+  });
   int64_t epoch = 0;
   sgdx::load_checkpoint(dir.file("c.pt"), *m, nullptr, [&](torch::serialize::InputArchive& ar) {
     c10::IValue v;
@@ -67,20 +68,24 @@ TEST(Checkpoint, MismatchedModelGivesClearErrorAndChangesNothing) {
   sgdx::save_checkpoint(dir.file("c.pt"), *mlp);
 
   auto deeper = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8, 8}, 2);
-  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *deeper), "holds 4 parameters but the model has 6");
+  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *deeper),
+                        "holds 4 parameters but the model has 6");
 
   auto wider = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{9}, 2);
   const auto before = wider->parameters()[0].clone();
-  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *wider), "has shape [8, 4] but the model's has [9, 4]");
+  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *wider),
+                        "has shape [8, 4] but the model's has [9, 4]");
   EXPECT_TRUE(torch::equal(before, wider->parameters()[0]));
 
   auto dbl = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8}, 2);
   dbl->to(torch::kDouble);
-  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *dbl), "has dtype Float but the model's has Double");
+  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *dbl),
+                        "has dtype Float but the model's has Double");
 
   SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("missing.pt"), *mlp), "does not exist");
   sgdx::testing::write_bytes(dir.file("junk.pt"), {1, 2, 3, 4}, false);
-  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("junk.pt"), *mlp), "is not a readable sgdx checkpoint");
+  SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("junk.pt"), *mlp),
+                        "is not a readable sgdx checkpoint");
   sgdx::optim::RSGD opt(mlp->parameters(), sgdx::optim::RSGDOptions(0.1));
   SGDX_EXPECT_THROW_MSG(sgdx::load_checkpoint(dir.file("c.pt"), *mlp, &opt), "holds no optimizer state");
 }
@@ -90,9 +95,8 @@ TEST(Checkpoint, LoadThatFailsPartWayChangesNothing) {
   torch::manual_seed(1);
   auto saved = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8}, 2);
   torch::optim::SGD sgdm(saved->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  sgdx::save_checkpoint(dir.file("c.pt"), *saved, &sgdm, [](torch::serialize::OutputArchive& a) {
-    a.write("n", c10::IValue(int64_t{3}));
-  });
+  sgdx::save_checkpoint(dir.file("c.pt"), *saved, &sgdm,
+                        [](torch::serialize::OutputArchive& a) { a.write("n", c10::IValue(int64_t{3})); });
 
   auto model = std::make_shared<sgdx::models::MLP>(4, std::vector<int64_t>{8}, 2);
   torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
@@ -103,16 +107,19 @@ TEST(Checkpoint, LoadThatFailsPartWayChangesNothing) {
   std::vector<torch::Tensor> before;
   for (const auto& p : model->parameters()) before.push_back(p.detach().clone());
   auto buffer = [&] {
-    auto& st = static_cast<torch::optim::SGDParamState&>(*opt.state().at(model->parameters()[0].unsafeGetTensorImpl()));
+    auto& st = static_cast<torch::optim::SGDParamState&>(
+        *opt.state().at(model->parameters()[0].unsafeGetTensorImpl()));
     return st.momentum_buffer().clone();
   };
   const auto momentum = buffer();
   // The model and optimizer parts load; the extra part then fails.
-  EXPECT_ANY_THROW(sgdx::load_checkpoint(dir.file("c.pt"), *model, &opt, [](torch::serialize::InputArchive& a) {
-    c10::IValue v;
-    a.read("missing", v);
-  }));
-  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(before[i], model->parameters()[i])) << i;
+  EXPECT_ANY_THROW(
+      sgdx::load_checkpoint(dir.file("c.pt"), *model, &opt, [](torch::serialize::InputArchive& a) {
+        c10::IValue v;
+        a.read("missing", v);
+      }));
+  for (size_t i = 0; i < before.size(); ++i)
+    EXPECT_TRUE(torch::equal(before[i], model->parameters()[i])) << i;
   EXPECT_TRUE(torch::equal(momentum, buffer()));
   // And a load that succeeds does change them (the test above can fail).
   sgdx::load_checkpoint(dir.file("c.pt"), *model, &opt);

@@ -17,15 +17,15 @@
 namespace sgdx::testing {
 
 /// Expects `stmt` to throw c10::Error whose message contains `needle`.
-#define SGDX_EXPECT_THROW_MSG(stmt, needle)                                            \
-  do {                                                                                 \
-    try {                                                                              \
-      stmt;                                                                            \
-      ADD_FAILURE() << "expected c10::Error containing '" << (needle) << "'";          \
-    } catch (const c10::Error& e) {                                                    \
+#define SGDX_EXPECT_THROW_MSG(stmt, needle)                                              \
+  do {                                                                                   \
+    try {                                                                                \
+      stmt;                                                                              \
+      ADD_FAILURE() << "expected c10::Error containing '" << (needle) << "'";            \
+    } catch (const c10::Error& e) {                                                      \
       EXPECT_NE(std::string(e.what_without_backtrace()).find(needle), std::string::npos) \
-          << "message was: " << e.what_without_backtrace();                           \
-    }                                                                                  \
+          << "message was: " << e.what_without_backtrace();                              \
+    }                                                                                    \
   } while (0)
 
 /// A fresh temporary directory, removed at destruction.
@@ -47,8 +47,7 @@ inline void write_bytes(const std::string& path, const std::vector<uint8_t>& byt
   if (gz) {
     gzFile f = gzopen(path.c_str(), "wb");
     ASSERT_NE(f, nullptr);
-    ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
-              static_cast<int>(bytes.size()));
+    ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
     gzclose(f);
   } else {
     std::ofstream out(path, std::ios::binary);
@@ -62,7 +61,8 @@ inline std::vector<uint8_t> read_bytes(const std::string& path) {
 }
 
 /// The bytes of an IDX file: header for `dims` of element type `type`, then `payload`.
-inline std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims, const std::vector<uint8_t>& payload) {
+inline std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims,
+                                      const std::vector<uint8_t>& payload) {
   std::vector<uint8_t> b = {0, 0, type, static_cast<uint8_t>(dims.size())};
   for (auto d : dims) {
     for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(d >> s));
@@ -72,8 +72,8 @@ inline std::vector<uint8_t> idx_bytes(uint8_t type, std::vector<uint32_t> dims, 
 }
 
 /// A tiny MNIST-family split: n images of h x w with pixel (i, k) = (i + k) % 256, label i % 10.
-inline void write_mnist_split(const std::string& dir, const std::string& prefix, uint32_t n, uint32_t h, uint32_t w,
-                              bool gz) {
+inline void write_mnist_split(const std::string& dir, const std::string& prefix, uint32_t n, uint32_t h,
+                              uint32_t w, bool gz) {
   std::vector<uint8_t> pixels, labels;
   for (uint32_t i = 0; i < n; ++i) {
     for (uint32_t k = 0; k < h * w; ++k) pixels.push_back(static_cast<uint8_t>((i + k) % 256));

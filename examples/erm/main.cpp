@@ -1,9 +1,9 @@
 // sgdx-erm: elastic-net regularised logistic (or least-squares) regression with
 // SGD, SVRG, Katyusha and DASVRDA; log10(P - P*) against passes over the data.
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <torch/torch.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <filesystem>
@@ -48,30 +48,40 @@ struct Problem {
 
 /// P* and its minimiser: certified Newton-CG or proximal Newton (sgdx/optim/reference_optimum.h), cached per
 /// problem in `cache_dir` (empty: no cache). Returns the source for the report line.
-std::tuple<at::Tensor, double, std::string> reference_optimum(const Problem& p, const std::string& cache_dir) {
-  const auto o = sgdx::optim::ReferenceOptimumOptions()
-                     .loss(p.loss == "squares" ? sgdx::optim::GlmLoss::squares : sgdx::optim::GlmLoss::logistic)
-                     .l1(p.l1)
-                     .l2(p.l2);
+std::tuple<at::Tensor, double, std::string> reference_optimum(const Problem& p,
+                                                              const std::string& cache_dir) {
+  const auto o =
+      sgdx::optim::ReferenceOptimumOptions()
+          .loss(p.loss == "squares" ? sgdx::optim::GlmLoss::squares : sgdx::optim::GlmLoss::logistic)
+          .l1(p.l1)
+          .l2(p.l2);
   const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   sgdx_erm::PStarCache cache(cache_dir, p.a, p.y, p.loss, p.l1, p.l2);
   if (auto w = cache.load(p.a.size(1))) {
     const auto [obj, gap] = sgdx::optim::objective_and_gap(p.a, p.y, *w, o);
     if (gap <= 1e-12 * std::abs(obj))
-      return {*w, obj, fmt::format("cached in {}, duality gap re-checked: {:.1e}, {:.2f} s", cache.file, gap, seconds())};
-    sgdx_erm::PStarCache::warn(fmt::format("ignoring the P* cache file '{}': its minimiser's duality gap is {:.3g} "
-                                           "(P = {:.17g}); recomputing P*", cache.file, gap, obj));
+      return {
+          *w, obj,
+          fmt::format("cached in {}, duality gap re-checked: {:.1e}, {:.2f} s", cache.file, gap, seconds())};
+    sgdx_erm::PStarCache::warn(
+        fmt::format("ignoring the P* cache file '{}': its minimiser's duality gap is {:.3g} "
+                    "(P = {:.17g}); recomputing P*",
+                    cache.file, gap, obj));
   }
   const auto r = sgdx::optim::reference_optimum(p.a, p.y, o);
   if (!r.certified())
-    sgdx_erm::PStarCache::warn(fmt::format("P* is certified only to a duality gap of {:.3g} (relative {:.3g}); not cached",
-                                           r.gap, r.gap / std::abs(r.objective)));
+    sgdx_erm::PStarCache::warn(
+        fmt::format("P* is certified only to a duality gap of {:.3g} (relative {:.3g}); not cached", r.gap,
+                    r.gap / std::abs(r.objective)));
   else
     cache.save(r.w);
   return {r.w, r.objective,
-          fmt::format("{}: {} Newton / {} inner iterations, duality gap {:.1e}, {:.2f} s", p.l1 > 0 ? "proximal Newton" : "Newton-CG", r.newton_iterations,
-                      r.inner_iterations, r.gap, seconds())};
+          fmt::format("{}: {} Newton / {} inner iterations, duality gap {:.1e}, {:.2f} s",
+                      p.l1 > 0 ? "proximal Newton" : "Newton-CG", r.newton_iterations, r.inner_iterations,
+                      r.gap, seconds())};
 }
 
 struct Curve {
@@ -82,8 +92,8 @@ struct Curve {
 };
 
 // One run of `method` for `passes` passes; records the gap after every pass.
-Curve run_method(const Problem& p, const std::string& method, double lr, int64_t b, double passes, double p_star,
-                 uint64_t seed) {
+Curve run_method(const Problem& p, const std::string& method, double lr, int64_t b, double passes,
+                 double p_star, uint64_t seed) {
   Curve c{method, lr, {}, {}};
   auto w = torch::zeros({p.a.size(1)}, torch::kDouble).requires_grad_();
   const int64_t n = p.n();
@@ -116,16 +126,22 @@ Curve run_method(const Problem& p, const std::string& method, double lr, int64_t
     evaluations = [raw] { return raw->gradient_evaluations(); };
     opt = std::move(o);
   } else if (method == "katyusha") {
-    auto o = std::make_unique<sgdx::optim::Katyusha>(std::vector<at::Tensor>{w},
-                                                     sgdx::optim::KatyushaOptions(1.0 / (3.0 * lr)).n(n).b(b).l1(p.l1).l2(p.l2));
+    auto o = std::make_unique<sgdx::optim::Katyusha>(
+        std::vector<at::Tensor>{w},
+        sgdx::optim::KatyushaOptions(1.0 / (3.0 * lr)).n(n).b(b).l1(p.l1).l2(p.l2));
     o->set_full_gradient_closure(full);
     auto* raw = o.get();
     evaluations = [raw] { return raw->gradient_evaluations(); };
     opt = std::move(o);
   } else if (method == "dasvrda") {
-    auto o = std::make_unique<sgdx::optim::DASVRDA>(
-        std::vector<at::Tensor>{w},
-        sgdx::optim::DASVRDAOptions(p.mean_smoothness()).n(n).b(b).lr(lr).l1(p.l1).l2(p.l2).restart(sgdx::optim::Restart::adaptive));
+    auto o = std::make_unique<sgdx::optim::DASVRDA>(std::vector<at::Tensor>{w},
+                                                    sgdx::optim::DASVRDAOptions(p.mean_smoothness())
+                                                        .n(n)
+                                                        .b(b)
+                                                        .lr(lr)
+                                                        .l1(p.l1)
+                                                        .l2(p.l2)
+                                                        .restart(sgdx::optim::Restart::adaptive));
     o->set_full_gradient_closure(full);
     auto* raw = o.get();
     evaluations = [raw] { return raw->gradient_evaluations(); };
@@ -238,7 +254,8 @@ void write_file(const std::string& path, const std::string& text) {
 
 int main(int argc, char** argv) {
   namespace checks = sgdx_examples;
-  std::string data = "heart-scale", loss = "logistic", methods = "sgd,svrg,katyusha,dasvrda", out = "runs/erm";
+  std::string data = "heart-scale", loss = "logistic", methods = "sgd,svrg,katyusha,dasvrda",
+              out = "runs/erm";
   double l1 = 0, l2 = 1e-6, passes = 50;
   int64_t batch = 0, features = 0;
   uint64_t seed = 0;
@@ -247,13 +264,18 @@ int main(int argc, char** argv) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return std::string("sgdx-erm: error: ") + e.what() + " (see --help)\n";
   });
-  app.add_option("--data", data, "heart-scale (Debian liblinear-tools), a9a ($SGDX_DATA_DIR/libsvm/a9a) or a LIBSVM file")->capture_default_str();
+  app.add_option("--data", data,
+                 "heart-scale (Debian liblinear-tools), a9a ($SGDX_DATA_DIR/libsvm/a9a) or a LIBSVM file")
+      ->capture_default_str();
   app.add_option("--features", features, "Number of features (0: the largest index in the file)")
       ->check(checks::integer(0));
-  app.add_option("--loss", loss, "logistic or squares")->check(CLI::IsMember({"logistic", "squares"}))->capture_default_str();
+  app.add_option("--loss", loss, "logistic or squares")
+      ->check(CLI::IsMember({"logistic", "squares"}))
+      ->capture_default_str();
   app.add_option("--l1", l1, "L1 weight lambda1")->check(checks::finite_number(0))->capture_default_str();
   app.add_option("--l2", l2, "L2 weight lambda2")->check(checks::finite_number(0))->capture_default_str();
-  app.add_option("--methods", methods, "Comma-separated: sgd, svrg, katyusha, dasvrda")->capture_default_str();
+  app.add_option("--methods", methods, "Comma-separated: sgd, svrg, katyusha, dasvrda")
+      ->capture_default_str();
   app.add_option("--passes", passes, "Passes over the data per method (1 to 1e6)")
       ->check(checks::finite_number(1, 1e6))
       ->capture_default_str();
@@ -261,7 +283,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "Seed of the minibatch draws")
       ->check(checks::unsigned_integer())
       ->capture_default_str();
-  app.add_flag("--tune", tune, "Tune each method's step size on a log grid (x1/4 ... x16 of the default) by final gap");
+  app.add_flag("--tune", tune,
+               "Tune each method's step size on a log grid (x1/4 ... x16 of the default) by final gap");
   app.add_flag("--no-normalize", no_normalize, "Keep rows as they are (default: unit-norm rows)");
   app.add_flag("--liblinear", liblinear,
                "Also time liblinear-train (-s 0 for l2, -s 6 for l1; C = 1/(n lambda), no bias) on the same "
@@ -269,7 +292,8 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "Output directory")->capture_default_str();
   std::string pstar_cache = sgdx_erm::default_cache_dir();
   app.add_option("--pstar-cache", pstar_cache,
-                 "Directory caching P* per (data, loss, l1, l2); 'off': no cache")->capture_default_str();
+                 "Directory caching P* per (data, loss, l1, l2); 'off': no cache")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     // Every check runs here, before P*, training or any file written.
@@ -304,7 +328,8 @@ int main(int argc, char** argv) {
                 "': the mean squared row norm is ", smoothness, ", so no step size follows from it");
     const int64_t b = batch > 0 ? batch : static_cast<int64_t>(std::ceil(std::sqrt(double(p.n()))));
     TORCH_CHECK(b <= p.n(), "--batch ", b, " exceeds n = ", p.n());
-    const auto [x_star, p_star, p_star_source] = reference_optimum(p, pstar_cache == "off" ? "" : pstar_cache);
+    const auto [x_star, p_star, p_star_source] =
+        reference_optimum(p, pstar_cache == "off" ? "" : pstar_cache);
     fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", data,
                p.n(), p.a.size(1), loss, l1, l2, b, p_star, p_star_source);
     std::vector<Curve> curves;
@@ -329,9 +354,12 @@ int main(int argc, char** argv) {
     std::string csv = "method,lr,passes,seconds,relative_gap\n";
     for (const auto& c : curves)
       for (size_t k = 0; k < c.points.size(); ++k)
-        csv += fmt::format("{},{:.6g},{},{:.4f},{:.6e}\n", c.method, c.lr, c.points[k].first, c.seconds[k], c.points[k].second);
+        csv += fmt::format("{},{:.6g},{},{:.4f},{:.6e}\n", c.method, c.lr, c.points[k].first, c.seconds[k],
+                           c.points[k].second);
     write_file(out + "/gap.csv", csv);
-    fmt::print("\n| method | step size | passes to 1e-4 | 1e-6 | 1e-8 | seconds to 1e-6 | final gap |\n|---|---|---|---|---|---|---|\n");
+    fmt::print(
+        "\n| method | step size | passes to 1e-4 | 1e-6 | 1e-8 | seconds to 1e-6 | final gap "
+        "|\n|---|---|---|---|---|---|---|\n");
     for (const auto& c : curves) {
       auto first = [&](double tol) -> std::string {
         for (size_t k = 0; k < c.points.size(); ++k)
@@ -340,9 +368,12 @@ int main(int argc, char** argv) {
       };
       std::string sec = "-";
       for (size_t k = 0; k < c.points.size(); ++k)
-        if (c.points[k].second <= 1e-6) { sec = fmt::format("{:.2f}", c.seconds[k]); break; }
-      fmt::print("| {} | {:.4g} | {} | {} | {} | {} | {:.2e} |\n", c.method, c.lr, first(1e-4), first(1e-6), first(1e-8),
-                 sec, c.points.back().second);
+        if (c.points[k].second <= 1e-6) {
+          sec = fmt::format("{:.2f}", c.seconds[k]);
+          break;
+        }
+      fmt::print("| {} | {:.4g} | {} | {} | {} | {} | {:.2e} |\n", c.method, c.lr, first(1e-4), first(1e-6),
+                 first(1e-8), sec, c.points.back().second);
     }
     if (liblinear) {
       // Write the (normalised) rows so both solve the same problem.
@@ -362,7 +393,8 @@ int main(int argc, char** argv) {
       const double C = 1.0 / (double(p.n()) * (l2 > 0 ? l2 : l1));
       for (double eps : {1e-2, 1e-4, 1e-6}) {
         const auto start = std::chrono::steady_clock::now();
-        const auto cmd = fmt::format("liblinear-train -q -s {} -c {:.17g} -e {:g} '{}' '{}' >/dev/null 2>&1", solver, C, eps, file, model);
+        const auto cmd = fmt::format("liblinear-train -q -s {} -c {:.17g} -e {:g} '{}' '{}' >/dev/null 2>&1",
+                                     solver, C, eps, file, model);
         TORCH_CHECK(std::system(cmd.c_str()) == 0, "liblinear-train failed: ", cmd);
         const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         std::ifstream in(model);
@@ -375,24 +407,32 @@ int main(int argc, char** argv) {
         }
         auto w = torch::tensor(wv, torch::kDouble) * (flip ? -1.0 : 1.0);
         const double gap = (p.objective(w) - p_star) / std::abs(p_star);
-        fmt::print("| liblinear -s {} -e {:g} | C = {:.4g} | | | | {:.2f} (whole run) | {:.2e} |\n", solver, eps, C, sec, gap);
+        fmt::print("| liblinear -s {} -e {:g} | C = {:.4g} | | | | {:.2f} (whole run) | {:.2e} |\n", solver,
+                   eps, C, sec, gap);
       }
     }
     if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
       std::string gp = fmt::format(
-          "set terminal pngcairo noenhanced size 900,600\nset output '{0}/gap.png'\nset logscale y\nset format y '1e%T'\n"
-          "set xlabel 'passes over the data'\nset ylabel '(P - P*) / |P*|'\nset grid\nset datafile separator ','\n"
+          "set terminal pngcairo noenhanced size 900,600\nset output '{0}/gap.png'\nset logscale y\nset "
+          "format y '1e%T'\n"
+          "set xlabel 'passes over the data'\nset ylabel '(P - P*) / |P*|'\nset grid\nset datafile separator "
+          "','\n"
           "set title '{1}: {2}, l1 {3:g}, l2 {4:g}, batch {5}'\nplot ",
           out, data, loss, l1, l2, b);
       for (size_t i = 0; i < curves.size(); ++i)
-        gp += fmt::format("{}'{}/gap.csv' using (strcol(1) eq '{}' ? $3 : 1/0):5 with lines lw 2 title '{} (step {:.3g})'",
-                          i ? ", " : "", out, curves[i].method, curves[i].method, curves[i].lr);
+        gp += fmt::format(
+            "{}'{}/gap.csv' using (strcol(1) eq '{}' ? $3 : 1/0):5 with lines lw 2 title '{} (step {:.3g})'",
+            i ? ", " : "", out, curves[i].method, curves[i].method, curves[i].lr);
       write_file(out + "/gap.gp", gp + "\n");
-      if (std::system(fmt::format("gnuplot '{}/gap.gp'", out).c_str()) == 0) fmt::print("\nplot: {}/gap.png\n", out);
+      if (std::system(fmt::format("gnuplot '{}/gap.gp'", out).c_str()) == 0)
+        fmt::print("\nplot: {}/gap.png\n", out);
     }
     fmt::print("curves: {}/gap.csv\n", out);
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "sgdx-erm: error: %s\n", std::string(e.what_without_backtrace()).substr(0, std::string(e.what_without_backtrace()).find('\n')).c_str());
+    std::fprintf(stderr, "sgdx-erm: error: %s\n",
+                 std::string(e.what_without_backtrace())
+                     .substr(0, std::string(e.what_without_backtrace()).find('\n'))
+                     .c_str());
     return 1;
   } catch (const std::exception& e) {  // e.g. std::filesystem errors on --out: one line, not an abort
     std::fprintf(stderr, "sgdx-erm: error: %s\n", e.what());

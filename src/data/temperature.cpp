@@ -49,7 +49,9 @@ double unit(uint32_t hi, uint32_t lo) {
 
 }  // namespace
 
-at::Tensor temperature_probs(const std::vector<int64_t>& sizes, double tau) { return to_tensor(probs(sizes, tau)); }
+at::Tensor temperature_probs(const std::vector<int64_t>& sizes, double tau) {
+  return to_tensor(probs(sizes, tau));
+}
 
 at::Tensor scalarization_weights(const std::vector<int64_t>& sizes, double tau) {
   const auto p = probs(sizes, tau), p1 = probs(sizes, 1.0);
@@ -71,15 +73,17 @@ std::string temperature_summary(const std::vector<int64_t>& sizes, double tau) {
                               fmt::format("p(k;{:g})", tau), "weight w_k");
   for (const auto k : c10::irange(sizes.size()))
     s += fmt::format("{:>6} {:>10} {:>10.4f} {:>10.4f} {:>12.4g}\n", k, sizes[k], p1[k], p[k], p[k] / p1[k]);
-  s += fmt::format("F({:g}) = {:.4g} (scalarization's gradient noise relative to temperature sampling; 1 = equal)\n",
-                   tau, variance_factor(sizes, tau));
+  s += fmt::format(
+      "F({:g}) = {:.4g} (scalarization's gradient noise relative to temperature sampling; 1 = equal)\n", tau,
+      variance_factor(sizes, tau));
   return s;
 }
 
-TemperatureSchedule::TemperatureSchedule(std::vector<std::pair<int64_t, double>> points) : points_(std::move(points)) {
+TemperatureSchedule::TemperatureSchedule(std::vector<std::pair<int64_t, double>> points)
+    : points_(std::move(points)) {
   TORCH_CHECK(!points_.empty(), "temperature schedule: needs at least one (step, tau) pair");
-  TORCH_CHECK(points_.front().first == 0, "temperature schedule: the first pair must start at step 0, got step ",
-              points_.front().first);
+  TORCH_CHECK(points_.front().first == 0,
+              "temperature schedule: the first pair must start at step 0, got step ", points_.front().first);
   for (const auto i : c10::irange(points_.size())) {
     check_tau(points_[i].second);
     if (i > 0) {
@@ -89,7 +93,9 @@ TemperatureSchedule::TemperatureSchedule(std::vector<std::pair<int64_t, double>>
   }
 }
 
-TemperatureSchedule TemperatureSchedule::constant(double tau) { return TemperatureSchedule({{0, tau}}); }
+TemperatureSchedule TemperatureSchedule::constant(double tau) {
+  return TemperatureSchedule({{0, tau}});
+}
 
 TemperatureSchedule TemperatureSchedule::cooldown(int64_t total_steps, double tau_high, double tau_low) {
   TORCH_CHECK(total_steps >= 2, "cooldown: total_steps must be >= 2, got ", total_steps);
@@ -138,8 +144,8 @@ struct TemperatureSampler::State {
   }
 };
 
-TemperatureSampler::TemperatureSampler(const at::Tensor& group_ids, TemperatureSchedule schedule, uint64_t seed,
-                                       int64_t batches_per_epoch, int64_t num_groups)
+TemperatureSampler::TemperatureSampler(const at::Tensor& group_ids, TemperatureSchedule schedule,
+                                       uint64_t seed, int64_t batches_per_epoch, int64_t num_groups)
     : state_(std::make_shared<State>()) {
   auto& s = *state_;
   s.sizes = group_sizes(group_ids, num_groups);
@@ -157,8 +163,8 @@ TemperatureSampler::TemperatureSampler(const at::Tensor& group_ids, TemperatureS
 
 void TemperatureSampler::reset(std::optional<size_t> new_size) {
   TORCH_CHECK(!new_size || *new_size == static_cast<size_t>(state_->group_ids.numel()),
-              "TemperatureSampler: the dataset has ", new_size.value_or(0), " examples but the sampler was built for ",
-              state_->group_ids.numel());
+              "TemperatureSampler: the dataset has ", new_size.value_or(0),
+              " examples but the sampler was built for ", state_->group_ids.numel());
   state_->epoch_batch = 0;
 }
 
@@ -167,20 +173,21 @@ std::optional<std::vector<size_t>> TemperatureSampler::next(size_t batch_size) {
   TORCH_CHECK(batch_size > 0, "TemperatureSampler: batch size must be positive");
   if (s.batches_per_epoch == 0) {
     const auto n = static_cast<int64_t>(s.members.size());
-    s.batches_per_epoch = s.requested_batches_per_epoch > 0 ? s.requested_batches_per_epoch
-                                                            : (n + int64_t(batch_size) - 1) / int64_t(batch_size);
+    s.batches_per_epoch = s.requested_batches_per_epoch > 0
+                              ? s.requested_batches_per_epoch
+                              : (n + int64_t(batch_size) - 1) / int64_t(batch_size);
   }
   if (s.epoch_batch >= s.batches_per_epoch) return std::nullopt;
   const auto& cdf = s.cdf_for(s.schedule.at(s.step));
   std::vector<size_t> batch(batch_size);
   const auto step = static_cast<uint64_t>(s.step);
   for (const auto j : c10::irange(batch_size)) {
-    const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(j), static_cast<uint32_t>(step),
-                                               static_cast<uint32_t>(step >> 32), 0x7E3D0001u,
-                                               static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
+    const auto r = sgdx::detail::philox4x32_10(
+        static_cast<uint32_t>(j), static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0x7E3D0001u,
+        static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
     const double u_group = unit(r.v[0], r.v[1]), u_member = unit(r.v[2], r.v[3]);
-    const auto k = std::min<size_t>(static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u_group) - cdf.begin()),
-                                    cdf.size() - 1);
+    const auto k = std::min<size_t>(
+        static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u_group) - cdf.begin()), cdf.size() - 1);
     const int64_t n_k = s.sizes[k];
     const int64_t m = std::min<int64_t>(static_cast<int64_t>(u_member * double(n_k)), n_k - 1);
     batch[j] = static_cast<size_t>(s.members[s.offsets[k] + m]);
@@ -230,10 +237,18 @@ void TemperatureSampler::load(torch::serialize::InputArchive& archive) {
   s.cached_tau = std::numeric_limits<double>::quiet_NaN();
 }
 
-int64_t TemperatureSampler::step() const { return state_->step; }
-double TemperatureSampler::current_tau() const { return state_->schedule.at(state_->step); }
-const std::vector<int64_t>& TemperatureSampler::sizes() const { return state_->sizes; }
-const at::Tensor& TemperatureSampler::group_ids() const { return state_->group_ids; }
+int64_t TemperatureSampler::step() const {
+  return state_->step;
+}
+double TemperatureSampler::current_tau() const {
+  return state_->schedule.at(state_->step);
+}
+const std::vector<int64_t>& TemperatureSampler::sizes() const {
+  return state_->sizes;
+}
+const at::Tensor& TemperatureSampler::group_ids() const {
+  return state_->group_ids;
+}
 
 at::Tensor long_tailed_indices(const at::Tensor& labels, double imbalance_ratio, uint64_t seed) {
   TORCH_CHECK(imbalance_ratio >= 1 && std::isfinite(imbalance_ratio),
@@ -246,7 +261,8 @@ at::Tensor long_tailed_indices(const at::Tensor& labels, double imbalance_ratio,
   for (const auto c : c10::irange(C)) {
     const double frac = C > 1 ? std::pow(imbalance_ratio, -double(c) / double(C - 1)) : 1.0;
     const auto need = std::max<int64_t>(1, static_cast<int64_t>(std::floor(double(sizes[0]) * frac + 1e-9)));
-    TORCH_CHECK(sizes[c] >= need, "long-tailed subset: class ", c, " has ", sizes[c], " examples but needs ", need);
+    TORCH_CHECK(sizes[c] >= need, "long-tailed subset: class ", c, " has ", sizes[c], " examples but needs ",
+                need);
     auto members = at::nonzero(ids == c).flatten();
     keep.push_back(members.index_select(0, at::randperm(sizes[c], gen, at::kLong).narrow(0, 0, need)));
   }

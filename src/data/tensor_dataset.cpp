@@ -1,7 +1,7 @@
 #include "sgdx/data/tensor_dataset.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,8 +19,8 @@ TensorDataset::TensorDataset(at::Tensor inputs, at::Tensor targets)
     : inputs_(std::move(inputs)), targets_(std::move(targets)) {
   TORCH_CHECK(inputs_.defined() && targets_.defined(), "TensorDataset: undefined tensor");
   TORCH_CHECK(inputs_.dim() >= 1 && targets_.dim() >= 1 && inputs_.size(0) == targets_.size(0),
-              "TensorDataset: inputs have ", inputs_.dim() ? inputs_.size(0) : 0,
-              " rows but targets have ", targets_.dim() ? targets_.size(0) : 0);
+              "TensorDataset: inputs have ", inputs_.dim() ? inputs_.size(0) : 0, " rows but targets have ",
+              targets_.dim() ? targets_.size(0) : 0);
 }
 
 torch::data::Example<> TensorDataset::get_batch(c10::ArrayRef<size_t> indices) {
@@ -35,7 +35,9 @@ torch::data::Example<> TensorDataset::get_batch(c10::ArrayRef<size_t> indices) {
   return {inputs_.index_select(0, idx), targets_.index_select(0, idx)};
 }
 
-std::optional<size_t> TensorDataset::size() const { return static_cast<size_t>(inputs_.size(0)); }
+std::optional<size_t> TensorDataset::size() const {
+  return static_cast<size_t>(inputs_.size(0));
+}
 
 const std::vector<std::string>& dataset_names() {
   static const std::vector<std::string> names = {"fashion-mnist", "mnist", "cifar10", "teacher"};
@@ -114,13 +116,12 @@ DatasetSplits teacher_student() {
 
 DatasetSplits load_dataset(const std::string& name, const std::string& dir) {
   const auto& names = dataset_names();
-  TORCH_CHECK(std::find(names.begin(), names.end(), name) != names.end(), "unknown dataset '",
-              name, "' (choose one of fashion-mnist, mnist, cifar10, teacher)");
+  TORCH_CHECK(std::find(names.begin(), names.end(), name) != names.end(), "unknown dataset '", name,
+              "' (choose one of fashion-mnist, mnist, cifar10, teacher)");
   if (name == "teacher") return teacher_student();
   const std::string d = dir.empty() ? default_data_dir(name) : dir;
   TORCH_CHECK(!d.empty(), "dataset '", name,
-              "' needs a directory: pass one or set SGDX_DATA_DIR (files under $SGDX_DATA_DIR/",
-              name, ")");
+              "' needs a directory: pass one or set SGDX_DATA_DIR (files under $SGDX_DATA_DIR/", name, ")");
   check_data_directory(name, d);
   try {
     if (name == "cifar10") return standardised(name, d, load_cifar10(d, true), load_cifar10(d, false));

@@ -24,7 +24,9 @@ MLP::MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes) {
   register_module("net", net_);
 }
 
-torch::Tensor MLP::forward(torch::Tensor x) { return net_->forward(x.flatten(1)); }
+torch::Tensor MLP::forward(torch::Tensor x) {
+  return net_->forward(x.flatten(1));
+}
 
 std::pair<torch::Tensor, torch::Tensor> MLP::forward_features(torch::Tensor x) {
   auto h = x.flatten(1);
@@ -35,16 +37,17 @@ std::pair<torch::Tensor, torch::Tensor> MLP::forward_features(torch::Tensor x) {
 
 SmallCNN::SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t classes) {
   features_ = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(channels, 32, 5).padding(2)), nn::ReLU(),
-                             nn::MaxPool2d(2),
-                             nn::Conv2d(nn::Conv2dOptions(32, 64, 5).padding(2)), nn::ReLU(),
-                             nn::MaxPool2d(2), nn::Flatten());
+                             nn::MaxPool2d(2), nn::Conv2d(nn::Conv2dOptions(32, 64, 5).padding(2)),
+                             nn::ReLU(), nn::MaxPool2d(2), nn::Flatten());
   const int64_t flat = 64 * (height / 4) * (width / 4);
   head_ = nn::Sequential(nn::Linear(flat, 128), nn::ReLU(), nn::Linear(128, classes));
   register_module("features", features_);
   register_module("head", head_);
 }
 
-torch::Tensor SmallCNN::forward(torch::Tensor x) { return head_->forward(features_->forward(x)); }
+torch::Tensor SmallCNN::forward(torch::Tensor x) {
+  return head_->forward(features_->forward(x));
+}
 
 std::pair<torch::Tensor, torch::Tensor> SmallCNN::forward_features(torch::Tensor x) {
   auto h = features_->forward(x);
@@ -58,12 +61,14 @@ namespace {
 class BasicBlock : public nn::Module {
  public:
   BasicBlock(int64_t in, int64_t out, int64_t stride) {
-    conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false)));
+    conv1_ = register_module("conv1",
+                             nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false)));
     norm1_ = register_module("norm1", nn::GroupNorm(nn::GroupNormOptions(std::min<int64_t>(8, out), out)));
     conv2_ = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1).bias(false)));
     norm2_ = register_module("norm2", nn::GroupNorm(nn::GroupNormOptions(std::min<int64_t>(8, out), out)));
     if (stride != 1 || in != out) {
-      shortcut_ = register_module("shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)));
+      shortcut_ =
+          register_module("shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)));
     }
   }
   torch::Tensor forward(torch::Tensor x) {
@@ -99,7 +104,9 @@ ResNetCifar::ResNetCifar(int64_t channels, int64_t classes, int64_t blocks_per_s
   register_module("head", head_);
 }
 
-torch::Tensor ResNetCifar::forward(torch::Tensor x) { return head_->forward(body_->forward(x)); }
+torch::Tensor ResNetCifar::forward(torch::Tensor x) {
+  return head_->forward(body_->forward(x));
+}
 
 std::pair<torch::Tensor, torch::Tensor> ResNetCifar::forward_features(torch::Tensor x) {
   auto h = body_->forward(x);
@@ -111,18 +118,18 @@ const std::vector<std::string>& model_names() {
   return names;
 }
 
-std::shared_ptr<Classifier> make_model(const std::string& name,
-                                       const std::vector<int64_t>& input_shape, int64_t classes) {
+std::shared_ptr<Classifier> make_model(const std::string& name, const std::vector<int64_t>& input_shape,
+                                       int64_t classes) {
   TORCH_CHECK(!input_shape.empty(), "make_model: empty input shape");
   if (name == "mlp") {
-    const auto in = std::accumulate(input_shape.begin(), input_shape.end(), int64_t{1},
-                                    std::multiplies<>());
+    const auto in = std::accumulate(input_shape.begin(), input_shape.end(), int64_t{1}, std::multiplies<>());
     return std::make_shared<MLP>(in, std::vector<int64_t>{256, 128}, classes);
   }
   if (name == "cnn" || name == "resnet") {
     TORCH_CHECK(input_shape.size() == 3, "model '", name, "' needs image inputs [C, H, W], got ",
                 c10::IntArrayRef(input_shape));
-    if (name == "cnn") return std::make_shared<SmallCNN>(input_shape[0], input_shape[1], input_shape[2], classes);
+    if (name == "cnn")
+      return std::make_shared<SmallCNN>(input_shape[0], input_shape[1], input_shape[2], classes);
     return std::make_shared<ResNetCifar>(input_shape[0], classes);
   }
   TORCH_CHECK(false, "unknown model '", name, "' (choose one of mlp, cnn, resnet)");

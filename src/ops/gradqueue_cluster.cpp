@@ -9,7 +9,8 @@
 
 namespace sgdx::ops {
 namespace detail {
-void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size, bool cuda) {
+void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size,
+                         bool cuda) {
   const char* who = cuda ? "gradqueue_cluster_stats_cuda" : "gradqueue_cluster_stats";
   TORCH_CHECK(inv_size.defined() && inv_size.dim() == 1 && inv_size.numel() >= 1 &&
                   inv_size.scalar_type() == at::kDouble,
@@ -22,8 +23,8 @@ void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, con
   const auto dtype = tensors[0].sums.defined() ? tensors[0].sums.scalar_type() : at::ScalarType::Undefined;
   const auto stat_dtype = at::isFloatingType(dtype) ? gradqueue_stats_dtype(dtype) : dtype;
   TORCH_CHECK(!cuda || device.is_cuda(), who, ": tensors must be on a CUDA device, got ", device);
-  TORCH_CHECK(!cuda || inv_size.device() == device, who, ": inv_size is on ", inv_size.device(), ", the tensors on ",
-              device);
+  TORCH_CHECK(!cuda || inv_size.device() == device, who, ": inv_size is on ", inv_size.device(),
+              ", the tensors on ", device);
   for (const auto t : c10::irange(tensors.size())) {
     const auto& x = tensors[t];
     TORCH_CHECK(x.s1.defined() && x.s2.defined() && x.sums.defined(), who, ": tensor ", t,
@@ -34,7 +35,8 @@ void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, con
     for (const auto* y : {&x.sums, &x.s1, &x.s2, &x.param}) {
       if (!y->defined() || (y == &x.param && !wd)) continue;
       const auto want = (y == &x.s1 || y == &x.s2) ? stat_dtype : dtype;
-      const bool ok = y->scalar_type() == want || (y == &x.s1 && y->scalar_type() == at::kDouble);  // exact: f64 mean
+      const bool ok =
+          y->scalar_type() == want || (y == &x.s1 && y->scalar_type() == at::kDouble);  // exact: f64 mean
       TORCH_CHECK(y->device() == device && ok, who, ": tensor ", t, " has an operand on ", y->device(),
                   " with dtype ", y->scalar_type(), "; expected ", device, " with dtype ", want);
       TORCH_CHECK(at::isFloatingType(y->scalar_type()), who, ": tensor ", t, " has dtype ", y->scalar_type(),
@@ -53,7 +55,8 @@ void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, con
 }
 }  // namespace detail
 
-at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size) {
+at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors,
+                                        const at::Tensor& inv_size) {
   detail::check_cluster_stats(tensors, inv_size, /*cuda=*/false);
   const int64_t K = inv_size.numel();
   c10::AutoGradMode no_grad(false);
@@ -71,7 +74,8 @@ at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor
 }
 
 #if !SGDX_WITH_CUDA
-at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size) {
+at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors,
+                                        const at::Tensor& inv_size) {
   detail::check_cluster_stats(tensors, inv_size, /*cuda=*/true);
   TORCH_CHECK(false, "gradqueue_cluster_stats_cuda: sgdx was built without CUDA (SGDX_WITH_CUDA=OFF)");
 }

@@ -149,9 +149,11 @@ SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const S
     }
     if (len == kTile) {
       for (int64_t j = 0; j < kTile; j += kLanes)
-        for (int l = 0; l < kLanes; ++l) dev[l] += static_cast<double>(a[j + l]), var[l] += static_cast<double>(b[j + l]);
+        for (int l = 0; l < kLanes; ++l)
+          dev[l] += static_cast<double>(a[j + l]), var[l] += static_cast<double>(b[j + l]);
     } else {
-      for (int64_t j = 0; j < len; ++j) dev[j % kLanes] += static_cast<double>(a[j]), var[j % kLanes] += static_cast<double>(b[j]);
+      for (int64_t j = 0; j < len; ++j)
+        dev[j % kLanes] += static_cast<double>(a[j]), var[j % kLanes] += static_cast<double>(b[j]);
     }
   }
   double sd = 0, sv = 0;
@@ -168,30 +170,40 @@ struct Flags {
 
 // One multiversioned entry per dtype; the nested switches pick the instantiation.
 template <typename T, bool E, bool X, OldRow O, bool S, bool K>
-SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                const Flags& f) {
   switch (f.mom) {
-    case MomentumMode::none: return update_block<T, E, X, O, S, K, MomentumMode::none>(P, b0, b1, s, f.first);
-    case MomentumMode::heavy_ball: return update_block<T, E, X, O, S, K, MomentumMode::heavy_ball>(P, b0, b1, s, f.first);
-    default: return update_block<T, E, X, O, S, K, MomentumMode::nesterov>(P, b0, b1, s, f.first);
+    case MomentumMode::none:
+      return update_block<T, E, X, O, S, K, MomentumMode::none>(P, b0, b1, s, f.first);
+    case MomentumMode::heavy_ball:
+      return update_block<T, E, X, O, S, K, MomentumMode::heavy_ball>(P, b0, b1, s, f.first);
+    default:
+      return update_block<T, E, X, O, S, K, MomentumMode::nesterov>(P, b0, b1, s, f.first);
   }
 }
 template <typename T, bool E, bool X, OldRow O>
-SGDX_INLINE double dispatch_stats(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+SGDX_INLINE double dispatch_stats(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                  const Flags& f) {
   if (!f.stats) return dispatch_mom<T, E, X, O, false, true>(P, b0, b1, s, f);
   if (f.kappa1) return dispatch_mom<T, E, X, O, true, true>(P, b0, b1, s, f);
   return dispatch_mom<T, E, X, O, true, false>(P, b0, b1, s, f);
 }
 template <typename T, bool E>
-SGDX_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+SGDX_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                    const Flags& f) {
   if (!f.exact) return dispatch_stats<T, E, false, OldRow::none>(P, b0, b1, s, f);
   switch (f.old) {
-    case OldRow::separate: return dispatch_stats<T, E, true, OldRow::separate>(P, b0, b1, s, f);
-    case OldRow::in_slot: return dispatch_stats<T, E, true, OldRow::in_slot>(P, b0, b1, s, f);
-    default: return dispatch_stats<T, E, true, OldRow::none>(P, b0, b1, s, f);
+    case OldRow::separate:
+      return dispatch_stats<T, E, true, OldRow::separate>(P, b0, b1, s, f);
+    case OldRow::in_slot:
+      return dispatch_stats<T, E, true, OldRow::in_slot>(P, b0, b1, s, f);
+    default:
+      return dispatch_stats<T, E, true, OldRow::none>(P, b0, b1, s, f);
   }
 }
 template <typename T>
-SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                   const Flags& f) {
   return f.elem ? dispatch_storage<T, true>(P, b0, b1, s, f) : dispatch_storage<T, false>(P, b0, b1, s, f);
 }
 
@@ -205,37 +217,47 @@ SGDX_MULTIVERSION double update_f64(const Ptrs<double>& P, int64_t b0, int64_t b
 }
 SGDX_MULTIVERSION void moments_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
                                    bool exact, double* dev, double* var) {
-  if (exact) moments_block<float, true>(P, b0, b1, s, dev, var);
-  else moments_block<float, false>(P, b0, b1, s, dev, var);
+  if (exact)
+    moments_block<float, true>(P, b0, b1, s, dev, var);
+  else
+    moments_block<float, false>(P, b0, b1, s, dev, var);
 }
 SGDX_MULTIVERSION void moments_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
                                    bool exact, double* dev, double* var) {
-  if (exact) moments_block<double, true>(P, b0, b1, s, dev, var);
-  else moments_block<double, false>(P, b0, b1, s, dev, var);
+  if (exact)
+    moments_block<double, true>(P, b0, b1, s, dev, var);
+  else
+    moments_block<double, false>(P, b0, b1, s, dev, var);
 }
-inline double update_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, const Flags& f) {
+inline double update_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
+                         const Flags& f) {
   return update_f32(P, b0, b1, s, f);
 }
-inline double update_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, const Flags& f) {
+inline double update_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
+                         const Flags& f) {
   return update_f64(P, b0, b1, s, f);
 }
-inline void moments_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool e, double* d,
-                        double* v) {
+inline void moments_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool e,
+                        double* d, double* v) {
   moments_f32(P, b0, b1, s, e, d, v);
 }
-inline void moments_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool e, double* d,
-                        double* v) {
+inline void moments_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool e,
+                        double* d, double* v) {
   moments_f64(P, b0, b1, s, e, d, v);
 }
 
 template <typename T>
 double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   const bool exact = t.ema_rate == 0.0;
-  Ptrs<T> P{t.param.data_ptr<T>(), t.grad.const_data_ptr<T>(),
+  Ptrs<T> P{t.param.data_ptr<T>(),
+            t.grad.const_data_ptr<T>(),
             t.momentum.defined() ? t.momentum.data_ptr<T>() : nullptr,
-            t.s1.data_ptr(), t.s2.data_ptr<T>(),
-            t.slot.defined() ? t.slot.data_ptr<T>() : nullptr, nullptr};
-  const bool old_in_slot = t.old.defined() && t.slot.defined() && t.old.const_data_ptr() == t.slot.const_data_ptr();
+            t.s1.data_ptr(),
+            t.s2.data_ptr<T>(),
+            t.slot.defined() ? t.slot.data_ptr<T>() : nullptr,
+            nullptr};
+  const bool old_in_slot =
+      t.old.defined() && t.slot.defined() && t.old.const_data_ptr() == t.slot.const_data_ptr();
   if (t.old.defined() && !old_in_slot) P.old = t.old.const_data_ptr<T>();
   const int64_t n = t.param.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
@@ -274,10 +296,12 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   f.stats = stats;
   f.kappa1 = c.kappa == 1.0;
   f.first = t.first_step;
-  f.mom = c.momentum == 0.0 ? MomentumMode::none : (c.nesterov ? MomentumMode::nesterov : MomentumMode::heavy_ball);
+  f.mom = c.momentum == 0.0 ? MomentumMode::none
+                            : (c.nesterov ? MomentumMode::nesterov : MomentumMode::heavy_ball);
   std::vector<double> rho_part(blocks, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) rho_part[b] = update_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
+    for (int64_t b = b0; b < b1; ++b)
+      rho_part[b] = update_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
   });
   if (!c.per_element) return rho_tensor * static_cast<double>(n);
   double total = 0.0;
@@ -301,21 +325,24 @@ void check_operands(const GradQueueTensor& t, const GradQueueStepConfig& c) {
   for (const at::Tensor* x : {&t.grad, &t.momentum, &t.s1, &t.s2, &t.slot, &t.old, &t.direction}) {
     if (!x->defined()) continue;
     const bool stat = x == &t.s1 || x == &t.s2 || x == &t.slot || x == &t.old;
-    const auto want = x == &t.s1 ? gradqueue_mean_dtype(p.scalar_type(), exact) : stat ? stat_dtype : p.scalar_type();
-    TORCH_CHECK(x->device() == p.device() && x->scalar_type() == want, "gradqueue_step_: ",
-                stat ? "window operand" : "operand", " on ", x->device(), " with dtype ", x->scalar_type(),
-                " does not match the parameter (", p.device(), ", ", p.scalar_type(), "; expected dtype ", want, ")");
+    const auto want = x == &t.s1 ? gradqueue_mean_dtype(p.scalar_type(), exact)
+                      : stat     ? stat_dtype
+                                 : p.scalar_type();
+    TORCH_CHECK(x->device() == p.device() && x->scalar_type() == want,
+                "gradqueue_step_: ", stat ? "window operand" : "operand", " on ", x->device(), " with dtype ",
+                x->scalar_type(), " does not match the parameter (", p.device(), ", ", p.scalar_type(),
+                "; expected dtype ", want, ")");
     TORCH_CHECK(x->numel() == p.numel() && x->is_contiguous(), "gradqueue_step_: operand of ", x->numel(),
                 " elements (contiguous: ", x->is_contiguous(), ") for a parameter of ", p.numel());
   }
   TORCH_CHECK(p.is_contiguous(), "gradqueue_step_: the parameter must be contiguous");
   TORCH_CHECK(t.count >= 0, "gradqueue_step_: count must be >= 0, got ", t.count);
-  TORCH_CHECK(!exact || !t.old.defined() || t.count >= 1, "gradqueue_step_: a row leaves the window but count is ",
-              t.count);
-  TORCH_CHECK(!exact || !t.scarcity || t.count >= 1, "gradqueue_step_: scarcity needs a non-empty window, count is ",
-              t.count);
-  TORCH_CHECK(exact || (t.ema_rate > 0.0 && t.ema_rate <= 1.0), "gradqueue_step_: ema_rate must be in (0, 1], got ",
-              t.ema_rate);
+  TORCH_CHECK(!exact || !t.old.defined() || t.count >= 1,
+              "gradqueue_step_: a row leaves the window but count is ", t.count);
+  TORCH_CHECK(!exact || !t.scarcity || t.count >= 1,
+              "gradqueue_step_: scarcity needs a non-empty window, count is ", t.count);
+  TORCH_CHECK(exact || (t.ema_rate > 0.0 && t.ema_rate <= 1.0),
+              "gradqueue_step_: ema_rate must be in (0, 1], got ", t.ema_rate);
 }
 }  // namespace
 
@@ -350,7 +377,8 @@ at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c
   const auto d = t.grad.view(-1).to(dt) + c.weight_decay * theta;
   auto s1 = t.s1.view(-1), s2 = t.s2.view(-1);
   const bool exact = t.ema_rate == 0.0;
-  const auto mt = at::promote_types(s1.scalar_type(), dt);  // the mean's arithmetic: float64 for exact storage
+  const auto mt =
+      at::promote_types(s1.scalar_type(), dt);  // the mean's arithmetic: float64 for exact storage
   const auto mu = s1.to(mt), stat = s2.to(dt);
   const auto numel = static_cast<double>(p.numel());
   at::Tensor rho;
@@ -373,7 +401,7 @@ at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c
   if (exact) {
     at::Tensor mu_new, m2;
     const auto x = d.to(mt);
-    if (t.old.defined()) {  // n stays: x enters, o leaves
+    if (t.old.defined()) {                   // n stays: x enters, o leaves
       const auto o = t.old.view(-1).to(mt);  // read before the slot (which it may be) is written
       mu_new = mu + (x - o) / static_cast<double>(t.count);
       m2 = stat.to(mt) + (x - o) * ((x - mu_new) + (o - mu));
@@ -407,7 +435,8 @@ void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const Gra
   if (tensors.empty()) return;
   const auto device = tensors[0].param.device();
   const auto dtype = tensors[0].param.scalar_type();
-  TORCH_CHECK(!cuda || device.is_cuda(), "gradqueue_step_cuda_: tensors must be on a CUDA device, got ", device);
+  TORCH_CHECK(!cuda || device.is_cuda(), "gradqueue_step_cuda_: tensors must be on a CUDA device, got ",
+              device);
   for (const auto k : c10::irange(tensors.size())) {
     TORCH_CHECK(!cuda || !tensors[k].direction.defined(), "gradqueue_step_cuda_: tensor ", k,
                 " has a direction; the CUDA kernel takes Delta-rho * d only (use gradqueue_step_aten_)");
@@ -415,8 +444,9 @@ void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const Gra
   for (const auto k : c10::irange(tensors.size())) {
     const auto& t = tensors[k];
     TORCH_CHECK(t.param.defined() && t.param.device() == device && t.param.scalar_type() == dtype,
-                "gradqueue_step: tensor ", k, " is on ", t.param.defined() ? t.param.device() : c10::Device("cpu"),
-                " with dtype ", t.param.defined() ? t.param.scalar_type() : at::ScalarType::Undefined,
+                "gradqueue_step: tensor ", k, " is on ",
+                t.param.defined() ? t.param.device() : c10::Device("cpu"), " with dtype ",
+                t.param.defined() ? t.param.scalar_type() : at::ScalarType::Undefined,
                 "; every tensor must be on ", device, " with dtype ", dtype);
     try {
       check_operands(t, config);
@@ -426,9 +456,9 @@ void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const Gra
   }
   for (const auto& [s, name] : {std::pair{&grad_scale, "grad_scale"}, std::pair{&found_inf, "found_inf"}}) {
     if (!s->defined()) continue;
-    TORCH_CHECK(s->numel() == 1 && s->scalar_type() == at::kFloat && s->device() == device, "gradqueue_step: ",
-                name, " must be one float32 value on ", device, ", got ", s->numel(), " ", s->scalar_type(),
-                " value(s) on ", s->device());
+    TORCH_CHECK(s->numel() == 1 && s->scalar_type() == at::kFloat && s->device() == device,
+                "gradqueue_step: ", name, " must be one float32 value on ", device, ", got ", s->numel(), " ",
+                s->scalar_type(), " value(s) on ", s->device());
   }
 }
 }  // namespace detail

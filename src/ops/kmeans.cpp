@@ -45,7 +45,9 @@ void check_options(const at::Tensor& x, int64_t k, const KMeansOptions& options)
   }
 }
 
-bool is_empty(const at::Tensor& x) { return x.size(0) == 0 || x.size(1) == 0; }
+bool is_empty(const at::Tensor& x) {
+  return x.size(0) == 0 || x.size(1) == 0;
+}
 
 // t as a contiguous `dtype` tensor on `device`. A CPU tensor bound for a CUDA
 // device goes through pinned memory and a non-blocking copy (a copy from pageable
@@ -87,8 +89,8 @@ double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t draw) {
 }
 
 at::Tensor nearest_centroid(const at::Tensor& x, const at::Tensor& centroids) {
-  TORCH_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1), "kmeans: centroids must be [k, ", x.size(1),
-              "], got ", centroids.sizes());
+  TORCH_CHECK(centroids.dim() == 2 && centroids.size(1) == x.size(1), "kmeans: centroids must be [k, ",
+              x.size(1), "], got ", centroids.sizes());
   return partial_distances(x, centroids.to(x.scalar_type())).argmin(1);
 }
 
@@ -135,16 +137,20 @@ at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64
 namespace detail {
 void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options) {
   TORCH_CHECK(x.defined() && x.is_cuda(), "kmeans_cuda: the features must be a CUDA tensor, got ",
-              x.defined() ? x.device() : c10::Device(c10::kCPU), " (use KMeansBackend::aten on other devices)");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "kmeans_cuda: the features must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.layout() == at::kStrided, "kmeans_cuda: the features must be a strided tensor, got ", x.layout());
+              x.defined() ? x.device() : c10::Device(c10::kCPU),
+              " (use KMeansBackend::aten on other devices)");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "kmeans_cuda: the features must be float32, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.layout() == at::kStrided, "kmeans_cuda: the features must be a strided tensor, got ",
+              x.layout());
   check_shape(x, k);
-  TORCH_CHECK(x.size(0) <= kKMeansCudaMaxRows, "kmeans_cuda: n = ", x.size(0), " rows exceed the kernel's limit of ",
-              kKMeansCudaMaxRows, " (use KMeansBackend::aten)");
+  TORCH_CHECK(x.size(0) <= kKMeansCudaMaxRows, "kmeans_cuda: n = ", x.size(0),
+              " rows exceed the kernel's limit of ", kKMeansCudaMaxRows, " (use KMeansBackend::aten)");
   TORCH_CHECK(k <= kKMeansCudaMaxClusters, "kmeans_cuda: k = ", k, " clusters exceed the kernel's limit of ",
               kKMeansCudaMaxClusters, " (use KMeansBackend::aten)");
   TORCH_CHECK(x.size(1) <= kKMeansCudaMaxFeatures, "kmeans_cuda: d = ", x.size(1),
-              " features exceed the kernel's limit of ", kKMeansCudaMaxFeatures, " (use KMeansBackend::aten)");
+              " features exceed the kernel's limit of ", kKMeansCudaMaxFeatures,
+              " (use KMeansBackend::aten)");
   check_options(x, k, options);
   TORCH_CHECK(options.max_iters <= (int64_t{1} << 30), "kmeans_cuda: max_iters must be <= 2^30, got ",
               options.max_iters);
@@ -155,11 +161,13 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans
     const at::Tensor&, int64_t, const KMeansOptions&) {
   TORCH_CHECK(false, "kmeans_cuda: sgdx was built without CUDA (SGDX_WITH_CUDA=OFF)");
 }
-int set_kmeans_cuda_grid_for_testing(int) { return 0; }
+int set_kmeans_cuda_grid_for_testing(int) {
+  return 0;
+}
 #endif
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
-                                                                             const KMeansOptions& options) {
+                                                                              const KMeansOptions& options) {
   if (is_empty(x)) {
     auto stats = at::zeros({kStatCount}, x.options().dtype(at::kDouble));
     stats.narrow(0, kStatBadRow, 1).fill_(-1);

@@ -1,6 +1,6 @@
 #include "sgdx/ops/per_sample.h"
-#include "sgdx/ops/per_sample_cuda.h"
 #include "sgdx/ops/cuda_kernels.h"
+#include "sgdx/ops/per_sample_cuda.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -52,7 +52,9 @@ at::Tensor rows(const at::Tensor& t, const at::Tensor& idx) {
   return t.index_select(0, idx);
 }
 
-int64_t as_int(const c10::SymInt& s) { return s.expect_int(); }
+int64_t as_int(const c10::SymInt& s) {
+  return s.expect_int();
+}
 std::vector<int64_t> as_ints(const std::vector<c10::SymInt>& v) {
   std::vector<int64_t> out;
   for (const auto& s : v) out.push_back(s.expect_int());
@@ -78,14 +80,16 @@ BatchLayout batch_layout(c10::IntArrayRef sizes, int64_t batch) {
 }
 
 // A sum over all dims but the first: [B, ...] -> [B].
-at::Tensor per_row_sum(const at::Tensor& t) { return t.reshape({t.size(0), -1}).sum(1); }
+at::Tensor per_row_sum(const at::Tensor& t) {
+  return t.reshape({t.size(0), -1}).sum(1);
+}
 
 }  // namespace
 
 class CapturedLayer {
  public:
   virtual ~CapturedLayer() = default;
-  std::string name;                 // module name
+  std::string name;                    // module name
   std::string weight_name, bias_name;  // full parameter names; empty when left out
   std::shared_ptr<GradSlot> slot = std::make_shared<GradSlot>();
   int64_t batch = 0;
@@ -128,7 +132,8 @@ class CapturedLayer {
 
 namespace {
 // Splits the rows of t [B, ...] (taken in `order`) into consecutive groups of `sizes`.
-std::vector<at::Tensor> split_groups(const at::Tensor& t, const at::Tensor& order, const std::vector<int64_t>& sizes) {
+std::vector<at::Tensor> split_groups(const at::Tensor& t, const at::Tensor& order,
+                                     const std::vector<int64_t>& sizes) {
   return t.index_select(0, order).split_with_sizes(sizes, 0);
 }
 }  // namespace
@@ -139,7 +144,7 @@ namespace {
 // saved it), D [B*T, p].
 class LinearLayer : public CapturedLayer {
  public:
-  at::Tensor a;  // undefined when the weight is left out
+  at::Tensor a;                      // undefined when the weight is left out
   bool check_output_layout = false;  // bias only: the batch layout is read from the captured gradient
 
   void check_captured() const override {
@@ -147,11 +152,13 @@ class LinearLayer : public CapturedLayer {
     const auto& d = slot->d;
     const auto layout = d.dim() >= 2 ? batch_layout(d.sizes(), batch) : BatchLayout::not_first;
     TORCH_CHECK(layout == BatchLayout::first, "per-sample gradients: Linear layer '", name,
-                "' (bias only) has output of shape ", d.sizes(), ", whose batch dimension cannot be established as "
-                "its first for batch size ", batch, "; give the layer a batch-first [B, ..., F] input");
+                "' (bias only) has output of shape ", d.sizes(),
+                ", whose batch dimension cannot be established as "
+                "its first for batch size ",
+                batch, "; give the layer a batch-first [B, ..., F] input");
   }
-  at::Tensor D() const { return slot->d.reshape({batch, -1, slot->d.size(-1)}); }     // [B, T, p]
-  at::Tensor A() const { return a.reshape({batch, -1, a.size(-1)}); }                   // [B, T, d]
+  at::Tensor D() const { return slot->d.reshape({batch, -1, slot->d.size(-1)}); }  // [B, T, p]
+  at::Tensor A() const { return a.reshape({batch, -1, a.size(-1)}); }              // [B, T, d]
 
   at::Tensor sq_norms(NormStrategy strategy) const override {
     auto d = D();
@@ -162,8 +169,8 @@ class LinearLayer : public CapturedLayer {
       if (T == 1) {
         total += x.squeeze(1).pow(2).sum(1) * d.squeeze(1).pow(2).sum(1);
       } else {
-        const bool ghost = strategy == NormStrategy::ghost ||
-                           (strategy == NormStrategy::automatic && 2 * T * T <= p * din);
+        const bool ghost =
+            strategy == NormStrategy::ghost || (strategy == NormStrategy::automatic && 2 * T * T <= p * din);
         if (ghost) {
           total += (x.bmm(x.transpose(1, 2)) * d.bmm(d.transpose(1, 2))).sum({1, 2});
         } else {
@@ -221,7 +228,7 @@ class LinearLayer : public CapturedLayer {
     op.kind = NormLayerOperands::Kind::linear;
     op.weight = !weight_name.empty();
     op.bias = !bias_name.empty();
-    op.input = op.weight ? a : at::Tensor();  // [B*T, K]
+    op.input = op.weight ? a : at::Tensor();                   // [B*T, K]
     op.grad_output = slot->d.reshape({-1, slot->d.size(-1)});  // [B*T, P]
     return true;
   }
@@ -271,8 +278,9 @@ class Conv2dLayer : public CapturedLayer {
       auto ds = d.slice(0, i, i + c).reshape({1, c * d.size(1), d.size(2), d.size(3)});
       std::vector<int64_t> wshape = weight_shape;
       wshape[0] *= c;
-      auto g = at::convolution_backward(ds, xs, at::empty(wshape, d.options()), std::nullopt, stride, padding,
-                                        dilation, /*transposed=*/false, {0, 0}, groups * c, {false, true, false});
+      auto g =
+          at::convolution_backward(ds, xs, at::empty(wshape, d.options()), std::nullopt, stride, padding,
+                                   dilation, /*transposed=*/false, {0, 0}, groups * c, {false, true, false});
       out.slice(0, i, i + c).copy_(std::get<1>(g).reshape(out.slice(0, i, i + c).sizes()));
     }
     return out;
@@ -284,7 +292,8 @@ class Conv2dLayer : public CapturedLayer {
     if (!weight_name.empty()) {
       const int64_t L = d.size(3), p = d.size(2);
       const int64_t k = c10::multiply_integers(weight_shape) / weight_shape[0];
-      const bool ghost = strategy == NormStrategy::ghost || (strategy == NormStrategy::automatic && 2 * L * L <= p * k);
+      const bool ghost =
+          strategy == NormStrategy::ghost || (strategy == NormStrategy::automatic && 2 * L * L <= p * k);
       if (ghost) {
         auto x = X();
         auto xx = at::einsum("bgkl,bgkm->bglm", {x, x});
@@ -409,7 +418,7 @@ class EmbeddingLayer : public CapturedLayer {
 // (they have as many entries as channels).
 class NormLayer : public CapturedLayer {
  public:
-  at::Tensor xhat;            // normalised input, same shape as the output
+  at::Tensor xhat;  // normalised input, same shape as the output
   std::vector<int64_t> param_shape;
   bool channel_first = false;  // GroupNorm: params index dim 1; LayerNorm: trailing dims
 
@@ -485,7 +494,8 @@ struct Graph {
       const auto& [node, slot] = it->second.front();
       const Node* n = node.get();
       if (dynamic_cast<const gen::TBackward0*>(n) || dynamic_cast<const gen::ViewBackward0*>(n) ||
-          dynamic_cast<const gen::UnsafeViewBackward0*>(n) || dynamic_cast<const gen::ReshapeAliasBackward0*>(n)) {
+          dynamic_cast<const gen::UnsafeViewBackward0*>(n) ||
+          dynamic_cast<const gen::ReshapeAliasBackward0*>(n)) {
         cur = n;
         continue;
       }
@@ -521,8 +531,8 @@ bool is_rowwise_node(const Node* n) {
          dynamic_cast<const gen::SigmoidBackward0*>(n) || dynamic_cast<const gen::GeluBackward0*>(n) ||
          dynamic_cast<const gen::SiluBackward0*>(n) || dynamic_cast<const gen::EluBackward0*>(n) ||
          dynamic_cast<const gen::LeakyReluBackward0*>(n) || dynamic_cast<const gen::HardtanhBackward0*>(n) ||
-         dynamic_cast<const gen::SoftplusBackward0*>(n) || dynamic_cast<const gen::NativeDropoutBackward0*>(n) ||
-         dynamic_cast<const gen::MulBackward1*>(n);
+         dynamic_cast<const gen::SoftplusBackward0*>(n) ||
+         dynamic_cast<const gen::NativeDropoutBackward0*>(n) || dynamic_cast<const gen::MulBackward1*>(n);
 }
 
 // Whether input `slot` of `n` is a parameter (a leaf that requires grad),
@@ -545,8 +555,8 @@ bool is_parameter_edge(const Node& n, size_t slot, bool required) {
 // leading-dim slices of a contiguous base. A matrix that is no view and has no
 // graph is a 2-D input or a copy of a non-contiguous input made inside
 // matmul: not established.
-std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor saved, std::vector<int64_t> matrix,
-                                   std::string& how) {
+std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor saved,
+                                   std::vector<int64_t> matrix, std::string& how) {
   const Node* cur = &op;
   size_t slot = input_slot;
   bool first = true;
@@ -559,8 +569,8 @@ std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor
       continue;
     }
     // An earlier Linear: output row r is input row r times a parameter (plus a parameter).
-    if (auto* mm = dynamic_cast<const gen::AddmmBackward0*>(n); mm && is_parameter_edge(*n, 2, true) &&
-                                                                 is_parameter_edge(*n, 0, false)) {
+    if (auto* mm = dynamic_cast<const gen::AddmmBackward0*>(n);
+        mm && is_parameter_edge(*n, 2, true) && is_parameter_edge(*n, 0, false)) {
       cur = n;
       slot = 1;
       saved = mm->mat1_.unpack();
@@ -599,8 +609,9 @@ std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor
       return {};
     }
     if (!saved.is_view()) {
-      how = "a matrix with no recorded reshape (no gradient flows into it and it is no view: a 2-D input, or a "
-            "non-contiguous input copied inside matmul)";
+      how =
+          "a matrix with no recorded reshape (no gradient flows into it and it is no view: a 2-D input, or a "
+          "non-contiguous input copied inside matmul)";
       return {};
     }
     const auto base = saved._base();
@@ -633,14 +644,17 @@ std::vector<int64_t> linear_origin(const Node& op, size_t input_slot, at::Tensor
 // statistics, which couple the samples: refused.
 template <class N>
 std::unique_ptr<CapturedLayer> batchnorm_eval(const std::string& label, N& n, double eps, int64_t batch) {
-  TORCH_CHECK(!n.training, "per-sample gradients are not defined for BatchNorm layer '", label,
-              "': in training mode (or with track_running_stats=false) it normalises with the statistics of the "
-              "batch, which couple its samples (call eval() on it, use GroupNorm or LayerNorm, or ignore its "
-              "parameters with PerSampleOptions::ignore)");
+  TORCH_CHECK(
+      !n.training, "per-sample gradients are not defined for BatchNorm layer '", label,
+      "': in training mode (or with track_running_stats=false) it normalises with the statistics of the "
+      "batch, which couple its samples (call eval() on it, use GroupNorm or LayerNorm, or ignore its "
+      "parameters with PerSampleOptions::ignore)");
   auto x = n.input_.unpack();
   auto mean = n.running_mean_.unpack(), var = n.running_var_.unpack();
-  TORCH_CHECK(x.defined() && mean.defined() && var.defined(), "per-sample gradients: the input or running statistics "
-              "of BatchNorm layer '", label, "' were not saved by autograd");
+  TORCH_CHECK(x.defined() && mean.defined() && var.defined(),
+              "per-sample gradients: the input or running statistics "
+              "of BatchNorm layer '",
+              label, "' were not saved by autograd");
   TORCH_CHECK(x.dim() >= 2 && x.size(0) == batch, "per-sample gradients: BatchNorm layer '", label,
               "' needs batch-first [B, C, ...] input with batch size ", batch, ", got ", x.sizes());
   std::vector<int64_t> channel(x.dim(), 1);
@@ -653,7 +667,8 @@ std::unique_ptr<CapturedLayer> batchnorm_eval(const std::string& label, N& n, do
 }
 
 std::unique_ptr<CapturedLayer> batchnorm_layer(const std::string& label, Node& node, int64_t batch) {
-  if (auto* n = dynamic_cast<gen::NativeBatchNormBackward0*>(&node)) return batchnorm_eval(label, *n, n->eps, batch);
+  if (auto* n = dynamic_cast<gen::NativeBatchNormBackward0*>(&node))
+    return batchnorm_eval(label, *n, n->eps, batch);
   if (auto* n = dynamic_cast<gen::CudnnBatchNormBackward0*>(&node))
     return batchnorm_eval(label, *n, n->epsilon, batch);
   if (auto* n = dynamic_cast<gen::MiopenBatchNormBackward0*>(&node))
@@ -667,17 +682,19 @@ void check_linear_batch(const std::string& label, c10::IntArrayRef matrix, const
   TORCH_CHECK(matrix[0] % batch == 0, "per-sample gradients: Linear layer '", label, "' saw ", matrix[0],
               " rows, not a multiple of the batch size ", batch, " (inputs must be batch-first)");
   if (matrix[0] == batch) return;  // one row per sample, whatever the shape before
-  TORCH_CHECK(!origin.empty(), "per-sample gradients: Linear layer '", label,
-              "' multiplies a ", matrix, " matrix whose ", matrix[0], " rows (a multiple of the batch size ", batch,
-              ") come from ", how, ", so its batch dimension cannot be established; give the layer a batch-first, "
+  TORCH_CHECK(!origin.empty(), "per-sample gradients: Linear layer '", label, "' multiplies a ", matrix,
+              " matrix whose ", matrix[0], " rows (a multiple of the batch size ", batch, ") come from ", how,
+              ", so its batch dimension cannot be established; give the layer a batch-first, "
               "contiguous [B, ..., F] tensor");
   const auto layout = batch_layout(origin, batch);
-  TORCH_CHECK(layout != BatchLayout::ambiguous, "per-sample gradients: Linear layer '", label, "' input of shape ",
-              c10::IntArrayRef(origin), " (", how, ") has more than one leading dimension of the batch size ", batch,
+  TORCH_CHECK(layout != BatchLayout::ambiguous, "per-sample gradients: Linear layer '", label,
+              "' input of shape ", c10::IntArrayRef(origin), " (", how,
+              ") has more than one leading dimension of the batch size ", batch,
               ", so the batch dimension cannot be established; use a batch size that differs from the other "
               "dimensions");
-  TORCH_CHECK(layout == BatchLayout::first, "per-sample gradients: Linear layer '", label, "' input of shape ",
-              c10::IntArrayRef(origin), " (", how, ") is not batch-first for batch size ", batch,
+  TORCH_CHECK(layout == BatchLayout::first, "per-sample gradients: Linear layer '", label,
+              "' input of shape ", c10::IntArrayRef(origin), " (", how,
+              ") is not batch-first for batch size ", batch,
               " (sequence-first [T, B, F] input?); transpose it to [B, T, F] before the layer");
 }
 
@@ -697,7 +714,8 @@ PerSampleGradients::~PerSampleGradients() = default;
 void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
   TORCH_CHECK(loss.defined() && loss.numel() == 1, "per-sample gradients: attach needs the scalar loss, got ",
               loss.defined() ? loss.sizes() : c10::IntArrayRef{});
-  TORCH_CHECK(loss.grad_fn() != nullptr, "per-sample gradients: the loss has no autograd graph (call attach before "
+  TORCH_CHECK(loss.grad_fn() != nullptr,
+              "per-sample gradients: the loss has no autograd graph (call attach before "
               "backward, with gradients enabled)");
   TORCH_CHECK(batch_size > 0, "per-sample gradients: batch_size must be positive, got ", batch_size);
   batch_size_ = batch_size;
@@ -728,10 +746,12 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
     const bool embedding = dynamic_cast<const torch::nn::EmbeddingImpl*>(&m) != nullptr;
     const bool layernorm = dynamic_cast<const torch::nn::LayerNormImpl*>(&m) != nullptr;
     const bool groupnorm = dynamic_cast<const torch::nn::GroupNormImpl*>(&m) != nullptr;
-    TORCH_CHECK(linear || conv || embedding || layernorm || groupnorm || batchnorm, "per-sample gradients: layer '",
-                label, "' of type ", type, " has trainable parameters but is not supported (supported: Linear, "
-                "Conv2d, Embedding, LayerNorm, GroupNorm, BatchNorm in eval mode); ignore its parameters with "
-                "PerSampleOptions::ignore");
+    TORCH_CHECK(
+        linear || conv || embedding || layernorm || groupnorm || batchnorm, "per-sample gradients: layer '",
+        label, "' of type ", type,
+        " has trainable parameters but is not supported (supported: Linear, "
+        "Conv2d, Embedding, LayerNorm, GroupNorm, BatchNorm in eval mode); ignore its parameters with "
+        "PerSampleOptions::ignore");
     for (const auto& [pname, _] : own) {
       TORCH_CHECK(pname == "weight" || pname == "bias", "per-sample gradients: layer '", label,
                   "' has an unexpected parameter '", pname, "'");
@@ -786,8 +806,9 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
       l->input = n->input_.unpack();
       TORCH_CHECK(l->input.defined(), "per-sample gradients: the input of Conv2d layer '", label,
                   "' was not saved by autograd");
-      TORCH_CHECK(l->input.dim() == 4 && l->input.size(0) == batch_size, "per-sample gradients: Conv2d layer '",
-                  label, "' needs batched 4-D input with batch size ", batch_size, ", got ", l->input.sizes());
+      TORCH_CHECK(l->input.dim() == 4 && l->input.size(0) == batch_size,
+                  "per-sample gradients: Conv2d layer '", label, "' needs batched 4-D input with batch size ",
+                  batch_size, ", got ", l->input.sizes());
       const auto& w = dynamic_cast<const torch::nn::Conv2dImpl&>(m).weight;
       l->weight_shape = w.sizes().vec();
       l->kernel = {w.size(2), w.size(3)};
@@ -805,8 +826,9 @@ void PerSampleGradients::attach(const at::Tensor& loss, int64_t batch_size) {
       l->indices = n->indices_.unpack();
       l->padding_idx = as_int(n->padding_idx);
       l->num_embeddings = dynamic_cast<const torch::nn::EmbeddingImpl&>(m).weight.size(0);
-      TORCH_CHECK(l->indices.dim() >= 1 && l->indices.size(0) == batch_size, "per-sample gradients: Embedding layer '",
-                  label, "' needs batch-first indices with batch size ", batch_size, ", got ", l->indices.sizes());
+      TORCH_CHECK(l->indices.dim() >= 1 && l->indices.size(0) == batch_size,
+                  "per-sample gradients: Embedding layer '", label,
+                  "' needs batch-first indices with batch size ", batch_size, ", got ", l->indices.sizes());
       layer = std::move(l);
     } else if (batchnorm) {
       layer = batchnorm_layer(label, *node, batch_size);
@@ -873,7 +895,8 @@ at::Tensor PerSampleGradients::layer_squared_norms() const {
     rows.resize(layers_.size());
     for (const auto k : c10::irange(layers_.size())) {
       const auto& d = layers_[k]->slot->d;
-      TORCH_CHECK(d.is_cuda(), "per-sample gradients: backend fused_cuda needs the model on a CUDA device; layer '",
+      TORCH_CHECK(d.is_cuda(),
+                  "per-sample gradients: backend fused_cuda needs the model on a CUDA device; layer '",
                   layers_[k]->name, "' is on ", d.device());
       NormLayerOperands op;
       if (layers_[k]->fused_operands(op)) {
@@ -906,13 +929,18 @@ at::Tensor PerSampleGradients::squared_norms() const {
   return per_layer.size(0) == 0 ? at::zeros({batch_size_}, at::kDouble) : per_layer.sum(0);
 }
 
-at::Tensor PerSampleGradients::norms() const { return squared_norms().clamp_min(0).sqrt(); }
+at::Tensor PerSampleGradients::norms() const {
+  return squared_norms().clamp_min(0).sqrt();
+}
 
 at::Tensor PerSampleGradients::gram(const at::Tensor& subset) const {
   check_ready();
-  TORCH_CHECK(subset.dim() == 1 && subset.scalar_type() == at::kLong, "per-sample gradients: gram needs a 1-D int64 "
-              "index tensor, got ", subset.scalar_type(), " ", subset.sizes());
-  TORCH_CHECK(subset.numel() == 0 || (subset.min().item<int64_t>() >= 0 && subset.max().item<int64_t>() < batch_size_),
+  TORCH_CHECK(subset.dim() == 1 && subset.scalar_type() == at::kLong,
+              "per-sample gradients: gram needs a 1-D int64 "
+              "index tensor, got ",
+              subset.scalar_type(), " ", subset.sizes());
+  TORCH_CHECK(subset.numel() == 0 ||
+                  (subset.min().item<int64_t>() >= 0 && subset.max().item<int64_t>() < batch_size_),
               "per-sample gradients: subset indices must be in [0, ", batch_size_, ")");
   at::Tensor g;
   for (const auto& l : layers_) {
@@ -925,15 +953,16 @@ at::Tensor PerSampleGradients::gram(const at::Tensor& subset) const {
 
 at::Tensor PerSampleGradients::dot(const std::vector<at::Tensor>& direction) const {
   check_ready();
-  TORCH_CHECK(direction.size() == param_names_.size(), "per-sample gradients: direction has ", direction.size(),
-              " tensors but the model has ", param_names_.size(), " parameters");
+  TORCH_CHECK(direction.size() == param_names_.size(), "per-sample gradients: direction has ",
+              direction.size(), " tensors but the model has ", param_names_.size(), " parameters");
   std::unordered_map<std::string, at::Tensor> by_name;
   const auto params = model_.named_parameters(/*recurse=*/true);
   for (const auto k : c10::irange(direction.size())) {
     const auto& d = direction[k];
     if (d.defined()) {
       TORCH_CHECK(d.sizes() == params[param_names_[k]].sizes(), "per-sample gradients: direction for '",
-                  param_names_[k], "' has shape ", d.sizes(), ", the parameter has ", params[param_names_[k]].sizes());
+                  param_names_[k], "' has shape ", d.sizes(), ", the parameter has ",
+                  params[param_names_[k]].sizes());
     }
     by_name[param_names_[k]] = d;
   }
@@ -951,9 +980,10 @@ std::vector<at::Tensor> PerSampleGradients::group_sums(const at::Tensor& assignm
   check_ready();
   at::AutoGradMode no_grad(false);  // saved layer inputs may require grad
   TORCH_CHECK(groups >= 1, "per-sample gradients: group_sums needs groups >= 1, got ", groups);
-  TORCH_CHECK(assignment.dim() == 1 && assignment.scalar_type() == at::kLong && assignment.numel() == batch_size_,
-              "per-sample gradients: group_sums needs a 1-D int64 assignment of ", batch_size_, " samples, got ",
-              assignment.scalar_type(), " ", assignment.sizes());
+  TORCH_CHECK(
+      assignment.dim() == 1 && assignment.scalar_type() == at::kLong && assignment.numel() == batch_size_,
+      "per-sample gradients: group_sums needs a 1-D int64 assignment of ", batch_size_, " samples, got ",
+      assignment.scalar_type(), " ", assignment.sizes());
   TORCH_CHECK(assignment.min().item<int64_t>() >= 0 && assignment.max().item<int64_t>() < groups,
               "per-sample gradients: group indices must be in [0, ", groups, "), got [",
               assignment.min().item<int64_t>(), ", ", assignment.max().item<int64_t>(), "]");
@@ -986,7 +1016,9 @@ std::vector<at::Tensor> PerSampleGradients::group_sums(const at::Tensor& assignm
   return out;
 }
 
-std::vector<at::Tensor> PerSampleGradients::parameters() const { return model_.parameters(/*recurse=*/true); }
+std::vector<at::Tensor> PerSampleGradients::parameters() const {
+  return model_.parameters(/*recurse=*/true);
+}
 
 at::Tensor PerSampleGradients::per_sample_grad(const std::string& parameter_name) const {
   check_ready();

@@ -18,46 +18,42 @@
 namespace sgdx::ops {
 namespace detail {
 
-c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads,
-                                  at::TensorList memory, c10::ArrayRef<int64_t> tensor_ids,
-                                  c10::ArrayRef<int64_t> steps, c10::ArrayRef<double> probs) {
+c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                                  c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                                  c10::ArrayRef<double> probs) {
   const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n && memory.size() == n && tensor_ids.size() == n &&
-                  steps.size() == n && probs.size() == n,
-              "rsgd_step_: all lists must have the same length, got params=", n,
-              " grads=", grads.size(), " memory=", memory.size(), " tensor_ids=",
-              tensor_ids.size(), " steps=", steps.size(), " probs=", probs.size());
+  TORCH_CHECK(grads.size() == n && memory.size() == n && tensor_ids.size() == n && steps.size() == n &&
+                  probs.size() == n,
+              "rsgd_step_: all lists must have the same length, got params=", n, " grads=", grads.size(),
+              " memory=", memory.size(), " tensor_ids=", tensor_ids.size(), " steps=", steps.size(),
+              " probs=", probs.size());
   if (n == 0) return c10::DeviceType::CPU;
   const auto device = params[0].device();
   const auto dtype = params[0].scalar_type();
-  TORCH_CHECK(at::isFloatingType(dtype), "rsgd_step_: parameters must be floating point, got ",
-              dtype);
+  TORCH_CHECK(at::isFloatingType(dtype), "rsgd_step_: parameters must be floating point, got ", dtype);
   for (const auto k : c10::irange(n)) {
     const auto& p = params[k];
     const auto& g = grads[k];
     const auto& m = memory[k];
-    TORCH_CHECK(p.defined() && g.defined() && m.defined(), "rsgd_step_: tensor ", k,
-                " is undefined");
-    TORCH_CHECK(p.layout() == at::kStrided && g.layout() == at::kStrided &&
-                    m.layout() == at::kStrided,
+    TORCH_CHECK(p.defined() && g.defined() && m.defined(), "rsgd_step_: tensor ", k, " is undefined");
+    TORCH_CHECK(p.layout() == at::kStrided && g.layout() == at::kStrided && m.layout() == at::kStrided,
                 "rsgd_step_: tensor ", k, " is not dense (sparse gradients are not supported)");
-    TORCH_CHECK(p.device() == device && g.device() == device && m.device() == device,
-                "rsgd_step_: tensor ", k, " is not on ", device, " (param ", p.device(),
-                ", grad ", g.device(), ", memory ", m.device(), ")");
+    TORCH_CHECK(p.device() == device && g.device() == device && m.device() == device, "rsgd_step_: tensor ",
+                k, " is not on ", device, " (param ", p.device(), ", grad ", g.device(), ", memory ",
+                m.device(), ")");
     TORCH_CHECK(p.scalar_type() == dtype && g.scalar_type() == dtype && m.scalar_type() == dtype,
                 "rsgd_step_: tensor ", k, " dtype mismatch: expected ", dtype, ", got param ",
                 p.scalar_type(), ", grad ", g.scalar_type(), ", memory ", m.scalar_type());
     TORCH_CHECK(p.sizes() == g.sizes() && p.sizes() == m.sizes(), "rsgd_step_: tensor ", k,
-                " shape mismatch: param ", p.sizes(), ", grad ", g.sizes(), ", memory ",
-                m.sizes());
-    TORCH_CHECK(p.is_contiguous() && g.is_contiguous() && m.is_contiguous(),
-                "rsgd_step_: tensor ", k, " must be contiguous");
+                " shape mismatch: param ", p.sizes(), ", grad ", g.sizes(), ", memory ", m.sizes());
+    TORCH_CHECK(p.is_contiguous() && g.is_contiguous() && m.is_contiguous(), "rsgd_step_: tensor ", k,
+                " must be contiguous");
     TORCH_CHECK(steps[k] >= 1 && steps[k] <= std::numeric_limits<uint32_t>::max(),
                 "rsgd_step_: step must be in [1, 2^32), got ", steps[k]);
     TORCH_CHECK(tensor_ids[k] >= 0 && tensor_ids[k] <= std::numeric_limits<uint32_t>::max(),
                 "rsgd_step_: tensor id must be in [0, 2^32), got ", tensor_ids[k]);
-    TORCH_CHECK(probs[k] >= 0.0 && probs[k] <= 1.0,
-                "rsgd_step_: probability must be in [0, 1], got ", probs[k]);
+    TORCH_CHECK(probs[k] >= 0.0 && probs[k] <= 1.0, "rsgd_step_: probability must be in [0, 1], got ",
+                probs[k]);
   }
   return device.type();
 }
@@ -89,7 +85,8 @@ void fill_high_bytes(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t 
   // storing whole words lets the loop vectorise at full width.
   auto* words = reinterpret_cast<uint32_t*>(out);
   for (int64_t b = 0; b < blocks; ++b) {
-    const auto r = sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
+    const auto r =
+        sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
     words[4 * b + 0] = r.v[0];
     words[4 * b + 1] = r.v[1];
     words[4 * b + 2] = r.v[2];
@@ -97,7 +94,8 @@ void fill_high_bytes(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t 
   }
 #else
   for (int64_t b = 0; b < blocks; ++b) {
-    const auto r = sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
+    const auto r =
+        sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
     for (int j = 0; j < 16; ++j) out[16 * b + j] = static_cast<uint8_t>(sgdx::detail::rsgd_high_byte(r, j));
   }
 #endif
@@ -111,7 +109,8 @@ void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, int64_t i0, in
   for (int64_t j = 0; j < len; ++j) xi[j] = high[j] < t_high;
   for (const void* hit = std::memchr(high, t_high, static_cast<size_t>(len)); hit != nullptr;) {
     const int64_t j = static_cast<const uint8_t*>(hit) - high;
-    xi[j] = sgdx::detail::rsgd_resolve(t_high, threshold, seed, tensor_id, step, static_cast<uint64_t>(i0 + j));
+    xi[j] =
+        sgdx::detail::rsgd_resolve(t_high, threshold, seed, tensor_id, step, static_cast<uint64_t>(i0 + j));
     hit = j + 1 < len ? std::memchr(high + j + 1, t_high, static_cast<size_t>(len - j - 1)) : nullptr;
   }
 }
@@ -132,8 +131,8 @@ __attribute__((always_inline)) inline void update_tile(scalar_t* __restrict p, c
 }
 
 SGDX_MULTIVERSION
-void update_tile_f32(float* p, const float* g, float* m, const uint32_t* xi, int64_t len, bool fixed_xi, float lr,
-                     float wd, bool previous) {
+void update_tile_f32(float* p, const float* g, float* m, const uint32_t* xi, int64_t len, bool fixed_xi,
+                     float lr, float wd, bool previous) {
   update_tile<float, float>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
 }
 
@@ -144,8 +143,8 @@ void update_tile_f64(double* p, const double* g, double* m, const uint32_t* xi, 
 }
 
 template <typename scalar_t>
-void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* xi, int64_t len, bool fixed_xi,
-                     double lr, double wd, bool previous) {
+void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* xi, int64_t len,
+                     bool fixed_xi, double lr, double wd, bool previous) {
   using opmath_t = at::opmath_type<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, float>) {
     update_tile_f32(p, g, m, xi, len, fixed_xi, static_cast<float>(lr), static_cast<float>(wd), previous);
@@ -185,8 +184,8 @@ TensorPlan plan_tensor(int64_t numel, uint32_t tensor_id, uint32_t step, uint64_
 // All tiles of all tensors in one parallel region (one fork/join per step).
 template <typename scalar_t>
 void rsgd_tensors_cpu(const std::vector<scalar_t*>& p, const std::vector<const scalar_t*>& g,
-                      const std::vector<scalar_t*>& m, const std::vector<TensorPlan>& plans, int64_t total_tiles,
-                      const RSGDStepConfig& c) {
+                      const std::vector<scalar_t*>& m, const std::vector<TensorPlan>& plans,
+                      int64_t total_tiles, const RSGDStepConfig& c) {
   at::parallel_for(0, total_tiles, 16, [&](int64_t t0, int64_t t1) {
     alignas(64) uint32_t xi[kTile];  // 32-bit lanes like float: the select vectorises
     // The tensor holding tile t0, then walk forward.
@@ -200,8 +199,8 @@ void rsgd_tensors_cpu(const std::vector<scalar_t*>& p, const std::vector<const s
       const int64_t i0 = (t - pl.first_tile) * kTile;
       const int64_t len = std::min(kTile, pl.numel - i0);
       if (pl.draw) fill_draws(c.seed, pl.tensor_id, pl.step, i0, len, pl.threshold, xi);
-      update_tile_any<scalar_t>(p[k] + i0, g[k] + i0, m[k] + i0, pl.draw ? xi : nullptr, len, pl.fixed_xi, c.lr,
-                                c.weight_decay, c.memory_previous);
+      update_tile_any<scalar_t>(p[k] + i0, g[k] + i0, m[k] + i0, pl.draw ? xi : nullptr, len, pl.fixed_xi,
+                                c.lr, c.weight_decay, c.memory_previous);
     }
   });
 }
@@ -218,8 +217,9 @@ void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList 
   int64_t total_tiles = 0;
   for (const auto k : c10::irange(params.size())) {
     if (params[k].numel() == 0) continue;
-    auto pl = plan_tensor(params[k].numel(), static_cast<uint32_t>(tensor_ids[k]), static_cast<uint32_t>(steps[k]),
-                          sgdx::detail::bernoulli_threshold(probs[k]), config);
+    auto pl =
+        plan_tensor(params[k].numel(), static_cast<uint32_t>(tensor_ids[k]), static_cast<uint32_t>(steps[k]),
+                    sgdx::detail::bernoulli_threshold(probs[k]), config);
     pl.first_tile = total_tiles;
     total_tiles += (pl.numel + kTile - 1) / kTile;
     plans.push_back(pl);
@@ -238,8 +238,8 @@ void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList 
 }
 
 void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                c10::ArrayRef<double> probs, const RSGDStepConfig& config) {
+                c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps, c10::ArrayRef<double> probs,
+                const RSGDStepConfig& config) {
   const auto device = detail::check_rsgd_inputs(params, grads, memory, tensor_ids, steps, probs);
   if (device == c10::DeviceType::CPU) {
     rsgd_step_cpu_(params, grads, memory, tensor_ids, steps, probs, config);

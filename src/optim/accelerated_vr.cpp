@@ -37,16 +37,24 @@ void KatyushaOptions::serialize(torch::serialize::OutputArchive& a) const {
 
 void KatyushaOptions::serialize(torch::serialize::InputArchive& a) {
   c10::IValue v;
-  a.read("L", v); L(v.toDouble());
-  a.read("n", v); n(v.toInt());
-  a.read("b", v); b(v.toInt());
-  a.read("m", v); m(v.toInt());
-  a.read("l1", v); l1(v.toDouble());
-  a.read("l2", v); l2(v.toDouble());
+  a.read("L", v);
+  L(v.toDouble());
+  a.read("n", v);
+  n(v.toInt());
+  a.read("b", v);
+  b(v.toInt());
+  a.read("m", v);
+  m(v.toInt());
+  a.read("l1", v);
+  l1(v.toDouble());
+  a.read("l2", v);
+  l2(v.toDouble());
   validate();
 }
 
-double KatyushaOptions::get_lr() const { return 1.0 / (3.0 * L()); }
+double KatyushaOptions::get_lr() const {
+  return 1.0 / (3.0 * L());
+}
 void KatyushaOptions::set_lr(const double lr) {
   TORCH_CHECK(lr > 0, "Katyusha: lr must be > 0, got ", lr);
   L(1.0 / (3.0 * lr));
@@ -57,7 +65,9 @@ DASVRDAOptions::DASVRDAOptions(double L) : L_(L) {}
 int64_t DASVRDAOptions::batch() const {
   return b() > 0 ? b() : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n()))));
 }
-int64_t DASVRDAOptions::inner_steps() const { return m() > 0 ? m() : (n() + batch() - 1) / batch(); }
+int64_t DASVRDAOptions::inner_steps() const {
+  return m() > 0 ? m() : (n() + batch() - 1) / batch();
+}
 double DASVRDAOptions::gamma() const {
   return (3.0 + std::sqrt(9.0 + 8.0 * double(batch()) / double(inner_steps() + 1))) / 2.0;
 }
@@ -68,13 +78,15 @@ int64_t DASVRDAOptions::period() const {
   if (restart_period() > 0) return restart_period();
   TORCH_CHECK(l2() > 0, "DASVRDA: periodic restart needs l2 > 0 or an explicit restart_period");
   const double kappa = L() / l2();
-  return 1 + static_cast<int64_t>(std::ceil(std::sqrt(kappa) * (double(batch()) / double(n()) + 1.0 / std::sqrt(double(n())))));
+  return 1 + static_cast<int64_t>(std::ceil(std::sqrt(kappa) *
+                                            (double(batch()) / double(n()) + 1.0 / std::sqrt(double(n())))));
 }
 
 void DASVRDAOptions::validate() const {
   TORCH_CHECK(L() > 0 && std::isfinite(L()), "DASVRDA: the smoothness L must be > 0, got ", L());
   TORCH_CHECK(n() > 0, "DASVRDA: n (the number of components) must be > 0, got ", n());
-  TORCH_CHECK(b() >= 0 && b() <= n(), "DASVRDA: minibatch size b must be in [1, n = ", n(), "] (0: ceil(sqrt(n))), got ", b());
+  TORCH_CHECK(b() >= 0 && b() <= n(), "DASVRDA: minibatch size b must be in [1, n = ", n(),
+              "] (0: ceil(sqrt(n))), got ", b());
   TORCH_CHECK(m() >= 0, "DASVRDA: m must be >= 0, got ", m());
   TORCH_CHECK(lr() >= 0, "DASVRDA: lr (eta) must be >= 0 (0: theory value), got ", lr());
   TORCH_CHECK(l1() >= 0, "DASVRDA: l1 must be >= 0, got ", l1());
@@ -96,15 +108,24 @@ void DASVRDAOptions::serialize(torch::serialize::OutputArchive& a) const {
 
 void DASVRDAOptions::serialize(torch::serialize::InputArchive& a) {
   c10::IValue v;
-  a.read("L", v); L(v.toDouble());
-  a.read("n", v); n(v.toInt());
-  a.read("b", v); b(v.toInt());
-  a.read("m", v); m(v.toInt());
-  a.read("lr", v); lr(v.toDouble());
-  a.read("l1", v); l1(v.toDouble());
-  a.read("l2", v); l2(v.toDouble());
-  a.read("restart", v); restart(static_cast<Restart>(v.toInt()));
-  a.read("restart_period", v); restart_period(v.toInt());
+  a.read("L", v);
+  L(v.toDouble());
+  a.read("n", v);
+  n(v.toInt());
+  a.read("b", v);
+  b(v.toInt());
+  a.read("m", v);
+  m(v.toInt());
+  a.read("lr", v);
+  lr(v.toDouble());
+  a.read("l1", v);
+  l1(v.toDouble());
+  a.read("l2", v);
+  l2(v.toDouble());
+  a.read("restart", v);
+  restart(static_cast<Restart>(v.toInt()));
+  a.read("restart_period", v);
+  restart_period(v.toInt());
   validate();
 }
 
@@ -199,7 +220,8 @@ void VROptimizerBase::load_base(torch::serialize::InputArchive& archive) {
 // ---- Katyusha ---------------------------------------------------------------
 
 Katyusha::Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults)
-    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<KatyushaOptions>(defaults)) {
+    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{},
+                      std::make_unique<KatyushaOptions>(defaults)) {
   defaults.validate();
   for (const auto& g : groups) detail::add_param_group_keeping_options<KatyushaOptions>(*this, g, "Katyusha");
 }
@@ -287,7 +309,8 @@ void Katyusha::load(torch::serialize::InputArchive& archive) {
 // ---- DASVRDA ----------------------------------------------------------------
 
 DASVRDA::DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults)
-    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<DASVRDAOptions>(defaults)) {
+    : VROptimizerBase(std::vector<torch::optim::OptimizerParamGroup>{},
+                      std::make_unique<DASVRDAOptions>(defaults)) {
   defaults.validate();
   for (const auto& g : groups) detail::add_param_group_keeping_options<DASVRDAOptions>(*this, g, "DASVRDA");
   counters_["restarts"] = 0;
@@ -321,7 +344,8 @@ torch::Tensor DASVRDA::step(LossClosure batch) {
       const double th_s = (1 - 1 / gamma) * (counters_["s"] + 2) / 2, th_p = counters_["theta_prev"];
       for (auto& p : ps) {
         auto& st = state_of(p);
-        st["yt"] = st["xt1"] + ((th_p - 1) / th_s) * (st["xt1"] - st["xt2"]) + (th_p / th_s) * (st["zt"] - st["xt1"]);
+        st["yt"] = st["xt1"] + ((th_p - 1) / th_s) * (st["xt1"] - st["xt2"]) +
+                   (th_p / th_s) * (st["zt"] - st["xt1"]);
       }
       counters_["theta_s"] = th_s;
     };

@@ -25,20 +25,21 @@ void GradQueueSGDMOptions::validate() const {
   TORCH_CHECK(momentum() >= 0 && momentum() < 1, n, "momentum must be in [0, 1), got ", momentum());
   TORCH_CHECK(dampening() >= 0 && dampening() <= 1, n, "dampening must be in [0, 1], got ", dampening());
   TORCH_CHECK(!nesterov() || (momentum() > 0 && dampening() == 0), n,
-              "nesterov needs momentum > 0 and dampening = 0, got momentum ", momentum(), ", dampening ", dampening());
+              "nesterov needs momentum > 0 and dampening = 0, got momentum ", momentum(), ", dampening ",
+              dampening());
   TORCH_CHECK(weight_decay() >= 0, n, "weight_decay must be >= 0, got ", weight_decay());
   TORCH_CHECK(q_min() >= 1, n, "q_min must be >= 1, got ", q_min());
-  TORCH_CHECK(q_init() >= q_min() && q_init() <= q_max(), n, "q_init must be in [q_min, q_max] = [", q_min(), ", ",
-              q_max(), "], got ", q_init());
+  TORCH_CHECK(q_init() >= q_min() && q_init() <= q_max(), n, "q_init must be in [q_min, q_max] = [", q_min(),
+              ", ", q_max(), "], got ", q_init());
   TORCH_CHECK(q_max() <= 65536, n, "q_max must be <= 65536, got ", q_max());
   TORCH_CHECK(rho_min() > 0 && rho_min() <= rho_max() && std::isfinite(rho_max()), n,
               "need 0 < rho_min <= rho_max < inf, got rho_min ", rho_min(), ", rho_max ", rho_max());
   TORCH_CHECK(kappa() > 0 && std::isfinite(kappa()), n, "kappa must be finite and > 0, got ", kappa());
   TORCH_CHECK(eps() > 0 && std::isfinite(eps()), n, "eps must be finite and > 0, got ", eps());
-  TORCH_CHECK(granularity() == GradQueueGranularity::element || granularity() == GradQueueGranularity::tensor, n,
-              "unknown granularity ", static_cast<int64_t>(granularity()));
-  TORCH_CHECK(storage() == GradQueueStorage::exact || storage() == GradQueueStorage::ema, n, "unknown storage ",
-              static_cast<int64_t>(storage()));
+  TORCH_CHECK(granularity() == GradQueueGranularity::element || granularity() == GradQueueGranularity::tensor,
+              n, "unknown granularity ", static_cast<int64_t>(granularity()));
+  TORCH_CHECK(storage() == GradQueueStorage::exact || storage() == GradQueueStorage::ema, n,
+              "unknown storage ", static_cast<int64_t>(storage()));
   TORCH_CHECK(scope() == GradQueueScope::per_tensor || scope() == GradQueueScope::global, n, "unknown scope ",
               static_cast<int64_t>(scope()));
   TORCH_CHECK(resync_every() >= 0, n, "resync_every must be >= 0, got ", resync_every());
@@ -53,18 +54,22 @@ bool operator==(const GradQueueSGDMOptions& a, const GradQueueSGDMOptions& b) {
          a.nesterov() == b.nesterov() && a.weight_decay() == b.weight_decay() && a.q_min() == b.q_min() &&
          a.q_init() == b.q_init() && a.q_max() == b.q_max() && a.rho_min() == b.rho_min() &&
          a.rho_max() == b.rho_max() && a.kappa() == b.kappa() && a.eps() == b.eps() &&
-         a.granularity() == b.granularity() && a.storage() == b.storage() && a.resync_every() == b.resync_every() &&
-         a.loss_beta() == b.loss_beta() && a.clusters() == b.clusters() && a.kmeans_iters() == b.kmeans_iters() &&
+         a.granularity() == b.granularity() && a.storage() == b.storage() &&
+         a.resync_every() == b.resync_every() && a.loss_beta() == b.loss_beta() &&
+         a.clusters() == b.clusters() && a.kmeans_iters() == b.kmeans_iters() &&
          a.kmeans_tol() == b.kmeans_tol() && a.scope() == b.scope() && a.seed() == b.seed() &&
          a.fused_cuda() == b.fused_cuda();
 }
 
-#define SGDX_GQ_FIELDS(X)                                                                                  \
-  X(lr, Double, double) X(momentum, Double, double) X(dampening, Double, double) X(nesterov, Bool, bool)  \
-  X(weight_decay, Double, double) X(q_min, Int, int64_t) X(q_init, Int, int64_t) X(q_max, Int, int64_t)   \
-  X(rho_min, Double, double) X(rho_max, Double, double) X(kappa, Double, double) X(eps, Double, double)    \
-  X(resync_every, Int, int64_t) X(loss_beta, Double, double) X(clusters, Int, int64_t)                    \
+// clang-format 14 does not settle on one layout of this X-macro.
+// clang-format off
+#define SGDX_GQ_FIELDS(X)                                                                                 \
+  X(lr, Double, double) X(momentum, Double, double) X(dampening, Double, double) X(nesterov, Bool, bool) \
+  X(weight_decay, Double, double) X(q_min, Int, int64_t) X(q_init, Int, int64_t) X(q_max, Int, int64_t)  \
+  X(rho_min, Double, double) X(rho_max, Double, double) X(kappa, Double, double) X(eps, Double, double)   \
+  X(resync_every, Int, int64_t) X(loss_beta, Double, double) X(clusters, Int, int64_t)                   \
   X(kmeans_iters, Int, int64_t) X(kmeans_tol, Double, double)
+// clang-format on
 
 void GradQueueSGDMOptions::serialize(torch::serialize::OutputArchive& archive) const {
 #define SGDX_W(name, Kind, T) archive.write(#name, c10::IValue(name()));
@@ -96,8 +101,12 @@ void GradQueueSGDMOptions::serialize(torch::serialize::InputArchive& archive) {
   validate();
 }
 
-double GradQueueSGDMOptions::get_lr() const { return lr(); }
-void GradQueueSGDMOptions::set_lr(const double lr) { this->lr(lr); }
+double GradQueueSGDMOptions::get_lr() const {
+  return lr();
+}
+void GradQueueSGDMOptions::set_lr(const double lr) {
+  this->lr(lr);
+}
 
 namespace {
 void write_opt(torch::serialize::OutputArchive& a, const char* key, const at::Tensor& t) {
@@ -148,9 +157,9 @@ bool operator==(const GradQueueSGDMParamState& a, const GradQueueSGDMParamState&
   auto same = [](const at::Tensor& x, const at::Tensor& y) {
     return x.defined() == y.defined() && (!x.defined() || torch::equal(x, y));
   };
-  return a.step() == b.step() && same(a.momentum_buffer(), b.momentum_buffer()) && same(a.queue(), b.queue()) &&
-         same(a.s1(), b.s1()) && same(a.s2(), b.s2()) && a.head() == b.head() && a.count() == b.count() &&
-         a.window() == b.window() && a.pushes() == b.pushes();
+  return a.step() == b.step() && same(a.momentum_buffer(), b.momentum_buffer()) &&
+         same(a.queue(), b.queue()) && same(a.s1(), b.s1()) && same(a.s2(), b.s2()) && a.head() == b.head() &&
+         a.count() == b.count() && a.window() == b.window() && a.pushes() == b.pushes();
 }
 
 namespace {
@@ -161,7 +170,9 @@ const GradQueueSGDMOptions& as_gq(const torch::optim::OptimizerOptions& o, size_
   return *r;
 }
 
-bool exact_storage(const GradQueueSGDMOptions& o) { return o.storage() == GradQueueStorage::exact; }
+bool exact_storage(const GradQueueSGDMOptions& o) {
+  return o.storage() == GradQueueStorage::exact;
+}
 
 constexpr int64_t kStateFormat = 2;
 
@@ -232,7 +243,8 @@ GradQueueSGDMParamState& GradQueueSGDM::state_for(const torch::Tensor& p, const 
   auto& slot = state_[p.unsafeGetTensorImpl()];
   if (!slot) {
     auto st = std::make_unique<GradQueueSGDMParamState>();
-    const auto opts = p.options().dtype(ops::gradqueue_stats_dtype(p.scalar_type()))
+    const auto opts = p.options()
+                          .dtype(ops::gradqueue_stats_dtype(p.scalar_type()))
                           .memory_format(at::MemoryFormat::Contiguous);
     if (exact_storage(o)) st->queue(at::zeros({o.q_max(), p.numel()}, opts));
     st->s1(at::zeros(p.sizes(), opts.dtype(ops::gradqueue_mean_dtype(p.scalar_type(), exact_storage(o)))));
@@ -243,8 +255,9 @@ GradQueueSGDMParamState& GradQueueSGDM::state_for(const torch::Tensor& p, const 
   auto& st = static_cast<GradQueueSGDMParamState&>(*slot);
   TORCH_CHECK(st.s1().sizes() == p.sizes(), "GradQueueSGDM: state has shape ", st.s1().sizes(),
               " but the parameter has ", p.sizes());
-  TORCH_CHECK(exact_storage(o) == st.queue().defined() && (!st.queue().defined() || st.queue().size(0) == o.q_max()),
-              "GradQueueSGDM: the state's queue does not match the options (storage or q_max changed mid-run)");
+  TORCH_CHECK(
+      exact_storage(o) == st.queue().defined() && (!st.queue().defined() || st.queue().size(0) == o.q_max()),
+      "GradQueueSGDM: the state's queue does not match the options (storage or q_max changed mid-run)");
   return st;
 }
 
@@ -344,7 +357,9 @@ at::Tensor GradQueueSGDM::push_and_step(const torch::Tensor& p, GradQueueSGDMPar
   return rho_sum;
 }
 
-torch::Tensor GradQueueSGDM::step(LossClosure closure) { return step_scaled({}, {}, std::move(closure)); }
+torch::Tensor GradQueueSGDM::step(LossClosure closure) {
+  return step_scaled({}, {}, std::move(closure));
+}
 
 torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
                                          LossClosure closure) {
@@ -395,7 +410,8 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
         auto it = std::find_if(buckets.begin(), buckets.end(), [&](const Bucket& b) {
           return b.device == p.device() && b.dtype == p.scalar_type();
         });
-        if (it == buckets.end()) it = buckets.insert(buckets.end(), Bucket{p.device(), p.scalar_type(), {}, {}});
+        if (it == buckets.end())
+          it = buckets.insert(buckets.end(), Bucket{p.device(), p.scalar_type(), {}, {}});
         it->tensors.push_back(step_operands(p, st, o, p.grad(), at::Tensor()));
         it->states.push_back(&st);
       } else {
@@ -416,9 +432,10 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
 torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
                                             ops::PerSampleGradients* capture) {
   const auto& dflt = defaults_options();
-  TORCH_CHECK(losses.defined() && losses.dim() == 1 && losses.numel() >= 1,
-              "GradQueueSGDM::clustered_step: losses must be a non-empty 1-D tensor of per-sample losses, got shape ",
-              losses.defined() ? losses.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(
+      losses.defined() && losses.dim() == 1 && losses.numel() >= 1,
+      "GradQueueSGDM::clustered_step: losses must be a non-empty 1-D tensor of per-sample losses, got shape ",
+      losses.defined() ? losses.sizes() : c10::IntArrayRef{});
   TORCH_CHECK(losses.requires_grad() && losses.grad_fn(),
               "GradQueueSGDM::clustered_step: the per-sample losses have no autograd graph");
   TORCH_CHECK(features.defined() && features.dim() == 2,
@@ -483,16 +500,20 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   std::vector<at::Tensor> G(items.size());
   if (capture) {
     capture->attach(mean_loss, B);
-    auto grads = torch::autograd::grad({mean_loss}, params, {}, /*retain_graph=*/false, /*create_graph=*/false,
-                                       /*allow_unused=*/true);
+    auto grads =
+        torch::autograd::grad({mean_loss}, params, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                              /*allow_unused=*/true);
     auto sums = capture->group_sums(assign, K);
     auto cap_params = capture->parameters();
     std::unordered_map<const c10::TensorImpl*, size_t> where;
     for (const auto k : c10::irange(cap_params.size())) where[cap_params[k].unsafeGetTensorImpl()] = k;
     for (const auto j : c10::irange(items.size())) {
       auto it = where.find(items[j].p.unsafeGetTensorImpl());
-      TORCH_CHECK(it != where.end() && sums[it->second].defined(), "GradQueueSGDM::clustered_step: optimised "
-                  "parameter ", j, " of shape ", items[j].p.sizes(), " is not captured by the PerSampleGradients "
+      TORCH_CHECK(it != where.end() && sums[it->second].defined(),
+                  "GradQueueSGDM::clustered_step: optimised "
+                  "parameter ",
+                  j, " of shape ", items[j].p.sizes(),
+                  " is not captured by the PerSampleGradients "
                   "(it must capture the model being optimised, without ignoring its parameters)");
       G[j] = sums[it->second];
     }
@@ -503,13 +524,15 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
       G[j] = at::zeros(shape, items[j].p.options());
     }
     int64_t last = -1;
-    for (int64_t k = 0; k < K; ++k) if (sizes[k] > 0) last = k;
+    for (int64_t k = 0; k < K; ++k)
+      if (sizes[k] > 0) last = k;
     for (int64_t k = 0; k < K; ++k) {
       if (sizes[k] == 0) continue;
       auto idx = assign.eq(k).nonzero().flatten();
       // The sum (not mean) of the cluster's losses, scaled below like the fast path.
       auto lk = losses.index_select(0, idx).sum();
-      auto gk = torch::autograd::grad({lk}, params, {}, /*retain_graph=*/k != last, false, /*allow_unused=*/true);
+      auto gk =
+          torch::autograd::grad({lk}, params, {}, /*retain_graph=*/k != last, false, /*allow_unused=*/true);
       for (const auto j : c10::irange(items.size())) {
         if (gk[j].defined()) G[j][k].copy_(gk[j]);
       }
@@ -524,9 +547,9 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   struct Work {
     GradQueueSGDMParamState* st;
     const GradQueueSGDMOptions* o;
-    at::Tensor Gk;       // [K, numel] incl. weight decay
-    at::Tensor dev;      // [K] ||G_k - mu||^2 (float64, on the device)
-    at::Tensor var;      // sum sigma^2 (float64 scalar, on the device)
+    at::Tensor Gk;   // [K, numel] incl. weight decay
+    at::Tensor dev;  // [K] ||G_k - mu||^2 (float64, on the device)
+    at::Tensor var;  // sum sigma^2 (float64 scalar, on the device)
     bool stats = false;
   };
   std::vector<Work> work(items.size());
@@ -555,7 +578,8 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     ct.s2 = st.s2();
     ct.inv_n = exact_storage(o) ? 1.0 / static_cast<double>(st.count()) : 1.0;
     ct.weight_decay = o.weight_decay();
-    const bool fits = fused && p.is_cuda() && G[j].device() == p.device() && G[j].scalar_type() == p.scalar_type() &&
+    const bool fits = fused && p.is_cuda() && G[j].device() == p.device() &&
+                      G[j].scalar_type() == p.scalar_type() &&
                       (fused_stats.empty() || (fused_stats[0].sums.device() == p.device() &&
                                                fused_stats[0].sums.scalar_type() == p.scalar_type()));
     (fits ? fused_stats : aten_stats).push_back(ct);
@@ -568,12 +592,15 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     }
   };
   if (!fused_stats.empty())
-    take_stats(ops::gradqueue_cluster_stats_cuda(fused_stats, inv.to(fused_stats[0].s1.device())), fused_index);
+    take_stats(ops::gradqueue_cluster_stats_cuda(fused_stats, inv.to(fused_stats[0].s1.device())),
+               fused_index);
   const bool one_device = std::all_of(aten_stats.begin(), aten_stats.end(), [&](const auto& ct) {
-    return ct.sums.device() == aten_stats[0].sums.device() && ct.sums.scalar_type() == aten_stats[0].sums.scalar_type();
+    return ct.sums.device() == aten_stats[0].sums.device() &&
+           ct.sums.scalar_type() == aten_stats[0].sums.scalar_type();
   });
   if (!aten_stats.empty() && one_device) {
-    take_stats(ops::gradqueue_cluster_stats_aten(aten_stats, inv.to(aten_stats[0].sums.device())), aten_index);
+    take_stats(ops::gradqueue_cluster_stats_aten(aten_stats, inv.to(aten_stats[0].sums.device())),
+               aten_index);
   } else {
     for (const auto r : c10::irange(aten_stats.size()))
       take_stats(ops::gradqueue_cluster_stats_aten({aten_stats[r]}, inv.to(aten_stats[r].sums.device())),
@@ -608,7 +635,8 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
     const auto w_dev = w.to(p.device());  // |C_k| / B
     const at::Tensor rho = (global_rho.defined() ? global_rho
                             : wk.stats           ? rho_of(wk.dev, wk.var, o)
-                                                 : at::ones({K}, w_dev.options())).to(p.device());
+                                                 : at::ones({K}, w_dev.options()))
+                               .to(p.device());
     auto coef_star = (w_dev * rho).to(p.scalar_type());
     auto g_star = coef_star.unsqueeze(0).mm(wk.Gk).view(p.sizes());
     auto g_mean = w_dev.to(p.scalar_type()).unsqueeze(0).mm(wk.Gk).view(p.sizes());
@@ -632,7 +660,8 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
 }
 
 const GradQueueStepInfo& GradQueueSGDM::last_step_info() const {
-  info_.mean_rho = rho_total_.defined() && rho_elements_ > 0 ? rho_total_.item<double>() / rho_elements_ : 1.0;
+  info_.mean_rho =
+      rho_total_.defined() && rho_elements_ > 0 ? rho_total_.item<double>() / rho_elements_ : 1.0;
   return info_;
 }
 
@@ -675,7 +704,8 @@ void GradQueueSGDM::load(torch::serialize::InputArchive& archive) {
   archive.read("gradqueue_pending_trend", v);
   pending_trend_ = v.toInt();
   pending_loss_.reset();
-  if (archive.try_read("gradqueue_pending_loss", v) && !std::isnan(v.toDouble())) pending_loss_ = v.toDouble();
+  if (archive.try_read("gradqueue_pending_loss", v) && !std::isnan(v.toDouble()))
+    pending_loss_ = v.toDouble();
   archive.read("gradqueue_kmeans_calls", v);
   kmeans_calls_ = static_cast<uint64_t>(v.toInt());
   torch::serialize::InputArchive d;
@@ -687,8 +717,9 @@ void GradQueueSGDM::load(torch::serialize::InputArchive& archive) {
       auto it = state_.find(p.unsafeGetTensorImpl());
       if (it == state_.end()) continue;
       auto& st = static_cast<GradQueueSGDMParamState&>(*it->second);
-      TORCH_CHECK(st.s1().defined() && st.s1().sizes() == p.sizes(), "GradQueueSGDM::load: saved state has shape ",
-                  st.s1().defined() ? st.s1().sizes() : c10::IntArrayRef{}, " but the parameter has ", p.sizes());
+      TORCH_CHECK(
+          st.s1().defined() && st.s1().sizes() == p.sizes(), "GradQueueSGDM::load: saved state has shape ",
+          st.s1().defined() ? st.s1().sizes() : c10::IntArrayRef{}, " but the parameter has ", p.sizes());
       TORCH_CHECK(exact_storage(o) == st.queue().defined() &&
                       (!st.queue().defined() || st.queue().size(0) == o.q_max()),
                   "GradQueueSGDM::load: the saved queue does not match the options' storage/q_max");

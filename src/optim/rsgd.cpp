@@ -26,11 +26,9 @@ void RSGDOptions::validate() const {
   TORCH_CHECK(lr() >= 0, "RSGD: lr must be >= 0, got ", lr());
   TORCH_CHECK(gamma() > 0 && gamma() < 1, "RSGD: gamma must be in (0, 1), got ", gamma());
   TORCH_CHECK(gamma0() >= 0 && gamma0() <= 1, "RSGD: gamma0 must be in [0, 1], got ", gamma0());
-  TORCH_CHECK(max_prob() >= 0 && max_prob() <= 1, "RSGD: max_prob must be in [0, 1], got ",
-              max_prob());
+  TORCH_CHECK(max_prob() >= 0 && max_prob() <= 1, "RSGD: max_prob must be in [0, 1], got ", max_prob());
   TORCH_CHECK(weight_decay() >= 0, "RSGD: weight_decay must be >= 0, got ", weight_decay());
-  TORCH_CHECK(granularity() == RSGDGranularity::element ||
-                  granularity() == RSGDGranularity::tensor,
+  TORCH_CHECK(granularity() == RSGDGranularity::element || granularity() == RSGDGranularity::tensor,
               "RSGD: unknown granularity ", static_cast<int64_t>(granularity()));
   TORCH_CHECK(memory() == RSGDMemory::accumulated || memory() == RSGDMemory::previous,
               "RSGD: unknown memory mode ", static_cast<int64_t>(memory()));
@@ -38,9 +36,8 @@ void RSGDOptions::validate() const {
 
 bool operator==(const RSGDOptions& a, const RSGDOptions& b) {
   return a.lr() == b.lr() && a.gamma() == b.gamma() && a.gamma0() == b.gamma0() &&
-         a.max_prob() == b.max_prob() && a.granularity() == b.granularity() &&
-         a.memory() == b.memory() && a.weight_decay() == b.weight_decay() &&
-         a.seed() == b.seed() && a.fused_cuda() == b.fused_cuda();
+         a.max_prob() == b.max_prob() && a.granularity() == b.granularity() && a.memory() == b.memory() &&
+         a.weight_decay() == b.weight_decay() && a.seed() == b.seed() && a.fused_cuda() == b.fused_cuda();
 }
 
 void RSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
@@ -75,8 +72,12 @@ void RSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   validate();
 }
 
-double RSGDOptions::get_lr() const { return lr(); }
-void RSGDOptions::set_lr(const double lr) { this->lr(lr); }
+double RSGDOptions::get_lr() const {
+  return lr();
+}
+void RSGDOptions::set_lr(const double lr) {
+  this->lr(lr);
+}
 
 void RSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
   archive.write("step", c10::IValue(step()));
@@ -105,10 +106,8 @@ const RSGDOptions& as_rsgd_options(const torch::optim::OptimizerOptions& o, size
 }
 }  // namespace
 
-RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
-           RSGDOptions defaults)
-    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
-                std::make_unique<RSGDOptions>(defaults)) {
+RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults)
+    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<RSGDOptions>(defaults)) {
   defaults.validate();
   for (const auto& g : param_groups) add_param_group(g);
 }
@@ -120,16 +119,20 @@ void RSGD::add_param_group(const torch::optim::OptimizerParamGroup& param_group)
   detail::add_param_group_keeping_options<RSGDOptions>(*this, param_group, "RSGD");
 }
 
-torch::Tensor RSGD::step(LossClosure closure) { return step_scaled({}, {}, std::move(closure)); }
+torch::Tensor RSGD::step(LossClosure closure) {
+  return step_scaled({}, {}, std::move(closure));
+}
 
-torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf, LossClosure closure) {
+torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                                LossClosure closure) {
   torch::NoGradGuard no_grad;
   torch::Tensor loss = {};
   if (closure != nullptr) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "RSGD")) return loss;  // skipped
+  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "RSGD"))
+    return loss;  // skipped
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];
@@ -155,8 +158,8 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
       if (!p.grad().defined()) continue;
       const auto& grad = p.grad();
       TORCH_CHECK(!grad.is_sparse(), "RSGD: sparse gradients are not supported");
-      TORCH_CHECK(grad.scalar_type() == p.scalar_type(), "RSGD: gradient dtype ",
-                  grad.scalar_type(), " differs from parameter dtype ", p.scalar_type());
+      TORCH_CHECK(grad.scalar_type() == p.scalar_type(), "RSGD: gradient dtype ", grad.scalar_type(),
+                  " differs from parameter dtype ", p.scalar_type());
       auto& slot = state_[p.unsafeGetTensorImpl()];
       if (!slot) {
         auto st = std::make_unique<RSGDParamState>();
@@ -164,8 +167,8 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
         slot = std::move(st);
       }
       auto& st = static_cast<RSGDParamState&>(*slot);
-      TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD: state of parameter ", id,
-                  " has shape ", st.memory().sizes(), " but the parameter has ", p.sizes());
+      TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD: state of parameter ", id, " has shape ",
+                  st.memory().sizes(), " but the parameter has ", p.sizes());
       st.step(st.step() + 1);
       auto& b = buckets[{static_cast<int>(p.device().type()), p.device().index(),
                          static_cast<int>(p.scalar_type())}];
@@ -205,12 +208,10 @@ void RSGD::load(torch::serialize::InputArchive& archive) {
       auto it = state_.find(p.unsafeGetTensorImpl());
       if (it == state_.end()) continue;
       auto& st = static_cast<RSGDParamState&>(*it->second);
-      TORCH_CHECK(st.memory().sizes() == p.sizes(),
-                  "RSGD::load: saved state has shape ", st.memory().sizes(),
+      TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD::load: saved state has shape ", st.memory().sizes(),
                   " but the parameter has ", p.sizes());
-      TORCH_CHECK(st.memory().scalar_type() == p.scalar_type(),
-                  "RSGD::load: saved state has dtype ", st.memory().scalar_type(),
-                  " but the parameter has ", p.scalar_type());
+      TORCH_CHECK(st.memory().scalar_type() == p.scalar_type(), "RSGD::load: saved state has dtype ",
+                  st.memory().scalar_type(), " but the parameter has ", p.scalar_type());
       st.memory(st.memory().to(p.device()).contiguous());
     }
   }

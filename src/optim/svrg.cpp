@@ -13,8 +13,8 @@
 namespace sgdx::optim {
 
 void elastic_net_prox_(at::Tensor& v, double c, double l1, double l2) {
-  TORCH_CHECK(c >= 0 && l1 >= 0 && l2 >= 0, "elastic_net_prox_: step and regularisation must be >= 0, got c=", c,
-              " l1=", l1, " l2=", l2);
+  TORCH_CHECK(c >= 0 && l1 >= 0 && l2 >= 0,
+              "elastic_net_prox_: step and regularisation must be >= 0, got c=", c, " l1=", l1, " l2=", l2);
   if (l1 > 0) v.copy_(at::sign(v) * at::clamp_min(v.abs() - c * l1, 0.0));
   if (l2 > 0) v.div_(1.0 + c * l2);
 }
@@ -67,8 +67,12 @@ void SVRGOptions::serialize(torch::serialize::InputArchive& archive) {
   validate();
 }
 
-double SVRGOptions::get_lr() const { return lr(); }
-void SVRGOptions::set_lr(const double lr) { this->lr(lr); }
+double SVRGOptions::get_lr() const {
+  return lr();
+}
+void SVRGOptions::set_lr(const double lr) {
+  this->lr(lr);
+}
 
 void SVRGParamState::serialize(torch::serialize::OutputArchive& archive) const {
   if (snapshot().defined()) archive.write("snapshot", snapshot(), true);
@@ -97,7 +101,9 @@ void SVRG::add_param_group(const torch::optim::OptimizerParamGroup& param_group)
   detail::add_param_group_keeping_options<SVRGOptions>(*this, param_group, "SVRG");
 }
 
-void SVRG::set_full_gradient_closure(LossClosure full_gradient) { full_gradient_ = std::move(full_gradient); }
+void SVRG::set_full_gradient_closure(LossClosure full_gradient) {
+  full_gradient_ = std::move(full_gradient);
+}
 
 const SVRGOptions& SVRG::options_of(size_t group) const {
   return static_cast<const SVRGOptions&>(param_groups_[group].options());
@@ -106,7 +112,8 @@ const SVRGOptions& SVRG::options_of(size_t group) const {
 namespace {
 std::vector<torch::Tensor> grads_of(const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> out;
-  for (const auto& p : params) out.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
+  for (const auto& p : params)
+    out.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
   return out;
 }
 void clear_grads(const std::vector<torch::Tensor>& params) {
@@ -151,9 +158,9 @@ torch::Tensor SVRG::step(LossClosure batch) {
     }
     evaluations_ += d.n();
     if (d.snapshot() == SnapshotRule::random) {
-      const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(stage_), static_cast<uint32_t>(stage_ >> 32),
-                                                 0, 0x5B26u, static_cast<uint32_t>(d.seed()),
-                                                 static_cast<uint32_t>(d.seed() >> 32));
+      const auto r = sgdx::detail::philox4x32_10(
+          static_cast<uint32_t>(stage_), static_cast<uint32_t>(stage_ >> 32), 0, 0x5B26u,
+          static_cast<uint32_t>(d.seed()), static_cast<uint32_t>(d.seed() >> 32));
       chosen_ = 1 + static_cast<int64_t>(r.v[0] % static_cast<uint64_t>(m));
     }
   }

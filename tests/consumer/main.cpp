@@ -8,6 +8,7 @@ int main() {
   w.mutable_grad() = torch::ones({3});
   opt.step();
   const bool ok = torch::allclose(w, torch::full({3}, -0.5));
-  std::printf("consumer: sgdx %s (CUDA %d) linked; RSGD step %s\n", SGDX_VERSION, SGDX_WITH_CUDA, ok ? "ok" : "WRONG");
+  std::printf("consumer: sgdx %s (CUDA %d) linked; RSGD step %s\n", SGDX_VERSION, SGDX_WITH_CUDA,
+              ok ? "ok" : "WRONG");
   return ok ? 0 : 1;
 }

@@ -7,9 +7,9 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include "cuda/cuda_test_util.h"
 #include "sgdx/config.h"
 #include "sgdx/ops/gradqueue_step.h"
-#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::GradQueueClusterTensor;
@@ -64,13 +64,15 @@ TEST(GradQueueClusterStats, AtenMatchesBruteForce) {
     auto inv = inv_of(K);
     std::vector<double> iv(inv.data_ptr<double>(), inv.data_ptr<double>() + K);
     std::vector<GradQueueClusterTensor> ts;
-    for (int64_t n : {0, 1, 5, 37, 1000}) ts.push_back(make(n, K, n % 2 ? 0.01 : 0.0, torch::kFloat, torch::kCPU));
+    for (int64_t n : {0, 1, 5, 37, 1000})
+      ts.push_back(make(n, K, n % 2 ? 0.01 : 0.0, torch::kFloat, torch::kCPU));
     auto got = sgdx::ops::gradqueue_cluster_stats_aten(ts, inv);
     ASSERT_EQ(got.sizes(), (std::vector<int64_t>{5, K + 1}));
     for (size_t t = 0; t < ts.size(); ++t) {
       const auto want = brute(ts[t], iv);
       for (int64_t k = 0; k <= K; ++k) {
-        EXPECT_NEAR(got[t][k].item<double>(), want[k], 1e-9 * (1 + std::abs(want[k]))) << "tensor " << t << " k " << k;
+        EXPECT_NEAR(got[t][k].item<double>(), want[k], 1e-9 * (1 + std::abs(want[k])))
+            << "tensor " << t << " k " << k;
       }
     }
   }

@@ -14,11 +14,11 @@
 
 #include <optional>
 
+#include "cuda/cuda_test_util.h"
 #include "sgdx/config.h"
 #include "sgdx/models/models.h"
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/ops/per_sample_cuda.h"
-#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::NormLayerOperands;
@@ -75,7 +75,8 @@ struct ConvCfg {
   int64_t cin, cout, k, stride, pad, dil, groups, h, w;
 };
 
-NormLayerOperands conv(int64_t B, const ConvCfg& c, bool weight, bool bias, NormStrategy s, torch::ScalarType dt) {
+NormLayerOperands conv(int64_t B, const ConvCfg& c, bool weight, bool bias, NormStrategy s,
+                       torch::ScalarType dt) {
   const auto o = torch::TensorOptions().device(torch::kCUDA).dtype(dt);
   NormLayerOperands op;
   op.kind = Kind::conv2d;
@@ -101,7 +102,9 @@ NormLayerOperands conv(int64_t B, const ConvCfg& c, bool weight, bool bias, Norm
 // float32: 1e-5 is the spec's bound with margin. float16/bfloat16 operands widen
 // exactly to float32 (their products are even exact), so the input dtype adds no
 // error and they are held to the same bound.
-double tolerance(torch::ScalarType) { return 1e-5; }
+double tolerance(torch::ScalarType) {
+  return 1e-5;
+}
 
 void expect_close(const at::Tensor& got, const at::Tensor& want, double tol, const std::string& what) {
   auto g = got.cpu().to(torch::kDouble);
@@ -123,20 +126,21 @@ std::vector<NormLayerOperands> all_cases(int64_t B, torch::ScalarType dt, std::v
   struct Lin {
     int64_t T, K, P;
   };
-  for (auto l : {Lin{1, 1, 1}, Lin{1, 33, 17}, Lin{1, 300, 65}, Lin{7, 33, 40}, Lin{65, 31, 3}, Lin{33, 64, 64},
-                 Lin{2, 1, 1}}) {
+  for (auto l : {Lin{1, 1, 1}, Lin{1, 33, 17}, Lin{1, 300, 65}, Lin{7, 33, 40}, Lin{65, 31, 3},
+                 Lin{33, 64, 64}, Lin{2, 1, 1}}) {
     for (auto s : strategies) {
       for (int wb = 0; wb < 3; ++wb) {
         const bool w = wb != 2, b = wb != 0;
-        add(linear(B, l.T, l.K, l.P, w, b, s, dt), "linear T=" + std::to_string(l.T) + " K=" + std::to_string(l.K) +
-                                                        " P=" + std::to_string(l.P) + " w=" + std::to_string(w) +
-                                                        " b=" + std::to_string(b) + " s=" + std::to_string(int(s)));
+        add(linear(B, l.T, l.K, l.P, w, b, s, dt),
+            "linear T=" + std::to_string(l.T) + " K=" + std::to_string(l.K) + " P=" + std::to_string(l.P) +
+                " w=" + std::to_string(w) + " b=" + std::to_string(b) + " s=" + std::to_string(int(s)));
       }
     }
   }
   for (auto c : {ConvCfg{3, 16, 3, 1, 1, 1, 1, 32, 32}, ConvCfg{16, 32, 3, 2, 1, 1, 1, 16, 16},
-                 ConvCfg{4, 6, 3, 2, 0, 1, 2, 7, 6}, ConvCfg{2, 4, 2, 1, 2, 2, 1, 5, 9}, ConvCfg{8, 8, 1, 1, 0, 1, 8, 9, 9},
-                 ConvCfg{64, 64, 3, 1, 1, 1, 1, 8, 8}, ConvCfg{1, 1, 1, 1, 0, 1, 1, 1, 1}}) {
+                 ConvCfg{4, 6, 3, 2, 0, 1, 2, 7, 6}, ConvCfg{2, 4, 2, 1, 2, 2, 1, 5, 9},
+                 ConvCfg{8, 8, 1, 1, 0, 1, 8, 9, 9}, ConvCfg{64, 64, 3, 1, 1, 1, 1, 8, 8},
+                 ConvCfg{1, 1, 1, 1, 0, 1, 1, 1, 1}}) {
     for (auto s : strategies) {
       for (int wb = 0; wb < 3; ++wb) {
         const bool w = wb != 2, b = wb != 0;
@@ -144,8 +148,8 @@ std::vector<NormLayerOperands> all_cases(int64_t B, torch::ScalarType dt, std::v
                                          std::to_string(c.k) + " s" + std::to_string(c.stride) + " p" +
                                          std::to_string(c.pad) + " d" + std::to_string(c.dil) + " g" +
                                          std::to_string(c.groups) + " " + std::to_string(c.h) + "x" +
-                                         std::to_string(c.w) + " w=" + std::to_string(w) + " b=" + std::to_string(b) +
-                                         " s=" + std::to_string(int(s)));
+                                         std::to_string(c.w) + " w=" + std::to_string(w) +
+                                         " b=" + std::to_string(b) + " s=" + std::to_string(int(s)));
       }
     }
   }
@@ -197,7 +201,8 @@ TEST(PerSampleNormsCuda, MixedDtypesAndDeterminism) {
   }
 }
 
-// PerSampleGradients with the fused backend on the example trainer's models, against the ATen backend in float64.
+// PerSampleGradients with the fused backend on the example trainer's models, against the ATen backend in
+// float64.
 TEST(PerSampleNormsCuda, PerSampleGradientsFusedBackend) {
   SGDX_REQUIRE_CUDA();
   torch::manual_seed(2);

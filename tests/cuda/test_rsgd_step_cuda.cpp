@@ -2,9 +2,9 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include "cuda/cuda_test_util.h"
 #include "sgdx/config.h"
 #include "sgdx/ops/rsgd_step.h"
-#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::ops::RSGDStepConfig;
@@ -25,22 +25,32 @@ TEST(RSGDStepCuda, MatchesCpuReference) {
         std::vector<double> probs;
         for (int k = 0; k < 90; ++k) {
           const int64_t n = sizes[k % sizes.size()] + (k / sizes.size());
-          auto p = torch::randn({n}).to(dtype), g = torch::randn({n}).to(dtype), m = torch::randn({n}).to(dtype);
-          pc.push_back(p.clone()); gc.push_back(g.clone()); mc.push_back(m.clone());
-          pg.push_back(p.cuda()); gg.push_back(g.cuda()); mg.push_back(m.cuda());
-          ids.push_back(k); steps.push_back(1 + k % 7);
+          auto p = torch::randn({n}).to(dtype), g = torch::randn({n}).to(dtype),
+               m = torch::randn({n}).to(dtype);
+          pc.push_back(p.clone());
+          gc.push_back(g.clone());
+          mc.push_back(m.clone());
+          pg.push_back(p.cuda());
+          gg.push_back(g.cuda());
+          mg.push_back(m.cuda());
+          ids.push_back(k);
+          steps.push_back(1 + k % 7);
           probs.push_back(k % 5 == 0 ? 1.0 : (k % 5 == 1 ? 0.0 : 0.1 * (k % 10)));
         }
         RSGDStepConfig c;
-        c.lr = 0.05; c.weight_decay = 0.01; c.seed = 1234;
-        c.per_element = per_element; c.memory_previous = previous;
+        c.lr = 0.05;
+        c.weight_decay = 0.01;
+        c.seed = 1234;
+        c.per_element = per_element;
+        c.memory_previous = previous;
         c.fused_cuda = true;
         sgdx::ops::rsgd_step_cpu_(pc, gc, mc, ids, steps, probs, c);
         sgdx::ops::rsgd_step_(pg, gg, mg, ids, steps, probs, c);
         torch::cuda::synchronize();
         for (size_t k = 0; k < pc.size(); ++k) {
-          ASSERT_TRUE(torch::equal(pg[k].cpu(), pc[k])) << dtype << " tensor " << k << " n=" << pc[k].numel()
-              << " max diff " << (pg[k].cpu().to(torch::kDouble) - pc[k].to(torch::kDouble)).abs().max().item<double>();
+          ASSERT_TRUE(torch::equal(pg[k].cpu(), pc[k]))
+              << dtype << " tensor " << k << " n=" << pc[k].numel() << " max diff "
+              << (pg[k].cpu().to(torch::kDouble) - pc[k].to(torch::kDouble)).abs().max().item<double>();
           ASSERT_TRUE(torch::equal(mg[k].cpu(), mc[k])) << dtype << " memory " << k;
         }
       }
@@ -63,7 +73,9 @@ TEST(RSGDStepCuda, MisalignedViewsMatchCpu) {
     auto pg = pgb.narrow(0, 1, n), gg = ggb.narrow(0, 1, n), mg = mgb.narrow(0, 1, n);
     ASSERT_NE(reinterpret_cast<uintptr_t>(pg.data_ptr()) % 16, 0u);
     RSGDStepConfig c;
-    c.lr = 0.05; c.seed = 9; c.fused_cuda = true;
+    c.lr = 0.05;
+    c.seed = 9;
+    c.fused_cuda = true;
     sgdx::ops::rsgd_step_cpu_({pc}, {gc}, {mc}, {3}, {2}, {0.4}, c);
     sgdx::ops::rsgd_step_({pg}, {gg}, {mg}, {3}, {2}, {0.4}, c);
     EXPECT_TRUE(torch::equal(pg.cpu(), pc)) << dtype;
@@ -78,13 +90,16 @@ TEST(RSGDStepCuda, DefaultIsTheAtenPathAndDeterministic) {
   SGDX_REQUIRE_CUDA();
   RSGDStepConfig c;
   ASSERT_FALSE(c.fused_cuda);
-  c.lr = 0.1; c.seed = 3;
+  c.lr = 0.1;
+  c.seed = 3;
   torch::manual_seed(4);
   const auto p = torch::randn({5000}, torch::kCUDA), g = torch::randn({5000}, torch::kCUDA);
   auto run = [&](bool through_dispatch) {
     auto pp = p.clone(), mm = torch::ones_like(p);
-    if (through_dispatch) sgdx::ops::rsgd_step_({pp}, {g}, {mm}, {1}, {5}, {0.5}, c);
-    else sgdx::ops::rsgd_step_aten_({pp}, {g}, {mm}, {1}, {5}, {0.5}, c);
+    if (through_dispatch)
+      sgdx::ops::rsgd_step_({pp}, {g}, {mm}, {1}, {5}, {0.5}, c);
+    else
+      sgdx::ops::rsgd_step_aten_({pp}, {g}, {mm}, {1}, {5}, {0.5}, c);
     return pp.cpu();
   };
   const auto a = run(true);

@@ -219,9 +219,11 @@ TEST(TensorDataset, GetBatchAndErrors) {
   EXPECT_TRUE(torch::equal(b.target, torch::tensor({4, 0}, torch::kLong)));
   EXPECT_TRUE(torch::equal(b.data, torch::tensor({8, 9, 0, 1}, torch::kLong).reshape({2, 2})));
   SGDX_EXPECT_THROW_MSG(ds.get_batch(std::vector<size_t>{5}), "index 5 out of range for a dataset of 5");
-  SGDX_EXPECT_THROW_MSG(sgdx::data::TensorDataset(torch::zeros({3}), torch::zeros({4})), "inputs have 3 rows but targets have 4");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::TensorDataset(torch::zeros({3}), torch::zeros({4})),
+                        "inputs have 3 rows but targets have 4");
   SGDX_EXPECT_THROW_MSG(sgdx::data::load_dataset("imagenet"), "unknown dataset 'imagenet'");
-  SGDX_EXPECT_THROW_MSG(sgdx::data::load_dataset("mnist", "/nonexistent/dir"), "data directory '/nonexistent/dir'");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::load_dataset("mnist", "/nonexistent/dir"),
+                        "data directory '/nonexistent/dir'");
 }
 
 TEST(TensorDataset, TeacherStudentIsFixedAcrossCalls) {

@@ -57,7 +57,8 @@ TEST(SumTree, FindFollowsTheScoresForAnySize) {
     std::vector<double> hits(n, 0);
     const int steps = 6000;
     for (int k = 0; k < steps; ++k) ++hits[t.find((k + 0.5) / steps * total)];
-    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(hits[i] / steps, t.get(i) / total, 2.0 / steps + 1e-9) << n << " " << i;
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_NEAR(hits[i] / steps, t.get(i) / total, 2.0 / steps + 1e-9) << n << " " << i;
   }
   SGDX_EXPECT_THROW_MSG(SumTree(0), "size must be positive");
   SumTree t(4);
@@ -127,8 +128,10 @@ TEST(ImportanceSampler, ZeroNanAndNegativeScores) {
   // Only the epsilon floor keeps a zero-score example reachable: p = eps / N.
   s.update(torch::tensor({0}), torch::tensor({1.0}));
   EXPECT_NEAR(s.probabilities(torch::tensor({3}))[0].item<double>(), 0.1 / 6, 1e-15);
-  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({2}), torch::tensor({std::nan("")})), "score of example 2 must be finite and >= 0, got nan");
-  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({1}), torch::tensor({-0.5})), "score of example 1 must be finite and >= 0, got -0.5");
+  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({2}), torch::tensor({std::nan("")})),
+                        "score of example 2 must be finite and >= 0, got nan");
+  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({1}), torch::tensor({-0.5})),
+                        "score of example 1 must be finite and >= 0, got -0.5");
   SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({9}), torch::tensor({1.0})), "index 9 out of range");
   SGDX_EXPECT_THROW_MSG(ImportanceSampler(6, opts(0.0)), "mix (eps) must be in (0, 1], got 0");
   SGDX_EXPECT_THROW_MSG(s.take(), "no drawn batch is waiting");
@@ -143,7 +146,8 @@ TEST(ImportanceSampler, RejectedUpdateLeavesTheTableUnchanged) {
   SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({0, 1, 2}), torch::tensor({7.0, 8.0, std::nan("")})),
                         "score of example 2 must be finite");
   EXPECT_TRUE(torch::equal(s.probabilities(torch::arange(6)), before));
-  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({3, 4, 6}), torch::tensor({1.0, 2.0, 3.0})), "index 6 out of range");
+  SGDX_EXPECT_THROW_MSG(s.update(torch::tensor({3, 4, 6}), torch::tensor({1.0, 2.0, 3.0})),
+                        "index 6 out of range");
   EXPECT_TRUE(torch::equal(s.probabilities(torch::arange(6)), before));
 }
 
@@ -161,7 +165,8 @@ TEST(ImportanceSampler, MoreThanTwoToThe24Examples) {
 }
 
 TEST(ImportanceSampler, PrefetchingWorkersKeepWeightsMatchedToExamples) {
-  struct IndexDataset : torch::data::datasets::Dataset<IndexDataset, torch::data::Example<at::Tensor, at::Tensor>> {
+  struct IndexDataset
+      : torch::data::datasets::Dataset<IndexDataset, torch::data::Example<at::Tensor, at::Tensor>> {
     torch::data::Example<at::Tensor, at::Tensor> get(size_t i) override {
       return {torch::tensor(int64_t(i)), torch::tensor(int64_t(i))};
     }
@@ -169,12 +174,14 @@ TEST(ImportanceSampler, PrefetchingWorkersKeepWeightsMatchedToExamples) {
   };
   ImportanceSampler handle(1000, opts(0.3, 9, /*batches=*/40));
   handle.update(torch::arange(1000), torch::arange(1000, torch::kDouble).pow(2));
-  auto loader = torch::data::make_data_loader(IndexDataset(), handle, torch::data::DataLoaderOptions(16).workers(3));
+  auto loader =
+      torch::data::make_data_loader(IndexDataset(), handle, torch::data::DataLoaderOptions(16).workers(3));
   int batches = 0;
   for (auto& batch : *loader) {
     auto b = handle.take();
     ASSERT_EQ(b.indices.size(), batch.size());
-    for (size_t j = 0; j < batch.size(); ++j) ASSERT_EQ(batch[j].data.item<int64_t>(), b.indices[j]) << batches;
+    for (size_t j = 0; j < batch.size(); ++j)
+      ASSERT_EQ(batch[j].data.item<int64_t>(), b.indices[j]) << batches;
     EXPECT_EQ(b.sequence, batches);
     // Scores change while the loader draws ahead; the batch keeps the weights it was drawn with.
     handle.update(torch::tensor(b.indices, torch::kLong), torch::ones({16}, torch::kDouble));
@@ -247,7 +254,10 @@ TEST(Importance, QualityMetricAndTau) {
   auto logits = torch::tensor({{2.0, 0.0, -1.0}, {0.0, 0.0, 0.0}}, torch::kDouble);
   auto ub = sgdx::data::upper_bound_scores(logits, torch::tensor({0, 2}));
   auto p0 = torch::softmax(logits[0], 0);
-  EXPECT_NEAR(ub[0].item<double>(), std::sqrt(std::pow(p0[0].item<double>() - 1, 2) + p0[1].item<double>() * p0[1].item<double>() + p0[2].item<double>() * p0[2].item<double>()), 1e-12);
+  EXPECT_NEAR(ub[0].item<double>(),
+              std::sqrt(std::pow(p0[0].item<double>() - 1, 2) + p0[1].item<double>() * p0[1].item<double>() +
+                        p0[2].item<double>() * p0[2].item<double>()),
+              1e-12);
   EXPECT_NEAR(ub[1].item<double>(), std::sqrt(2.0 / 9 + 4.0 / 9), 1e-12);
 }
 
@@ -264,8 +274,10 @@ TEST(Importance, PresamplerSelectIsUnbiasedAndThresholdFollowsCostModel) {
     est.push_back((values.index_select(0, pos) * w.to(torch::kDouble)).mean().item<double>());
   }
   auto e = torch::tensor(est, torch::kDouble);
-  EXPECT_NEAR(e.mean().item<double>(), values.mean().item<double>(), 5 * e.std().item<double>() / std::sqrt(5000.0));
-  for (int k = 0; k < 60; ++k) ps.update_tau(torch::tensor({0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 50.0}));
+  EXPECT_NEAR(e.mean().item<double>(), values.mean().item<double>(),
+              5 * e.std().item<double>() / std::sqrt(5000.0));
+  for (int k = 0; k < 60; ++k)
+    ps.update_tau(torch::tensor({0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 50.0}));
   EXPECT_TRUE(ps.importance_step()) << ps.tau();
   SGDX_EXPECT_THROW_MSG(ps.select(torch::ones({5})), "expected 12 scores, got 5");
   SGDX_EXPECT_THROW_MSG(sgdx::data::Presampler(4, 1), "ratio must be >= 2, got 1");

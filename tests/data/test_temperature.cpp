@@ -14,7 +14,8 @@ const std::vector<int64_t> kSkewed = {2733, 162, 39, 1};
 
 at::Tensor ids_of(const std::vector<int64_t>& sizes) {
   std::vector<at::Tensor> parts;
-  for (size_t k = 0; k < sizes.size(); ++k) parts.push_back(torch::full({sizes[k]}, int64_t(k), torch::kLong));
+  for (size_t k = 0; k < sizes.size(); ++k)
+    parts.push_back(torch::full({sizes[k]}, int64_t(k), torch::kLong));
   // Interleave so members of a group are not contiguous.
   auto ids = torch::cat(parts);
   return ids.index_select(0, torch::randperm(ids.numel(), torch::kLong));
@@ -52,7 +53,8 @@ TEST(Temperature, ClosedFormProbabilitiesAndWeights) {
     EXPECT_NEAR(w[k].item<double>(), pk / (double(kSkewed[k]) / n), 1e-10 * w_want[k]);
   }
   // tau = 1 is proportional with unit weights; large tau approaches uniform.
-  EXPECT_TRUE(torch::allclose(sgdx::data::scalarization_weights(kSkewed, 1.0), torch::ones({4}, torch::kDouble)));
+  EXPECT_TRUE(
+      torch::allclose(sgdx::data::scalarization_weights(kSkewed, 1.0), torch::ones({4}, torch::kDouble)));
   EXPECT_NEAR(sgdx::data::temperature_probs(kSkewed, 1e6)[3].item<double>(), 0.25, 1e-4);
 }
 
@@ -73,13 +75,16 @@ TEST(Temperature, ClearErrors) {
   SGDX_EXPECT_THROW_MSG(sgdx::data::temperature_probs(kSkewed, 0.0), "tau must be > 0 and finite, got 0");
   SGDX_EXPECT_THROW_MSG(sgdx::data::temperature_probs(kSkewed, -2.0), "tau must be > 0 and finite, got -2");
   SGDX_EXPECT_THROW_MSG(sgdx::data::temperature_probs({5, 0, 3}, 2.0), "group 1 is empty");
-  SGDX_EXPECT_THROW_MSG(TemperatureSchedule({{0, 5.0}, {100, 1.0}, {50, 2.0}}), "steps must increase, got 100 then 50");
+  SGDX_EXPECT_THROW_MSG(TemperatureSchedule({{0, 5.0}, {100, 1.0}, {50, 2.0}}),
+                        "steps must increase, got 100 then 50");
   SGDX_EXPECT_THROW_MSG(TemperatureSchedule({{10, 5.0}}), "must start at step 0, got step 10");
   SGDX_EXPECT_THROW_MSG(TemperatureSchedule({{0, 5.0}, {10, 0.0}}), "tau must be > 0");
   SGDX_EXPECT_THROW_MSG(sgdx::data::group_sizes(torch::tensor({0, 2, 2}, torch::kLong)), "group 1 is empty");
-  SGDX_EXPECT_THROW_MSG(sgdx::data::group_sizes(torch::tensor({0, -1}, torch::kLong)), "must be >= 0, got -1");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::group_sizes(torch::tensor({0, -1}, torch::kLong)),
+                        "must be >= 0, got -1");
   SGDX_EXPECT_THROW_MSG(sgdx::data::group_sizes(torch::tensor({0, 1}, torch::kLong), 4), "group 2 is empty");
-  SGDX_EXPECT_THROW_MSG(sgdx::data::long_tailed_indices(torch::tensor({0, 1}, torch::kLong), 0.5), "must be >= 1");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::long_tailed_indices(torch::tensor({0, 1}, torch::kLong), 0.5),
+                        "must be >= 1");
 }
 
 // Group frequencies of the draws match p(.; tau) (chi-square, 3 dof, 0.999
@@ -148,7 +153,8 @@ TEST(Temperature, FullBatchScalarizationEqualsTemperatureObjective) {
   // TS objective: sum_k p_k * mean_{i in k} l_i.
   auto p = sgdx::data::temperature_probs(t.sizes, tau);
   at::Tensor obj = torch::zeros({}, torch::kDouble);
-  for (int k = 0; k < 4; ++k) obj = obj + p[k] * per.index_select(0, torch::nonzero(t.ids == k).flatten()).mean();
+  for (int k = 0; k < 4; ++k)
+    obj = obj + p[k] * per.index_select(0, torch::nonzero(t.ids == k).flatten()).mean();
   auto gt = torch::autograd::grad({obj}, {w})[0];
   EXPECT_TRUE(torch::allclose(gs, gt, 1e-12, 1e-12)) << gs << gt;
 }
@@ -219,7 +225,10 @@ TEST(Temperature, ScheduleSwitchesExactlyAtTheStepAcrossEpochsAndSaveLoad) {
   std::vector<std::vector<size_t>> resumed;
   while (b.step() < 17) {
     auto x = b.next(8);
-    if (!x) { b.reset(); continue; }
+    if (!x) {
+      b.reset();
+      continue;
+    }
     resumed.push_back(*x);
   }
   std::ostringstream buf;
@@ -237,7 +246,10 @@ TEST(Temperature, ScheduleSwitchesExactlyAtTheStepAcrossEpochsAndSaveLoad) {
   }
   while (c.step() < 40) {
     auto x = c.next(8);
-    if (!x) { c.reset(); continue; }
+    if (!x) {
+      c.reset();
+      continue;
+    }
     resumed.push_back(*x);
   }
   EXPECT_EQ(resumed, full);
@@ -281,7 +293,9 @@ TEST(Temperature, LongTailedSubsetIsGeometricAndSeeded) {
   auto idx = sgdx::data::long_tailed_indices(labels, 100.0, 3);
   auto counts = torch::bincount(labels.index_select(0, idx), {}, 10);
   for (int c = 0; c < 10; ++c) {
-    EXPECT_EQ(counts[c].item<int64_t>(), static_cast<int64_t>(std::floor(500 * std::pow(100.0, -c / 9.0) + 1e-9))) << c;
+    EXPECT_EQ(counts[c].item<int64_t>(),
+              static_cast<int64_t>(std::floor(500 * std::pow(100.0, -c / 9.0) + 1e-9)))
+        << c;
   }
   EXPECT_EQ(counts[0].item<int64_t>(), 500);
   EXPECT_EQ(counts[9].item<int64_t>(), 5);
@@ -289,5 +303,6 @@ TEST(Temperature, LongTailedSubsetIsGeometricAndSeeded) {
   EXPECT_FALSE(torch::equal(idx, sgdx::data::long_tailed_indices(labels, 100.0, 4)));
   EXPECT_EQ(std::get<0>(torch::unique_consecutive(idx)).numel(), idx.numel());  // sorted, no repeats
   auto short_class = torch::cat({torch::zeros({100}, torch::kLong), torch::ones({10}, torch::kLong)});
-  SGDX_EXPECT_THROW_MSG(sgdx::data::long_tailed_indices(short_class, 2.0), "class 1 has 10 examples but needs 50");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::long_tailed_indices(short_class, 2.0),
+                        "class 1 has 10 examples but needs 50");
 }

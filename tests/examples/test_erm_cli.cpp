@@ -218,8 +218,8 @@ TEST(ErmCli, PStarIsCertifiedCachedAndRecheckedWhenTheCacheIsCorrupt) {
   if (!std::filesystem::exists("/usr/share/doc/liblinear-tools/examples/heart_scale"))
     GTEST_SKIP() << "Debian's liblinear-tools is not installed";
   sgdx::testing::TempDir dir;
-  const std::string args = "--l1 1e-3 --l2 1e-3 --methods svrg --passes 2 --pstar-cache " + dir.file("cache") +
-                           " --out " + dir.file("out");
+  const std::string args = "--l1 1e-3 --l2 1e-3 --methods svrg --passes 2 --pstar-cache " +
+                           dir.file("cache") + " --out " + dir.file("out");
   auto first = run(args, dir);
   ASSERT_EQ(first.code, 0) << first.err;
   EXPECT_NE(first.out.find("(proximal Newton:"), std::string::npos) << first.out;
@@ -231,12 +231,15 @@ TEST(ErmCli, PStarIsCertifiedCachedAndRecheckedWhenTheCacheIsCorrupt) {
 
   auto second = run(args, dir);
   ASSERT_EQ(second.code, 0) << second.err;
-  EXPECT_NE(second.out.find("(cached in " + files[0].string() + ", duality gap re-checked"), std::string::npos)
+  EXPECT_NE(second.out.find("(cached in " + files[0].string() + ", duality gap re-checked"),
+            std::string::npos)
       << second.out;
   EXPECT_EQ(p_star_line(second.out), p_star);
 
   // Another problem (l2) gets its own file.
-  auto other = run("--l2 2e-3 --methods svrg --passes 2 --pstar-cache " + dir.file("cache") + " --out " + dir.file("out"), dir);
+  auto other = run(
+      "--l2 2e-3 --methods svrg --passes 2 --pstar-cache " + dir.file("cache") + " --out " + dir.file("out"),
+      dir);
   ASSERT_EQ(other.code, 0) << other.err;
   EXPECT_NE(other.out.find("(Newton-CG:"), std::string::npos) << other.out;
 
@@ -272,7 +275,8 @@ TEST(ErmCli, PStarIsCertifiedCachedAndRecheckedWhenTheCacheIsCorrupt) {
   EXPECT_NE(wrong.err.find("duality gap is"), std::string::npos) << wrong.err;
   EXPECT_EQ(p_star_line(wrong.out), p_star);
 
-  auto off = run("--l1 1e-3 --l2 1e-3 --methods svrg --passes 2 --pstar-cache off --out " + dir.file("out"), dir);
+  auto off =
+      run("--l1 1e-3 --l2 1e-3 --methods svrg --passes 2 --pstar-cache off --out " + dir.file("out"), dir);
   ASSERT_EQ(off.code, 0) << off.err;
   EXPECT_NE(off.out.find("(proximal Newton:"), std::string::npos) << off.out;
 }

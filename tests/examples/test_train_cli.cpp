@@ -1,8 +1,8 @@
 // sgdx-train as a user meets it: --help, bad input (one clear error line,
 // non-zero exit, nothing written) and a small complete run.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cstdio>
@@ -22,7 +22,9 @@ Result run(const std::string& args, const sgdx::testing::TempDir& dir) {
   return sgdx::testing::run_program(SGDX_TRAIN_EXE, args, dir);
 }
 
-int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+int lines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
 
 void expect_one_error_line(const Result& r, const std::string& needle, const TempDir& dir) {
   EXPECT_NE(r.code, 0);
@@ -38,7 +40,8 @@ TEST(TrainCli, HelpListsOptions) {
   TempDir dir;
   auto r = run("--help", dir);
   EXPECT_EQ(r.code, 0);
-  for (const char* opt : {"--dataset", "--optimizer", "--compare", "--lr", "--epochs", "--device", "--rsgd-gamma", "--clusters", "--gq-path"})
+  for (const char* opt : {"--dataset", "--optimizer", "--compare", "--lr", "--epochs", "--device",
+                          "--rsgd-gamma", "--clusters", "--gq-path"})
     EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
 }
 
@@ -49,8 +52,10 @@ TEST(TrainCli, BadInputGivesOneClearErrorLine) {
   expect_one_error_line(run("--optimizer lion" + out, dir), "lion", dir);
   expect_one_error_line(run("--compare sgd,lion" + out, dir), "unknown optimizer 'lion'", dir);
   expect_one_error_line(run("--lr -0.1" + out, dir), "--lr", dir);
-  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 1.5" + out, dir), "gamma must be in (0, 1), got 1.5", dir);
-  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 0" + out, dir), "gamma must be in (0, 1), got 0", dir);
+  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 1.5" + out, dir),
+                        "gamma must be in (0, 1), got 1.5", dir);
+  expect_one_error_line(run("--optimizer rsgd --rsgd-gamma 0" + out, dir), "gamma must be in (0, 1), got 0",
+                        dir);
   expect_one_error_line(run("--epochs 0" + out, dir), "--epochs", dir);
   expect_one_error_line(run("--dataset mnist --data-dir /nonexistent" + out, dir), "/nonexistent", dir);
   expect_one_error_line(run("--balance upsample" + out, dir), "upsample", dir);
@@ -63,12 +68,11 @@ TEST(TrainCli, EmptyListsNonFiniteNumbersAndRangesAreRefused) {
   TempDir dir;
   const std::string out = " --out " + dir.file("out");
   expect_one_error_line(run("--compare ''" + out, dir), "--compare: the list is empty", dir);
-  expect_one_error_line(run("--compare sgd,,adam" + out, dir), "--compare: item 2 of 'sgd,,adam' is empty", dir);
+  expect_one_error_line(run("--compare sgd,,adam" + out, dir), "--compare: item 2 of 'sgd,,adam' is empty",
+                        dir);
   expect_one_error_line(run("--compare sgd," + out, dir), "item 2 of 'sgd,' is empty", dir);
   expect_one_error_line(run("--out ''", dir), "--out: the path is empty", dir);
-  {
-    std::ofstream(dir.file("a-file")) << "x";
-  }
+  { std::ofstream(dir.file("a-file")) << "x"; }
   auto r = run("--out " + dir.file("a-file") + "/sub", dir);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("is not a directory, so"), std::string::npos) << r.err;
@@ -81,7 +85,8 @@ TEST(TrainCli, EmptyListsNonFiniteNumbersAndRangesAreRefused) {
     }
   }
   expect_one_error_line(run("--imbalance 0.5" + out, dir), "must be 0 (off) or a ratio >= 1, got 0.5", dir);
-  expect_one_error_line(run("--sampling loss --presample 1" + out, dir), "--presample must be 0 (off) or a ratio >= 2", dir);
+  expect_one_error_line(run("--sampling loss --presample 1" + out, dir),
+                        "--presample must be 0 (off) or a ratio >= 2", dir);
   expect_one_error_line(run("--sampling loss --presample 4611686018427387904 --batch-size 4" + out, dir),
                         "too large a presample batch", dir);
   expect_one_error_line(run("--batch-size 99999999999999999999" + out, dir), "--batch-size", dir);
@@ -95,8 +100,11 @@ TEST(TrainCli, ImbalancedBalancingModesRun) {
   TempDir dir;
   sgdx::testing::write_mnist_split(dir.path.string(), "train", 400, 28, 28, true);
   sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 50, 28, 28, true);
-  auto r = run("--dataset mnist --data-dir " + dir.path.string() + " --imbalance 10 --epochs 2 --batch-size 16 "
-               "--compare sgdm,sgdm@ts:5,sgdm@scalarize:5,sgdm@cooldown:5 --no-progress --out " + dir.file("out"), dir);
+  auto r = run("--dataset mnist --data-dir " + dir.path.string() +
+                   " --imbalance 10 --epochs 2 --batch-size 16 "
+                   "--compare sgdm,sgdm@ts:5,sgdm@scalarize:5,sgdm@cooldown:5 --no-progress --out " +
+                   dir.file("out"),
+               dir);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* label : {"| sgdm |", "| sgdm@ts:5 |", "| sgdm@scalarize:5 |", "| sgdm@cooldown:5 |"})
     EXPECT_NE(r.out.find(label), std::string::npos) << label << "\n" << r.out;
@@ -115,7 +123,8 @@ TEST(TrainCli, ImportanceSamplingModesRun) {
   TempDir dir;
   sgdx::testing::write_mnist_split(dir.path.string(), "train", 200, 28, 28, true);
   sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 50, 28, 28, true);
-  const std::string data = "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 16 --no-progress";
+  const std::string data =
+      "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 16 --no-progress";
   auto r = run(data + " --compare sgd,sgd+loss,sgd+upper-bound,sgd+exact --out " + dir.file("out"), dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("| Q | tau |"), std::string::npos) << r.out;
@@ -163,16 +172,20 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
   TempDir dir;
   sgdx::testing::write_mnist_split(dir.path.string(), "train", 64, 28, 28, true);
   sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 32, 28, 28, true);
-  auto r = run("--dataset mnist --data-dir " + dir.path.string() + " --compare sgd,rsgd --epochs 2 --seeds 2 "
-               "--batch-size 16 --no-progress --out " + dir.file("out"), dir);
+  auto r = run("--dataset mnist --data-dir " + dir.path.string() +
+                   " --compare sgd,rsgd --epochs 2 --seeds 2 "
+                   "--batch-size 16 --no-progress --out " +
+                   dir.file("out"),
+               dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("| rsgd | 2 |"), std::string::npos) << r.out;
   std::ifstream csv(dir.file("out/metrics.csv"));
   std::string header;
   std::getline(csv, header);
-  EXPECT_EQ(header,
-            "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
-            "grad_norm_mean,grad_norm_var,quality,tau");
+  EXPECT_EQ(
+      header,
+      "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
+      "grad_norm_mean,grad_norm_var,quality,tau");
   int rows = 0;
   for (std::string line; std::getline(csv, line);) ++rows;
   EXPECT_EQ(rows, 2 * 2 * 2);  // optimizers x seeds x epochs
@@ -188,7 +201,8 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
   // Only the results: no plot intermediates or temporary files in the output directory.
   for (const auto& entry : std::filesystem::directory_iterator(dir.file("out"))) {
     const auto name = entry.path().filename().string();
-    EXPECT_TRUE(name == "metrics.csv" || name == "metrics.json" || name == "summary.md" || name == "training.png")
+    EXPECT_TRUE(name == "metrics.csv" || name == "metrics.json" || name == "summary.md" ||
+                name == "training.png")
         << "left behind: " << name;
   }
 }
@@ -197,7 +211,8 @@ TEST(TrainCli, GradQueuePlainAndClusteredRun) {
   TempDir dir;
   sgdx::testing::write_mnist_split(dir.path.string(), "train", 96, 28, 28, true);
   sgdx::testing::write_mnist_split(dir.path.string(), "t10k", 32, 28, 28, true);
-  const std::string data = "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 24 --no-progress";
+  const std::string data =
+      "--dataset mnist --data-dir " + dir.path.string() + " --epochs 2 --batch-size 24 --no-progress";
   auto r = run(data + " --compare sgdm,gqsgdm,gqsgdm-k3 --out " + dir.file("out"), dir);
   ASSERT_EQ(r.code, 0) << r.err;
   std::ifstream js(dir.file("out/metrics.json"));
@@ -209,15 +224,18 @@ TEST(TrainCli, GradQueuePlainAndClusteredRun) {
   }
   EXPECT_NE(r.out.find("| gqsgdm-k3 |"), std::string::npos) << r.out;
   // --optimizer gqsgdm --clusters 4 (the command), both paths, and the global scope.
-  for (const char* extra : {"", " --gq-path reference", " --gq-scope global --gq-granularity tensor --gq-storage ema"}) {
+  for (const char* extra :
+       {"", " --gq-path reference", " --gq-scope global --gq-granularity tensor --gq-storage ema"}) {
     auto c = run(data + " --optimizer gqsgdm --clusters 4" + extra + " --out " + dir.file("c"), dir);
     ASSERT_EQ(c.code, 0) << extra << c.err;
     EXPECT_NE(c.out.find("| gqsgdm-k4 |"), std::string::npos) << c.out;
   }
   TempDir edir;  // errors: nothing may be written under edir/out
   const std::string out = " --out " + edir.file("out");
-  expect_one_error_line(run(data + " --optimizer gqsgdm --clusters 25" + out, edir), "clusters = 25 exceeds the batch size 24", edir);
-  expect_one_error_line(run(data + " --compare gqsgdm-kx" + out, edir), "must be an integer >= 1, got 'x'", edir);
+  expect_one_error_line(run(data + " --optimizer gqsgdm --clusters 25" + out, edir),
+                        "clusters = 25 exceeds the batch size 24", edir);
+  expect_one_error_line(run(data + " --compare gqsgdm-kx" + out, edir), "must be an integer >= 1, got 'x'",
+                        edir);
   expect_one_error_line(run(data + " --compare gqsgdm-k2+loss" + out, edir), "cannot be combined", edir);
   expect_one_error_line(run(data + " --optimizer gqsgdm --gq-scope layer" + out, edir), "layer", edir);
 }
@@ -231,7 +249,8 @@ TEST(TrainCli, MixedPrecisionRunsAndRefusesOwnBackwardPaths) {
   const std::string data = "--dataset mnist --data-dir " + dir.path.string() +
                            " --device cpu --epochs 2 --batch-size 16 --no-progress --no-plot";
   for (const std::string amp : {"bf16", "fp16"}) {
-    auto r = run(data + " --amp " + amp + " --compare sgdm,adam,rsgd,gqsgdm --out " + dir.file("out-" + amp), dir);
+    auto r =
+        run(data + " --amp " + amp + " --compare sgdm,adam,rsgd,gqsgdm --out " + dir.file("out-" + amp), dir);
     ASSERT_EQ(r.code, 0) << amp << r.err;
     std::ifstream js(dir.file("out-" + amp + "/metrics.json"));
     auto j = nlohmann::json::parse(js);
@@ -245,15 +264,18 @@ TEST(TrainCli, MixedPrecisionRunsAndRefusesOwnBackwardPaths) {
     }
     const auto skipped = r.out.find("fp16: ");
     EXPECT_EQ(skipped != std::string::npos, amp == "fp16") << r.out;  // bf16 takes no scaler
-    if (amp == "fp16") EXPECT_NE(r.out.find("steps skipped (inf/nan gradients), final loss scale"), std::string::npos);
+    if (amp == "fp16")
+      EXPECT_NE(r.out.find("steps skipped (inf/nan gradients), final loss scale"), std::string::npos);
   }
   TempDir edir;  // errors: nothing may be written under edir/out
   const std::string out = " --out " + edir.file("out");
-  expect_one_error_line(run(data + " --amp fp16 --optimizer svrg" + out, edir), "'svrg': --amp fp16 does not apply to svrg", edir);
+  expect_one_error_line(run(data + " --amp fp16 --optimizer svrg" + out, edir),
+                        "'svrg': --amp fp16 does not apply to svrg", edir);
   expect_one_error_line(run(data + " --amp bf16 --compare sgdm,gqsgdm-k2" + out, edir),
                         "'gqsgdm-k2': --amp bf16 does not apply to the clustered GradQueue step", edir);
   expect_one_error_line(run(data + " --amp bf16 --optimizer gqsgdm --clusters 3" + out, edir),
                         "does not apply to the clustered GradQueue step", edir);
-  expect_one_error_line(run(data + " --amp fp16 --sampling exact" + out, edir), "does not apply to --sampling exact", edir);
+  expect_one_error_line(run(data + " --amp fp16 --sampling exact" + out, edir),
+                        "does not apply to --sampling exact", edir);
   expect_one_error_line(run(data + " --amp fp8" + out, edir), "--amp", edir);
 }

@@ -16,7 +16,8 @@ TEST(Models, ShapesAndParameterCounts) {
   EXPECT_EQ(resnet->forward(torch::randn({2, 3, 32, 32})).sizes(), (std::vector<int64_t>{2, 10}));
   // GroupNorm, not BatchNorm: one sample's output does not depend on the others.
   auto x = torch::randn({4, 3, 32, 32});
-  EXPECT_TRUE(torch::allclose(resnet->forward(x).slice(0, 0, 1), resnet->forward(x.slice(0, 0, 1)), 1e-4, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(resnet->forward(x).slice(0, 0, 1), resnet->forward(x.slice(0, 0, 1)), 1e-4, 1e-5));
 }
 
 TEST(Models, BadNamesAndShapes) {
@@ -27,8 +28,13 @@ TEST(Models, BadNamesAndShapes) {
 // forward_features returns the logits of forward() and the input of the last Linear.
 TEST(Models, ForwardFeaturesIsTheLastLinearInput) {
   torch::manual_seed(0);
-  struct Case { const char* name; std::vector<int64_t> shape; int64_t width; };
-  for (const auto& c : {Case{"mlp", {1, 28, 28}, 128}, Case{"cnn", {1, 28, 28}, 128}, Case{"resnet", {3, 32, 32}, 64}}) {
+  struct Case {
+    const char* name;
+    std::vector<int64_t> shape;
+    int64_t width;
+  };
+  for (const auto& c :
+       {Case{"mlp", {1, 28, 28}, 128}, Case{"cnn", {1, 28, 28}, 128}, Case{"resnet", {3, 32, 32}, 64}}) {
     auto m = sgdx::models::make_model(c.name, c.shape, 10);
     std::vector<int64_t> xs = {3};
     xs.insert(xs.end(), c.shape.begin(), c.shape.end());

@@ -8,8 +8,12 @@ namespace sgdx::testing {
 
 struct GQOperands {
   at::Tensor p, g, v, s1, s2, queue;
-  GQOperands to(const c10::Device& d) const { return {p.to(d), g.to(d), v.to(d), s1.to(d), s2.to(d), queue.to(d)}; }
-  GQOperands clone() const { return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()}; }
+  GQOperands to(const c10::Device& d) const {
+    return {p.to(d), g.to(d), v.to(d), s1.to(d), s2.to(d), queue.to(d)};
+  }
+  GQOperands clone() const {
+    return {p.clone(), g.clone(), v.clone(), s1.clone(), s2.clone(), queue.clone()};
+  }
 };
 
 /// Random operands of n elements with a queue of q rows and their window statistics
@@ -18,14 +22,18 @@ inline GQOperands make_gq_operands(int64_t n, at::ScalarType dt, int64_t q, bool
   auto rows = at::randn({q, n}, at::kDouble);
   const auto mean = rows.mean(0);
   const auto st = sgdx::ops::gradqueue_stats_dtype(dt);
-  return {at::randn({n}).to(dt), (3 * at::randn({n})).to(dt), at::randn({n}).to(dt),
-          mean.to(sgdx::ops::gradqueue_mean_dtype(dt, exact)), ((rows - mean).square().sum(0) + 0.1).to(st),
+  return {at::randn({n}).to(dt),
+          (3 * at::randn({n})).to(dt),
+          at::randn({n}).to(dt),
+          mean.to(sgdx::ops::gradqueue_mean_dtype(dt, exact)),
+          ((rows - mean).square().sum(0) + 0.1).to(st),
           rows.to(st)};
 }
 
 /// The step's view: the new row is queue[0]; old_mode 1: queue[1] leaves, 2: queue[0] itself leaves.
 /// stats > 0: Delta-rho from a window of `stats` entries; 0: warm-up (a window of the queue's rows).
-inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mode, int64_t stats, bool first) {
+inline sgdx::ops::GradQueueTensor gq_view(GQOperands& o, bool exact, int old_mode, int64_t stats,
+                                          bool first) {
   sgdx::ops::GradQueueTensor t;
   t.param = o.p;
   t.grad = o.g;

@@ -5,8 +5,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "sgdx/ops/gradqueue_step.h"
 #include "gradqueue_step_util.h"
+#include "sgdx/ops/gradqueue_step.h"
 #include "test_util.h"
 
 namespace {
@@ -32,17 +32,22 @@ TEST(GradQueueStep, FusedCpuEqualsAtenComposition) {
               const int64_t stats = (n % 3 == 0) ? 0 : 5;
               auto base = sgdx::testing::make_gq_operands(n, dt, 4, exact);
               auto a = base.clone(), b = base.clone();
-              // Poison nothing but outputs: slot rows of both copies start as NaN when no row leaves through them.
+              // Poison nothing but outputs: slot rows of both copies start as NaN when no row leaves through
+              // them.
               if (exact && old_mode != 2) a.queue[0].fill_(NAN), b.queue[0].fill_(NAN);
               auto ta = gq_view(a, exact, old_mode, stats, mom == 1);
               auto tb = gq_view(b, exact, old_mode, stats, mom == 1);
               const double ra = sgdx::ops::gradqueue_step_(ta, c).item<double>();
               const double rb = sgdx::ops::gradqueue_step_aten_(tb, c).item<double>();
-              const std::string where = "dtype " + std::string(c10::toString(dt)) + " n " + std::to_string(n) +
-                                        " elem " + std::to_string(elem) + " exact " + std::to_string(exact) +
-                                        " old " + std::to_string(old_mode) + " mom " + std::to_string(mom);
-              for (auto [x, y, what] : {std::tuple{a.p, b.p, "param"}, {a.v, b.v, "momentum"}, {a.s1, b.s1, "s1"},
-                                        {a.s2, b.s2, "s2"}, {a.queue, b.queue, "queue"}}) {
+              const std::string where = "dtype " + std::string(c10::toString(dt)) + " n " +
+                                        std::to_string(n) + " elem " + std::to_string(elem) + " exact " +
+                                        std::to_string(exact) + " old " + std::to_string(old_mode) + " mom " +
+                                        std::to_string(mom);
+              for (auto [x, y, what] : {std::tuple{a.p, b.p, "param"},
+                                        {a.v, b.v, "momentum"},
+                                        {a.s1, b.s1, "s1"},
+                                        {a.s2, b.s2, "s2"},
+                                        {a.queue, b.queue, "queue"}}) {
                 ASSERT_TRUE(at::allclose(x, y, tol, tol, /*equal_nan=*/false)) << what << " " << where;
               }
               EXPECT_NEAR(ra, rb, 1e-5 * std::max<double>(1.0, n)) << where;

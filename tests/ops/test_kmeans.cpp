@@ -79,7 +79,8 @@ Brute brute_lloyd(const Mat& x, Mat c, int64_t iters, double tol) {
         for (auto& v : next[q]) v /= cnt[q];
       } else {
         size_t best = 0;
-        for (size_t i = 1; i < n; ++i) if (far[i] > far[best]) best = i;
+        for (size_t i = 1; i < n; ++i)
+          if (far[i] > far[best]) best = i;
         next[q] = x[best];
         far[best] = -1;
       }
@@ -106,7 +107,8 @@ void expect_matches_brute(const at::Tensor& x, const at::Tensor& init, int64_t i
   const auto c = to_mat(r.centroids);
   for (size_t q = 0; q < c.size(); ++q)
     for (size_t j = 0; j < c[q].size(); ++j) EXPECT_NEAR(c[q][j], ref.c[q][j], 1e-12) << "centroid " << q;
-  for (size_t i = 0; i < ref.a.size(); ++i) EXPECT_EQ(r.assignment[i].item<int64_t>(), ref.a[i]) << "row " << i;
+  for (size_t i = 0; i < ref.a.size(); ++i)
+    EXPECT_EQ(r.assignment[i].item<int64_t>(), ref.a[i]) << "row " << i;
   auto counts = at::bincount(r.assignment, {}, init.size(0));
   EXPECT_TRUE(at::equal(counts, r.counts));
   double inertia = 0;
@@ -203,8 +205,9 @@ TEST(KMeansPlusPlus, SecondPickFollowsSquaredDistances) {
     ASSERT_NE(i, j);
     freq[{std::min(i, j), std::max(i, j)}]++;
   }
-  const std::map<std::pair<int64_t, int64_t>, double> p = {
-      {{0, 1}, (1.0 / 10 + 1.0 / 5) / 3}, {{0, 2}, (9.0 / 10 + 9.0 / 13) / 3}, {{1, 2}, (4.0 / 5 + 4.0 / 13) / 3}};
+  const std::map<std::pair<int64_t, int64_t>, double> p = {{{0, 1}, (1.0 / 10 + 1.0 / 5) / 3},
+                                                           {{0, 2}, (9.0 / 10 + 9.0 / 13) / 3},
+                                                           {{1, 2}, (4.0 / 5 + 4.0 / 13) / 3}};
   double chi2 = 0;
   for (auto& [pair, prob] : p) {
     const double e = prob * N;
@@ -289,7 +292,8 @@ TEST(KMeans, ClearErrors) {
   o.max_iters = -1;
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(x, 2, o), "max_iters must be >= 0, got -1");
   SGDX_EXPECT_THROW_MSG(sgdx::ops::kmeans(at::ones({3, 2}, at::kInt), 1), "floating point");
-  SGDX_EXPECT_THROW_MSG(sgdx::ops::nearest_centroid(x, at::zeros({2, 3})), "centroids must be [k, 2], got [2, 3]");
+  SGDX_EXPECT_THROW_MSG(sgdx::ops::nearest_centroid(x, at::zeros({2, 3})),
+                        "centroids must be [k, 2], got [2, 3]");
 }
 
 }  // namespace

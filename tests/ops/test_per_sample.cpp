@@ -38,8 +38,10 @@ Brute brute_force(nn::Module& model, const at::Tensor& x, const at::Tensor& y,
   auto& seq = dynamic_cast<nn::SequentialImpl&>(model);
   for (int64_t i = 0; i < x.size(0); ++i) {
     auto li = per_sample_losses(seq.forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1)).sum();
-    auto g = torch::autograd::grad({li}, params, {}, /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
-    for (size_t k = 0; k < params.size(); ++k) per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
+    auto g = torch::autograd::grad({li}, params, {}, /*retain_graph=*/false, /*create_graph=*/false,
+                                   /*allow_unused=*/true);
+    for (size_t k = 0; k < params.size(); ++k)
+      per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
   }
   std::vector<at::Tensor> flat;
   for (auto& v : per) {
@@ -65,8 +67,10 @@ void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reducti
   // The reference is always float64: a float32 model is checked against its float64 copy.
   auto ref_model = std::dynamic_pointer_cast<nn::SequentialImpl>(model->clone());
   ref_model->to(torch::kDouble);
-  for (auto& p : model->named_parameters()) ref_model->named_parameters()[p.key()].requires_grad_(p.value().requires_grad());
-  auto brute = brute_force(*ref_model, x.is_floating_point() ? x.to(torch::kDouble) : x, y.to(torch::kDouble), ignore);
+  for (auto& p : model->named_parameters())
+    ref_model->named_parameters()[p.key()].requires_grad_(p.value().requires_grad());
+  auto brute =
+      brute_force(*ref_model, x.is_floating_point() ? x.to(torch::kDouble) : x, y.to(torch::kDouble), ignore);
 
   // The ordinary gradients, without capture.
   model->zero_grad();
@@ -92,7 +96,8 @@ void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reducti
   EXPECT_LE(rel_err(cap.squared_norms(), brute.flat.pow(2).sum(1)), tol);
   EXPECT_LE(rel_err(cap.layer_squared_norms().sum(0), brute.flat.pow(2).sum(1)), tol);
   for (size_t k = 0; k < brute.names.size(); ++k) {
-    EXPECT_LE(rel_err(cap.per_sample_grad(brute.names[k]), brute.grads[k]), tol) << brute.names[k] << " " << x.sizes();
+    EXPECT_LE(rel_err(cap.per_sample_grad(brute.names[k]), brute.grads[k]), tol)
+        << brute.names[k] << " " << x.sizes();
   }
   auto subset = torch::tensor({0L, B - 1, 1L}, torch::kLong);
   auto fs = brute.flat.index_select(0, subset);
@@ -102,7 +107,8 @@ void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reducti
   for (auto& p : model->named_parameters()) {
     auto v = torch::randn_like(p.value());
     direction.push_back(v);
-    if (std::count(brute.names.begin(), brute.names.end(), p.key())) included_dir.push_back(v.reshape(-1).to(torch::kDouble));
+    if (std::count(brute.names.begin(), brute.names.end(), p.key()))
+      included_dir.push_back(v.reshape(-1).to(torch::kDouble));
   }
   EXPECT_LE(rel_err(cap.dot(direction), brute.flat.mv(torch::cat(included_dir))), tol);
 
@@ -125,7 +131,8 @@ void check(nn::Sequential model, at::Tensor x, double tol, LossReduction reducti
     EXPECT_LE(rel_err(sums[k], want), tol) << "group sums of " << name;
   }
   SGDX_EXPECT_THROW_MSG(cap.group_sums(torch::zeros({B + 1}, torch::kLong), G), "assignment of");
-  SGDX_EXPECT_THROW_MSG(cap.group_sums(torch::full({B}, G, torch::kLong), G), "group indices must be in [0, 3)");
+  SGDX_EXPECT_THROW_MSG(cap.group_sums(torch::full({B}, G, torch::kLong), G),
+                        "group indices must be in [0, 3)");
 }
 
 constexpr double kTol64 = 1e-10, kTol32 = 1e-5;
@@ -140,7 +147,8 @@ nn::Sequential dbl(nn::Sequential s) {
 TEST(PerSample, Linear2D) {
   torch::manual_seed(0);
   for (bool bias : {true, false}) {
-    auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::Tanh(), nn::Linear(4, 3)));
+    auto m =
+        dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::Tanh(), nn::Linear(4, 3)));
     check(m, torch::randn({5, 6}, torch::kDouble), kTol64);
     check(m, torch::randn({5, 6}, torch::kDouble), kTol64, LossReduction::sum);
   }
@@ -150,7 +158,8 @@ TEST(PerSample, Linear3DSequenceBothStrategies) {
   torch::manual_seed(1);
   for (bool bias : {true, false}) {
     for (auto strategy : {NormStrategy::ghost, NormStrategy::materialize, NormStrategy::automatic}) {
-      auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::ReLU(), nn::Linear(4, 2)));
+      auto m =
+          dbl(nn::Sequential(nn::Linear(nn::LinearOptions(6, 4).bias(bias)), nn::ReLU(), nn::Linear(4, 2)));
       check(m, torch::randn({4, 5, 6}, torch::kDouble), kTol64, LossReduction::mean, strategy);
     }
   }
@@ -158,13 +167,20 @@ TEST(PerSample, Linear3DSequenceBothStrategies) {
 
 TEST(PerSample, Conv2dStridePaddingDilationGroups) {
   torch::manual_seed(2);
-  struct Cfg { int64_t cin, cout, k, stride, pad, dil, groups; bool bias; };
-  for (auto c : {Cfg{3, 4, 3, 1, 1, 1, 1, true}, Cfg{4, 6, 3, 2, 0, 1, 2, false}, Cfg{2, 4, 2, 1, 2, 2, 1, true},
-                 Cfg{4, 4, 3, 2, 1, 2, 4, true}}) {
+  struct Cfg {
+    int64_t cin, cout, k, stride, pad, dil, groups;
+    bool bias;
+  };
+  for (auto c : {Cfg{3, 4, 3, 1, 1, 1, 1, true}, Cfg{4, 6, 3, 2, 0, 1, 2, false},
+                 Cfg{2, 4, 2, 1, 2, 2, 1, true}, Cfg{4, 4, 3, 2, 1, 2, 4, true}}) {
     for (auto strategy : {NormStrategy::ghost, NormStrategy::materialize}) {
-      auto m = dbl(nn::Sequential(
-          nn::Conv2d(nn::Conv2dOptions(c.cin, c.cout, c.k).stride(c.stride).padding(c.pad).dilation(c.dil).groups(c.groups).bias(c.bias)),
-          nn::Tanh(), nn::Flatten()));
+      auto m = dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(c.cin, c.cout, c.k)
+                                                 .stride(c.stride)
+                                                 .padding(c.pad)
+                                                 .dilation(c.dil)
+                                                 .groups(c.groups)
+                                                 .bias(c.bias)),
+                                  nn::Tanh(), nn::Flatten()));
       check(m, torch::randn({3, c.cin, 7, 6}, torch::kDouble), kTol64, LossReduction::mean, strategy);
     }
   }
@@ -187,8 +203,8 @@ TEST(PerSample, LayerNormAndGroupNorm) {
   auto ln = dbl(nn::Sequential(nn::Linear(5, 6), nn::LayerNorm(nn::LayerNormOptions({6})), nn::Linear(6, 2)));
   check(ln, torch::randn({4, 3, 5}, torch::kDouble), kTol64);
   check(ln, torch::randn({4, 5}, torch::kDouble), kTol64);
-  auto gn = dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 6, 3).padding(1)), nn::GroupNorm(nn::GroupNormOptions(3, 6)),
-                               nn::ReLU(), nn::Flatten()));
+  auto gn = dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 6, 3).padding(1)),
+                               nn::GroupNorm(nn::GroupNormOptions(3, 6)), nn::ReLU(), nn::Flatten()));
   check(gn, torch::randn({3, 2, 5, 5}, torch::kDouble), kTol64);
 }
 
@@ -196,8 +212,8 @@ TEST(PerSample, SmallMlpAndCnnFloat64AndFloat32) {
   torch::manual_seed(5);
   auto mlp = nn::Sequential(nn::Flatten(), nn::Linear(16, 8), nn::ReLU(), nn::Linear(8, 4));
   auto cnn = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(1, 4, 3).padding(1)), nn::ReLU(), nn::MaxPool2d(2),
-                            nn::Conv2d(nn::Conv2dOptions(4, 4, 3).groups(2)), nn::GroupNorm(2, 4), nn::Flatten(),
-                            nn::Linear(16, 3));
+                            nn::Conv2d(nn::Conv2dOptions(4, 4, 3).groups(2)), nn::GroupNorm(2, 4),
+                            nn::Flatten(), nn::Linear(16, 3));
   check(mlp, torch::randn({6, 4, 4}), kTol32);
   check(cnn, torch::randn({6, 1, 8, 8}), kTol32);
   mlp->to(torch::kDouble);
@@ -211,7 +227,8 @@ TEST(PerSample, FrozenAndIgnoredParametersAreExcluded) {
   auto m = dbl(nn::Sequential(nn::Linear(4, 5), nn::ReLU(), nn::Linear(5, 2)));
   m->named_parameters()["0.bias"].requires_grad_(false);
   check(m, torch::randn({4, 4}, torch::kDouble), kTol64);
-  check(m, torch::randn({4, 4}, torch::kDouble), kTol64, LossReduction::mean, NormStrategy::automatic, {"2.weight"});
+  check(m, torch::randn({4, 4}, torch::kDouble), kTol64, LossReduction::mean, NormStrategy::automatic,
+        {"2.weight"});
 }
 
 TEST(PerSample, ExampleTrainerModels) {
@@ -227,10 +244,12 @@ TEST(PerSample, ExampleTrainerModels) {
     loss.backward();
     for (int64_t i = 0; i < 3; ++i) {
       model->zero_grad();
-      torch::nn::functional::cross_entropy(model->forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1)).backward();
+      torch::nn::functional::cross_entropy(model->forward(x.slice(0, i, i + 1)), y.slice(0, i, i + 1))
+          .backward();
       double sq = 0;
       for (auto& p : model->parameters()) sq += p.grad().pow(2).sum().item<double>();
-      EXPECT_NEAR(cap.norms()[i].item<double>(), std::sqrt(sq), 1e-10 * std::sqrt(sq)) << name << " sample " << i;
+      EXPECT_NEAR(cap.norms()[i].item<double>(), std::sqrt(sq), 1e-10 * std::sqrt(sq))
+          << name << " sample " << i;
     }
   }
 }
@@ -244,7 +263,8 @@ TEST(PerSample, ClearErrors) {
     SGDX_EXPECT_THROW_MSG(cap.attach(loss, 5), "BatchNorm layer '1'");
   }
   {  // ignoring its parameters is the opt-out
-    PerSampleGradients cap(*bn, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"1.weight", "1.bias"}});
+    PerSampleGradients cap(
+        *bn, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"1.weight", "1.bias"}});
     auto loss = bn->forward(x).pow(2).mean();
     cap.attach(loss, 5);
     SGDX_EXPECT_THROW_MSG(cap.norms(), "call backward on the attached loss first");
@@ -254,10 +274,13 @@ TEST(PerSample, ClearErrors) {
   auto prelu = nn::Sequential(nn::Linear(3, 4), nn::PReLU(), nn::Linear(4, 2));
   {
     PerSampleGradients cap(*prelu);
-    SGDX_EXPECT_THROW_MSG(cap.attach(prelu->forward(x).sum(), 5), "layer '1' of type torch::nn::PReLUImpl has trainable parameters but is not supported");
+    SGDX_EXPECT_THROW_MSG(
+        cap.attach(prelu->forward(x).sum(), 5),
+        "layer '1' of type torch::nn::PReLUImpl has trainable parameters but is not supported");
   }
-  SGDX_EXPECT_THROW_MSG(PerSampleGradients(*prelu, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"nope"}}),
-                        "ignored parameter 'nope' is not a parameter");
+  SGDX_EXPECT_THROW_MSG(
+      PerSampleGradients(*prelu, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"nope"}}),
+      "ignored parameter 'nope' is not a parameter");
   auto lin = nn::Sequential(nn::Linear(3, 2));
   PerSampleGradients cap(*lin);
   SGDX_EXPECT_THROW_MSG(cap.norms(), "call attach(loss, batch_size) before backward");
@@ -267,27 +290,31 @@ TEST(PerSample, ClearErrors) {
   cap.attach(loss, 5);
   loss.backward();
   SGDX_EXPECT_THROW_MSG(cap.gram(torch::tensor({0, 7}, torch::kLong)), "subset indices must be in [0, 5)");
-  SGDX_EXPECT_THROW_MSG(cap.dot({torch::zeros({2, 3})}), "direction has 1 tensors but the model has 2 parameters");
+  SGDX_EXPECT_THROW_MSG(cap.dot({torch::zeros({2, 3})}),
+                        "direction has 1 tensors but the model has 2 parameters");
   // A weight used twice (tied) is refused; a module on the stack works as the root.
   struct Twice : nn::Module {
     nn::Linear l{nullptr};
     Twice() : l(register_module("l", nn::Linear(3, 3))) {}
   } twice;
   PerSampleGradients cap2(twice);
-  SGDX_EXPECT_THROW_MSG(cap2.attach(twice.l->forward(twice.l->forward(x)).sum(), 5), "used 2 times in the graph");
+  SGDX_EXPECT_THROW_MSG(cap2.attach(twice.l->forward(twice.l->forward(x)).sum(), 5),
+                        "used 2 times in the graph");
 }
 
 namespace {
 
 // Per-sample gradients of every trainable parameter of `model` (named_parameters()
 // order, [B, *shape]), one backward per sample: `loss_of(i)` is sample i's loss.
-std::vector<at::Tensor> loop_grads(nn::Module& model, int64_t B, const std::function<at::Tensor(int64_t)>& loss_of) {
+std::vector<at::Tensor> loop_grads(nn::Module& model, int64_t B,
+                                   const std::function<at::Tensor(int64_t)>& loss_of) {
   std::vector<at::Tensor> params;
   for (auto& p : model.parameters()) params.push_back(p);
   std::vector<std::vector<at::Tensor>> per(params.size());
   for (int64_t i = 0; i < B; ++i) {
     auto g = torch::autograd::grad({loss_of(i)}, params, {}, false, false, /*allow_unused=*/true);
-    for (size_t k = 0; k < params.size(); ++k) per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
+    for (size_t k = 0; k < params.size(); ++k)
+      per[k].push_back(g[k].defined() ? g[k] : torch::zeros_like(params[k]));
   }
   std::vector<at::Tensor> out;
   for (auto& v : per) out.push_back(torch::stack(v));
@@ -313,7 +340,9 @@ void expect_matches(nn::Sequential& model, const at::Tensor& x, const at::Tensor
   EXPECT_LE(rel_err(cap.norms(), torch::cat(flat, 1).norm(2, 1)), kTol64);
 }
 
-nn::Functional fn(std::function<at::Tensor(at::Tensor)> f) { return nn::Functional(std::move(f)); }
+nn::Functional fn(std::function<at::Tensor(at::Tensor)> f) {
+  return nn::Functional(std::move(f));
+}
 
 }  // namespace
 
@@ -327,11 +356,14 @@ TEST(PerSample, SequenceFirstLinearIsRefused) {
     PerSampleGradients cap(*m);
     auto loss = m->forward(x).pow(2).sum();
     SGDX_EXPECT_THROW_MSG(cap.attach(loss, B), "Linear layer '0' input of shape [5, 3, 4]");
-    SGDX_EXPECT_THROW_MSG(cap.attach(loss, B), "is not batch-first for batch size 3 (sequence-first [T, B, F] input?)");
+    SGDX_EXPECT_THROW_MSG(cap.attach(loss, B),
+                          "is not batch-first for batch size 3 (sequence-first [T, B, F] input?)");
     // With the first layer left out, the second one (on [T, B, 3]) is refused.
-    PerSampleGradients cap2(*m, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"0.weight", "0.bias"}});
-    SGDX_EXPECT_THROW_MSG(cap2.attach(loss, B), "Linear layer '2' input of shape [5, 3, 3] (a reshape of a tensor of "
-                                                "shape [5, 3, 3]) is not batch-first");
+    PerSampleGradients cap2(
+        *m, PerSampleOptions{LossReduction::mean, NormStrategy::automatic, {"0.weight", "0.bias"}});
+    SGDX_EXPECT_THROW_MSG(cap2.attach(loss, B),
+                          "Linear layer '2' input of shape [5, 3, 3] (a reshape of a tensor of "
+                          "shape [5, 3, 3]) is not batch-first");
   }
   // T == B: the shapes cannot tell [T, B, F] from [B, T, F].
   PerSampleGradients cap(*m);
@@ -344,7 +376,8 @@ TEST(PerSample, BatchFirstLinearMatchesLoopOverSamples) {
   const int64_t B = 3, T = 5;
   for (bool bias : {true, false}) {
     for (bool grad_in : {false, true}) {
-      auto m = dbl(nn::Sequential(nn::Linear(nn::LinearOptions(4, 3).bias(bias)), nn::Tanh(), nn::Linear(3, 2)));
+      auto m =
+          dbl(nn::Sequential(nn::Linear(nn::LinearOptions(4, 3).bias(bias)), nn::Tanh(), nn::Linear(3, 2)));
       auto x = torch::randn({B, T, 4}, torch::kDouble).requires_grad_(grad_in);
       check(m, x, kTol64);
       auto y = torch::randn({B, T, 2}, torch::kDouble);
@@ -364,8 +397,12 @@ TEST(PerSample, FlattenedBatchFirstReshape) {
   torch::manual_seed(11);
   const int64_t B = 3, T = 5;
   // [B, T, 4] -> [B*T, 4] -> two Linear layers -> [B, T*2]: the rows are traced to the reshape.
-  auto m = dbl(nn::Sequential(fn([](at::Tensor x) { return x.reshape({-1, x.size(-1)}); }), nn::Linear(4, 3),
-                              nn::Tanh(), nn::Linear(3, 2), fn([](at::Tensor x) { return x.reshape({-1, 5 * 2}); })));
+  auto m = dbl(nn::Sequential(fn([](at::Tensor x) {
+                                return x.reshape({-1, x.size(-1)});
+                              }),
+                              nn::Linear(4, 3), nn::Tanh(), nn::Linear(3, 2), fn([](at::Tensor x) {
+                                return x.reshape({-1, 5 * 2});
+                              })));
   for (bool grad_in : {false, true}) {
     auto x = torch::randn({B, T, 4}, torch::kDouble).requires_grad_(grad_in);
     check(m, x, kTol64);
@@ -381,15 +418,19 @@ TEST(PerSample, FlattenedBatchFirstReshape) {
   // Rows that are a multiple of B from nowhere traceable: a [B*T, F] matrix handed over as is.
   auto lin = dbl(nn::Sequential(nn::Linear(4, 2)));
   PerSampleGradients cap(*lin);
-  SGDX_EXPECT_THROW_MSG(cap.attach(lin->forward(torch::randn({B * T, 4}, torch::kDouble)).sum(), B),
-                        "Linear layer '0' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
-                        "come from a matrix with no recorded reshape");
+  SGDX_EXPECT_THROW_MSG(
+      cap.attach(lin->forward(torch::randn({B * T, 4}, torch::kDouble)).sum(), B),
+      "Linear layer '0' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
+      "come from a matrix with no recorded reshape");
   // An op that is not known to keep rows apart (here a cumulative sum over rows) stops the trace.
-  auto sq = dbl(
-      nn::Sequential(fn([](at::Tensor x) { return x.reshape({-1, x.size(-1)}).cumsum(0); }), nn::Linear(4, 2)));
+  auto sq = dbl(nn::Sequential(fn([](at::Tensor x) {
+                                 return x.reshape({-1, x.size(-1)}).cumsum(0);
+                               }),
+                               nn::Linear(4, 2)));
   PerSampleGradients cap_sq(*sq);
-  SGDX_EXPECT_THROW_MSG(cap_sq.attach(sq->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
-                        "come from a 2-D tensor made by CumsumBackward0");
+  SGDX_EXPECT_THROW_MSG(
+      cap_sq.attach(sq->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
+      "come from a 2-D tensor made by CumsumBackward0");
   // Nor is a product with a matrix made from the data (here r r^T r) a row-wise op.
   auto mix = dbl(nn::Sequential(fn([](at::Tensor x) {
                                   auto r = x.reshape({-1, x.size(-1)});
@@ -397,8 +438,9 @@ TEST(PerSample, FlattenedBatchFirstReshape) {
                                 }),
                                 nn::Linear(4, 2)));
   PerSampleGradients cap_mix(*mix);
-  SGDX_EXPECT_THROW_MSG(cap_mix.attach(mix->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
-                        "come from a 2-D tensor made by MmBackward0");
+  SGDX_EXPECT_THROW_MSG(
+      cap_mix.attach(mix->forward(torch::randn({B, T, 4}, torch::kDouble).requires_grad_()).sum(), B),
+      "come from a 2-D tensor made by MmBackward0");
 }
 
 TEST(PerSample, TransposedSequenceFirstInput) {
@@ -418,13 +460,14 @@ TEST(PerSample, TransposedSequenceFirstInput) {
   auto x0 = x.detach();
   {
     PerSampleGradients cap(*m);
-    SGDX_EXPECT_THROW_MSG(cap.attach(m->forward(x0).sum(), B),
-                          "Linear layer '1' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
-                          "come from a matrix with no recorded reshape");
+    SGDX_EXPECT_THROW_MSG(
+        cap.attach(m->forward(x0).sum(), B),
+        "Linear layer '1' multiplies a [15, 4] matrix whose 15 rows (a multiple of the batch size 3) "
+        "come from a matrix with no recorded reshape");
   }
   // ...and exact once made contiguous.
-  auto mc = dbl(nn::Sequential(fn([](at::Tensor x) { return x.transpose(0, 1).contiguous(); }), nn::Linear(4, 3),
-                               nn::Tanh(), nn::Linear(3, 2)));
+  auto mc = dbl(nn::Sequential(fn([](at::Tensor x) { return x.transpose(0, 1).contiguous(); }),
+                               nn::Linear(4, 3), nn::Tanh(), nn::Linear(3, 2)));
   want = loop_grads(*mc, B, [&](int64_t i) {
     return 0.5 * (mc->forward(x0.slice(1, i, i + 1)) - y.slice(0, i, i + 1)).pow(2).sum();
   });
@@ -444,17 +487,19 @@ TEST(PerSample, TransposedSequenceFirstInput) {
   auto wrong = dbl(nn::Sequential(fn([](at::Tensor x) { return x.transpose(0, 1); }), nn::Linear(4, 2)));
   auto xb = torch::randn({B, T, 4}, torch::kDouble).requires_grad_();
   PerSampleGradients cap(*wrong);
-  SGDX_EXPECT_THROW_MSG(cap.attach(wrong->forward(xb).sum(), B),
-                        "Linear layer '1' input of shape [5, 3, 4] (a reshape of a tensor of shape [5, 3, 4]) is not "
-                        "batch-first");
+  SGDX_EXPECT_THROW_MSG(
+      cap.attach(wrong->forward(xb).sum(), B),
+      "Linear layer '1' input of shape [5, 3, 4] (a reshape of a tensor of shape [5, 3, 4]) is not "
+      "batch-first");
   PerSampleOptions bias_only;
   bias_only.ignore = {"1.weight"};
   PerSampleGradients cap_b(*wrong, bias_only);
   auto loss = wrong->forward(xb).sum();
   cap_b.attach(loss, B);
   loss.backward();
-  SGDX_EXPECT_THROW_MSG(cap_b.norms(), "Linear layer '1' (bias only) has output of shape [5, 3, 2], whose batch "
-                                       "dimension cannot be established");
+  SGDX_EXPECT_THROW_MSG(cap_b.norms(),
+                        "Linear layer '1' (bias only) has output of shape [5, 3, 2], whose batch "
+                        "dimension cannot be established");
 }
 
 // Eval-mode BatchNorm is the per-channel affine map gamma * (x - running_mean) /
@@ -465,7 +510,7 @@ TEST(PerSample, BatchNormEvalIsExactTrainingIsRefused) {
     m->train();
     for (int k = 0; k < 3; ++k) m->forward(x * (k + 1) + k);  // running statistics far from (0, 1)
     m->eval();
-    for (auto& p : m->parameters()) p.data().normal_();   // gamma, beta away from (1, 0)
+    for (auto& p : m->parameters()) p.data().normal_();  // gamma, beta away from (1, 0)
     return m;
   };
   auto bn1 = warm(dbl(nn::Sequential(nn::Linear(3, 4), nn::BatchNorm1d(4), nn::Tanh(), nn::Linear(4, 2))),
@@ -474,8 +519,8 @@ TEST(PerSample, BatchNormEvalIsExactTrainingIsRefused) {
   auto bn1l = warm(dbl(nn::Sequential(nn::BatchNorm1d(4), nn::Flatten(), nn::Linear(4 * 6, 2))),
                    torch::randn({8, 4, 6}, torch::kDouble));
   check(bn1l, torch::randn({5, 4, 6}, torch::kDouble), kTol64);
-  auto bn2 = warm(dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 3, 3).padding(1)), nn::BatchNorm2d(3), nn::ReLU(),
-                                     nn::Flatten(), nn::Linear(3 * 4 * 4, 2))),
+  auto bn2 = warm(dbl(nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2, 3, 3).padding(1)), nn::BatchNorm2d(3),
+                                     nn::ReLU(), nn::Flatten(), nn::Linear(3 * 4 * 4, 2))),
                   torch::randn({8, 2, 4, 4}, torch::kDouble));
   check(bn2, torch::randn({4, 2, 4, 4}, torch::kDouble), kTol64);
   check(bn2, torch::randn({4, 2, 4, 4}, torch::kDouble), kTol64, LossReduction::sum, NormStrategy::automatic,
@@ -484,9 +529,10 @@ TEST(PerSample, BatchNormEvalIsExactTrainingIsRefused) {
   bn1->train();
   {
     PerSampleGradients cap(*bn1);
-    SGDX_EXPECT_THROW_MSG(cap.attach(bn1->forward(torch::randn({5, 3}, torch::kDouble)).sum(), 5),
-                          "per-sample gradients are not defined for BatchNorm layer '1': in training mode (or with "
-                          "track_running_stats=false) it normalises with the statistics of the batch");
+    SGDX_EXPECT_THROW_MSG(
+        cap.attach(bn1->forward(torch::randn({5, 3}, torch::kDouble)).sum(), 5),
+        "per-sample gradients are not defined for BatchNorm layer '1': in training mode (or with "
+        "track_running_stats=false) it normalises with the statistics of the batch");
   }
   auto nostats = dbl(nn::Sequential(nn::BatchNorm1d(nn::BatchNormOptions(3).track_running_stats(false))));
   nostats->eval();

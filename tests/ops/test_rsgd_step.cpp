@@ -56,7 +56,8 @@ TEST(Philox, DrawFrequencyMatchesProbabilityAtByteBoundaries) {
     const auto threshold = sgdx::detail::bernoulli_threshold(prob);
     const int64_t n = 1 << 20;
     int64_t hits = 0;
-    for (int64_t i = 0; i < n; ++i) hits += sgdx::detail::rsgd_draw(7, 1, 2, static_cast<uint64_t>(i), threshold);
+    for (int64_t i = 0; i < n; ++i)
+      hits += sgdx::detail::rsgd_draw(7, 1, 2, static_cast<uint64_t>(i), threshold);
     EXPECT_NEAR(double(hits) / n, prob, 5 * std::sqrt(prob * (1 - prob) / n)) << prob;
   }
 }
@@ -97,8 +98,9 @@ TEST(RSGDStep, ValidatesInputsWithClearMessages) {
                         "step must be in [1, 2^32), got 0");
   SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({p}, {g}, {m}, {0}, {1}, {1.5}, c),
                         "probability must be in [0, 1], got 1.5");
-  SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({torch::zeros({4}, torch::kLong)}, {g}, {m}, {0}, {1}, {0.5}, c),
-                        "must be floating point");
+  SGDX_EXPECT_THROW_MSG(
+      sgdx::ops::rsgd_step_({torch::zeros({4}, torch::kLong)}, {g}, {m}, {0}, {1}, {0.5}, c),
+      "must be floating point");
   SGDX_EXPECT_THROW_MSG(sgdx::ops::rsgd_step_({torch::zeros({4, 4}).t()}, {torch::zeros({4, 4})},
                                               {torch::zeros({4, 4})}, {0}, {1}, {0.5}, c),
                         "must be contiguous");
@@ -169,7 +171,10 @@ TEST(RSGDAtenPath, MatchesFloat64ReferenceGivenItsDraws) {
       std::vector<at::Tensor> ps{p}, gs{g}, ms{m};
       sgdx::ops::rsgd_step_aten_(ps, gs, ms, {4}, {7}, {0.3}, c);
       // One rounding of the stored value (float32 opmath for half/bfloat16).
-      const double tol = dt == at::kDouble ? 1e-14 : dt == at::kFloat ? 2e-6 : dt == at::kHalf ? 2e-3 : 1.6e-2;
+      const double tol = dt == at::kDouble  ? 1e-14
+                         : dt == at::kFloat ? 2e-6
+                         : dt == at::kHalf  ? 2e-3
+                                            : 1.6e-2;
       EXPECT_TRUE(at::allclose(p.to(at::kDouble), p64, tol, tol)) << dt << " previous " << previous;
       EXPECT_TRUE(at::allclose(m.to(at::kDouble), m64, tol, tol)) << dt << " previous " << previous;
     }

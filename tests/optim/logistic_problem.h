@@ -48,7 +48,6 @@ struct Logistic {
   }
 };
 
-
 // Runs `steps` steps of a closure-driven VR optimizer with b-sized minibatches drawn by a seeded generator.
 template <typename Opt, typename Problem>
 void run_vr(Opt& opt, const Problem& prob, at::Tensor& w, int steps, std::mt19937_64& rng, int64_t b) {

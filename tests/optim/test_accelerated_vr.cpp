@@ -43,7 +43,8 @@ TEST(AcceleratedVR, KatyushaAndDasvrdaReachTheFistaOptimum) {
     }
     for (auto restart : {Restart::none, Restart::periodic, Restart::adaptive}) {
       auto w = torch::zeros({8}, torch::kDouble).requires_grad_();
-      DASVRDA opt({w}, DASVRDAOptions(0.25).n(200).l1(l1).l2(l2).restart(restart).lr(4 * DASVRDAOptions(0.25).n(200).eta()));
+      DASVRDA opt({w}, DASVRDAOptions(0.25).n(200).l1(l1).l2(l2).restart(restart).lr(
+                           4 * DASVRDAOptions(0.25).n(200).eta()));
       const double gap = gap_after(opt, prob, w, 150, DASVRDAOptions(0.25).n(200).batch(), p_star);
       EXPECT_LT(gap, 1e-10) << "DASVRDA l1 " << l1 << " restart " << int(restart);
       EXPECT_GT(gap, -1e-12);
@@ -93,7 +94,9 @@ TEST(AcceleratedVR, RegulariseChosenParametersOnly) {
       for (auto& i : idx) i = pick(rng);
       auto ib = torch::tensor(idx, torch::kLong);
       opt.step([&] {
-        auto l = torch::nn::functional::softplus(-prob.y.index_select(0, ib) * (a.index_select(0, ib).mv(w) + b)).mean();
+        auto l =
+            torch::nn::functional::softplus(-prob.y.index_select(0, ib) * (a.index_select(0, ib).mv(w) + b))
+                .mean();
         l.backward();
         return l;
       });
@@ -105,9 +108,11 @@ TEST(AcceleratedVR, RegulariseChosenParametersOnly) {
     auto b = torch::zeros({}, torch::kDouble).requires_grad_();
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(std::vector<at::Tensor>{w});
-    groups.emplace_back(std::vector<at::Tensor>{b}, std::make_unique<KatyushaOptions>(KatyushaOptions(0.5).n(n).b(1)));
+    groups.emplace_back(std::vector<at::Tensor>{b},
+                        std::make_unique<KatyushaOptions>(KatyushaOptions(0.5).n(n).b(1)));
     Katyusha opt(groups, KatyushaOptions(0.5).n(n).b(1).l1(prob.l1).l2(prob.l2));
-    EXPECT_EQ(static_cast<KatyushaOptions&>(opt.param_groups()[1].options()).l1(), 0.0);  // kept, not the defaults
+    EXPECT_EQ(static_cast<KatyushaOptions&>(opt.param_groups()[1].options()).l1(),
+              0.0);  // kept, not the defaults
     EXPECT_LT(run(opt, w, b, 1), 1e-9);
   }
   {
@@ -115,7 +120,8 @@ TEST(AcceleratedVR, RegulariseChosenParametersOnly) {
     auto b = torch::zeros({}, torch::kDouble).requires_grad_();
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(std::vector<at::Tensor>{w});
-    groups.emplace_back(std::vector<at::Tensor>{b}, std::make_unique<DASVRDAOptions>(DASVRDAOptions(0.5).n(n)));
+    groups.emplace_back(std::vector<at::Tensor>{b},
+                        std::make_unique<DASVRDAOptions>(DASVRDAOptions(0.5).n(n)));
     const double eta = 4 * DASVRDAOptions(0.5).n(n).eta();
     DASVRDA opt(groups, DASVRDAOptions(0.5).n(n).l1(prob.l1).l2(prob.l2).lr(eta));
     EXPECT_LT(run(opt, w, b, DASVRDAOptions(0.5).n(n).batch()), 1e-9);
@@ -125,13 +131,14 @@ TEST(AcceleratedVR, RegulariseChosenParametersOnly) {
 TEST(AcceleratedVR, TheoryDefaults) {
   DASVRDAOptions o(0.25);
   o.n(200);
-  EXPECT_EQ(o.batch(), 15);                  // ceil(sqrt(200))
-  EXPECT_EQ(o.inner_steps(), 14);            // ceil(200 / 15)
+  EXPECT_EQ(o.batch(), 15);        // ceil(sqrt(200))
+  EXPECT_EQ(o.inner_steps(), 14);  // ceil(200 / 15)
   const double gamma = (3 + std::sqrt(9 + 8.0 * 15 / 15)) / 2;
   EXPECT_DOUBLE_EQ(o.gamma(), gamma);
   EXPECT_DOUBLE_EQ(o.eta(), 1 / ((1 + gamma * 15 / 15) * 0.25));
   o.l2(1e-2);
-  EXPECT_EQ(o.period(), 1 + static_cast<int64_t>(std::ceil(std::sqrt(25.0) * (15.0 / 200 + 1 / std::sqrt(200.0)))));
+  EXPECT_EQ(o.period(),
+            1 + static_cast<int64_t>(std::ceil(std::sqrt(25.0) * (15.0 / 200 + 1 / std::sqrt(200.0)))));
   EXPECT_EQ(KatyushaOptions(0.25).n(200).b(4).inner_steps(), 50);
 }
 
@@ -162,19 +169,27 @@ TEST(AcceleratedVR, SaveLoadMidStageResumesBitIdentically) {
     EXPECT_TRUE(torch::equal(w, w2)) << w << w2;
     EXPECT_EQ(a->gradient_evaluations(), b->gradient_evaluations());
   };
-  resume([](at::Tensor& w) { return std::make_unique<Katyusha>(std::vector<at::Tensor>{w}, KatyushaOptions(0.25).n(60).b(3).l1(1e-3).l2(1e-3)); });
   resume([](at::Tensor& w) {
-    return std::make_unique<DASVRDA>(std::vector<at::Tensor>{w}, DASVRDAOptions(0.25).n(60).b(3).l1(1e-3).l2(1e-3).restart(Restart::adaptive));
+    return std::make_unique<Katyusha>(std::vector<at::Tensor>{w},
+                                      KatyushaOptions(0.25).n(60).b(3).l1(1e-3).l2(1e-3));
+  });
+  resume([](at::Tensor& w) {
+    return std::make_unique<DASVRDA>(
+        std::vector<at::Tensor>{w},
+        DASVRDAOptions(0.25).n(60).b(3).l1(1e-3).l2(1e-3).restart(Restart::adaptive));
   });
 }
 
 TEST(AcceleratedVR, ClearErrors) {
   auto w = torch::zeros({3}, torch::requires_grad());
   SGDX_EXPECT_THROW_MSG(Katyusha({w}, KatyushaOptions(0.0).n(10)), "smoothness L must be > 0, got 0");
-  SGDX_EXPECT_THROW_MSG(Katyusha({w}, KatyushaOptions(1.0).n(10).b(20)), "minibatch size b must be in [1, n = 10], got 20");
+  SGDX_EXPECT_THROW_MSG(Katyusha({w}, KatyushaOptions(1.0).n(10).b(20)),
+                        "minibatch size b must be in [1, n = 10], got 20");
   SGDX_EXPECT_THROW_MSG(DASVRDA({w}, DASVRDAOptions(1.0).n(10).l1(-1)), "l1 must be >= 0, got -1");
   SGDX_EXPECT_THROW_MSG(DASVRDA({w}, DASVRDAOptions(1.0)), "n (the number of components) must be > 0, got 0");
-  SGDX_EXPECT_THROW_MSG(DASVRDA({w}, DASVRDAOptions(1.0).n(10).restart(Restart::periodic)), "periodic restart needs l2 > 0");
+  SGDX_EXPECT_THROW_MSG(DASVRDA({w}, DASVRDAOptions(1.0).n(10).restart(Restart::periodic)),
+                        "periodic restart needs l2 > 0");
   Katyusha k({w}, KatyushaOptions(1.0).n(10));
-  SGDX_EXPECT_THROW_MSG(k.step([] { return torch::zeros({}); }), "call set_full_gradient_closure() before step()");
+  SGDX_EXPECT_THROW_MSG(k.step([] { return torch::zeros({}); }),
+                        "call set_full_gradient_closure() before step()");
 }

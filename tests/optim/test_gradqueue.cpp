@@ -10,10 +10,10 @@
 #include <optional>
 #include <sstream>
 
-#include "sgdx/ops/per_sample.h"
-#include "sgdx/optim/gradqueue.h"
 #include "cuda/cuda_test_util.h"
 #include "optim/optimizer_bytes.h"
+#include "sgdx/ops/per_sample.h"
+#include "sgdx/optim/gradqueue.h"
 #include "test_util.h"
 
 namespace {
@@ -137,12 +137,14 @@ TEST(GradQueueSGDM, ElementGranularityMatchesDirectWindowStatistics) {
 }
 
 TEST(GradQueueSGDM, TensorGranularityMatchesDirectWindowStatistics) {
-  auto o = GradQueueSGDMOptions(0.05).granularity(GradQueueGranularity::tensor).nesterov(true).q_min(3).q_max(12);
+  auto o =
+      GradQueueSGDMOptions(0.05).granularity(GradQueueGranularity::tensor).nesterov(true).q_min(3).q_max(12);
   run_against_reference(o, 100, /*with_loss=*/true);
 }
 
 TEST(GradQueueSGDM, WithoutLossTheWindowStaysAtQInit) {
-  auto o = GradQueueSGDMOptions(0.1).momentum(0).kappa(1.5).rho_min(0.25).rho_max(4.0).q_init(5).resync_every(0);
+  auto o =
+      GradQueueSGDMOptions(0.1).momentum(0).kappa(1.5).rho_min(0.25).rho_max(4.0).q_init(5).resync_every(0);
   run_against_reference(o, 40, /*with_loss=*/false);
 }
 
@@ -159,10 +161,17 @@ TEST(GradQueueSGDM, RhoOneIsSGDMomentum) {
     auto a = torch::randn({64, 33}, torch::kDouble).requires_grad_(true);
     auto b = a.detach().clone().requires_grad_(true);
     const double damp = nesterov ? 0.0 : 0.2;
-    GradQueueSGDM gq({a}, GradQueueSGDMOptions(0.03).momentum(0.8).dampening(damp).nesterov(nesterov)
-                               .weight_decay(1e-3).rho_min(1.0).rho_max(1.0).q_min(1));
-    torch::optim::SGD sgd({b}, torch::optim::SGDOptions(0.03).momentum(0.8).dampening(damp).nesterov(nesterov)
-                                   .weight_decay(1e-3));
+    GradQueueSGDM gq({a}, GradQueueSGDMOptions(0.03)
+                              .momentum(0.8)
+                              .dampening(damp)
+                              .nesterov(nesterov)
+                              .weight_decay(1e-3)
+                              .rho_min(1.0)
+                              .rho_max(1.0)
+                              .q_min(1));
+    torch::optim::SGD sgd(
+        {b},
+        torch::optim::SGDOptions(0.03).momentum(0.8).dampening(damp).nesterov(nesterov).weight_decay(1e-3));
     for (int t = 0; t < 30; ++t) {
       auto g = torch::randn({64, 33}, torch::kDouble);
       a.mutable_grad() = g.clone();
@@ -241,7 +250,8 @@ TEST(GradQueueSGDM, Float32WindowStatisticsSurviveSmallSpread) {
     auto s1 = torch::zeros({n}), s2 = torch::zeros({n});
     for (const auto& r : window) s1 += r, s2 += r * r;
     const auto naive = (s2 / 16 - (s1 / 16).square()).to(torch::kDouble);
-    const auto rows = torch::stack(std::vector<torch::Tensor>(window.begin(), window.end())).to(torch::kDouble);
+    const auto rows =
+        torch::stack(std::vector<torch::Tensor>(window.begin(), window.end())).to(torch::kDouble);
     const auto exact = rows.var(0, /*unbiased=*/false);
     EXPECT_GT(((naive - exact).abs() / exact).mean().item<double>(), 1e-2);
   }
@@ -312,7 +322,8 @@ enum class Path { plain, reference, fast };
 
 std::vector<torch::Tensor> train(Path path, GradQueueSGDMOptions o, const std::vector<Batch>& data,
                                  std::vector<std::vector<int64_t>>* sizes = nullptr,
-                                 torch::Device device = torch::kCPU, torch::ScalarType dtype = torch::kDouble) {
+                                 torch::Device device = torch::kCPU,
+                                 torch::ScalarType dtype = torch::kDouble) {
   auto net = make_net(device, dtype);
   GradQueueSGDM opt(net->parameters(), o);
   sgdx::ops::PerSampleGradients cap(*net);
@@ -341,13 +352,17 @@ std::vector<torch::Tensor> train(Path path, GradQueueSGDMOptions o, const std::v
 void expect_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, double rtol) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_TRUE(torch::allclose(a[i], b[i], rtol, 1e-12)) << "param " << i << " max diff "
-                                                          << (a[i] - b[i]).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(a[i], b[i], rtol, 1e-12))
+        << "param " << i << " max diff " << (a[i] - b[i]).abs().max().item<double>();
 }
 
 TEST(GradQueueSGDMClustered, OneClusterIsThePlainTensorVariant) {
   const auto data = batches(12, 16);
-  auto o = GradQueueSGDMOptions(0.05).granularity(GradQueueGranularity::tensor).q_min(2).q_init(3).weight_decay(1e-3)
+  auto o = GradQueueSGDMOptions(0.05)
+               .granularity(GradQueueGranularity::tensor)
+               .q_min(2)
+               .q_init(3)
+               .weight_decay(1e-3)
                .clusters(1);
   const auto plain = train(Path::plain, o, data);
   expect_close(train(Path::reference, o, data), plain, 1e-9);
@@ -385,17 +400,26 @@ TEST(GradQueueSGDMClustered, GradHoldsTheBatchMeanGradient) {
   sgdx::ops::PerSampleGradients cap(*net);
   opt.clustered_step(losses, feats.detach(), &cap);
   auto params = net->parameters();
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::allclose(params[i].grad(), expected[i], 1e-10, 1e-12));
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_TRUE(torch::allclose(params[i].grad(), expected[i], 1e-10, 1e-12));
 }
 
-std::string save(const GradQueueSGDM& opt) { return sgdx::testing::optimizer_bytes(opt); }
+std::string save(const GradQueueSGDM& opt) {
+  return sgdx::testing::optimizer_bytes(opt);
+}
 
 TEST(GradQueueSGDM, SaveLoadResumesBitIdentically) {
   for (auto storage : {GradQueueStorage::exact, GradQueueStorage::ema}) {
     for (const bool clustered : {false, true}) {
       const auto data = batches(14, 16);
-      auto o = GradQueueSGDMOptions(0.05).q_min(2).q_init(3).q_max(6).storage(storage).clusters(clustered ? 3 : 1)
-                   .resync_every(5).seed(3);
+      auto o = GradQueueSGDMOptions(0.05)
+                   .q_min(2)
+                   .q_init(3)
+                   .q_max(6)
+                   .storage(storage)
+                   .clusters(clustered ? 3 : 1)
+                   .resync_every(5)
+                   .seed(3);
       auto run = [&](const std::shared_ptr<Net>& net, GradQueueSGDM& opt, int from, int to) {
         sgdx::ops::PerSampleGradients cap(*net);
         for (int i = from; i < to; ++i) {
@@ -436,8 +460,8 @@ TEST(GradQueueSGDM, SaveLoadResumesBitIdentically) {
       run(net2, opt2, 7, 14);
       auto a = net->parameters(), b = net2->parameters();
       for (size_t i = 0; i < a.size(); ++i)
-        EXPECT_TRUE(torch::equal(a[i], b[i])) << "param " << i << " storage " << int(storage) << " clustered "
-                                              << clustered;
+        EXPECT_TRUE(torch::equal(a[i], b[i]))
+            << "param " << i << " storage " << int(storage) << " clustered " << clustered;
     }
   }
 }
@@ -460,7 +484,8 @@ TEST(GradQueueSGDM, ClearErrors) {
   SGDX_EXPECT_THROW_MSG(k2.clustered_step(losses, feats.detach().flatten()), "features must be 2-D");
   auto other_net = make_net();
   sgdx::ops::PerSampleGradients other(*other_net);
-  SGDX_EXPECT_THROW_MSG(k2.clustered_step(losses, feats.detach(), &other), "not captured by the PerSampleGradients");
+  SGDX_EXPECT_THROW_MSG(k2.clustered_step(losses, feats.detach(), &other),
+                        "not captured by the PerSampleGradients");
 
   auto p = torch::zeros({3}, torch::requires_grad());
   SGDX_EXPECT_THROW_MSG(GradQueueSGDM({p}, GradQueueSGDMOptions(0.1).q_init(40)),
@@ -468,7 +493,8 @@ TEST(GradQueueSGDM, ClearErrors) {
   SGDX_EXPECT_THROW_MSG(GradQueueSGDM({p}, GradQueueSGDMOptions(0.1).rho_min(3.0)),
                         "need 0 < rho_min <= rho_max < inf, got rho_min 3");
   SGDX_EXPECT_THROW_MSG(GradQueueSGDM({p}, GradQueueSGDMOptions(-1)), "lr must be finite and >= 0, got -1");
-  SGDX_EXPECT_THROW_MSG(GradQueueSGDM({p}, GradQueueSGDMOptions(0.1).momentum(1.0)), "momentum must be in [0, 1)");
+  SGDX_EXPECT_THROW_MSG(GradQueueSGDM({p}, GradQueueSGDMOptions(0.1).momentum(1.0)),
+                        "momentum must be in [0, 1)");
   GradQueueSGDM ok({p}, GradQueueSGDMOptions(0.1));
   SGDX_EXPECT_THROW_MSG(ok.observe_loss(std::nan("")), "observed loss is not finite");
 }
@@ -487,7 +513,10 @@ TEST(GradQueueSGDM, WindowFollowsTheLossWithoutAGradient) {
   };
   for (int t = 0; t < 8; ++t) {
     a.mutable_grad() = torch::randn({4});
-    if (t < 2) b.mutable_grad() = torch::randn({4}); else b.mutable_grad() = torch::Tensor();
+    if (t < 2)
+      b.mutable_grad() = torch::randn({4});
+    else
+      b.mutable_grad() = torch::Tensor();
     opt.observe_loss(10.0 - t);  // falling: the window grows every step after the first
     opt.step();
     EXPECT_EQ(st(a).window(), st(b).window()) << "step " << t;
@@ -529,8 +558,16 @@ TEST(GradQueueSGDMCuda, FusedKernelsMatchTheAtenPath) {
   for (auto storage : {GradQueueStorage::exact, GradQueueStorage::ema}) {
     for (auto gran : {GradQueueGranularity::element, GradQueueGranularity::tensor}) {
       for (auto path : {Path::plain, Path::fast}) {
-        auto o = GradQueueSGDMOptions(0.05).q_min(2).q_init(3).q_max(6).resync_every(5).storage(storage)
-                     .granularity(gran).weight_decay(1e-3).clusters(path == Path::fast ? 3 : 1).seed(4);
+        auto o = GradQueueSGDMOptions(0.05)
+                     .q_min(2)
+                     .q_init(3)
+                     .q_max(6)
+                     .resync_every(5)
+                     .storage(storage)
+                     .granularity(gran)
+                     .weight_decay(1e-3)
+                     .clusters(path == Path::fast ? 3 : 1)
+                     .seed(4);
         std::vector<std::vector<int64_t>> s_aten, s_fused;
         const auto aten = train(path, o, data, &s_aten, torch::kCUDA, torch::kFloat);
         const auto fused = train(path, GradQueueSGDMOptions(o).fused_cuda(true), data, &s_fused, torch::kCUDA,

@@ -9,10 +9,10 @@
 #include <random>
 #include <sstream>
 
+#include "logistic_problem.h"
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "sgdx/optim/svrg.h"
-#include "logistic_problem.h"
 #include "test_util.h"
 
 namespace {
@@ -32,7 +32,8 @@ struct Erm {
 
 // liblinear's weights; its w belongs to the first label of the file, so a file
 // starting with -1 gets its sign flipped.
-at::Tensor liblinear_weights(const std::string& data, int solver, double C, const sgdx::testing::TempDir& dir) {
+at::Tensor liblinear_weights(const std::string& data, int solver, double C,
+                             const sgdx::testing::TempDir& dir) {
   const std::string model = dir.file("model");
   const std::string cmd = "liblinear-train -q -s " + std::to_string(solver) + " -c " + std::to_string(C) +
                           " -e 1e-9 '" + data + "' '" + model + "' > /dev/null 2>&1";
@@ -54,7 +55,8 @@ at::Tensor liblinear_weights(const std::string& data, int solver, double C, cons
 template <typename Opt>
 at::Tensor solve(Opt& opt, const Erm& p, at::Tensor& w, int64_t b, double passes) {
   std::mt19937_64 rng(0);
-  while (double(opt.gradient_evaluations()) < passes * double(p.a.size(0))) sgdx::testing::run_vr(opt, p, w, 1, rng, b);
+  while (double(opt.gradient_evaluations()) < passes * double(p.a.size(0)))
+    sgdx::testing::run_vr(opt, p, w, 1, rng, b);
   return w.detach();
 }
 
@@ -65,15 +67,18 @@ void check_agreement(const std::string& file, int64_t features, double passes, b
   auto d = sgdx::data::read_libsvm(file, features);
   const int64_t n = d.features.size(0), dim = d.features.size(1);
   const int64_t b = static_cast<int64_t>(std::ceil(std::sqrt(double(n))));
-  const double L = d.features.pow(2).sum(1).mean().item<double>() / 4;  // mean smoothness of the logistic terms
+  const double L =
+      d.features.pow(2).sum(1).mean().item<double>() / 4;  // mean smoothness of the logistic terms
   for (int solver : {0, 6}) {
     const double C = 1.0;
-    Erm p{d.features, d.labels, solver == 6 ? 1.0 / (double(n) * C) : 0.0, solver == 0 ? 1.0 / (double(n) * C) : 0.0};
+    Erm p{d.features, d.labels, solver == 6 ? 1.0 / (double(n) * C) : 0.0,
+          solver == 0 ? 1.0 / (double(n) * C) : 0.0};
     auto w_ll = liblinear_weights(file, solver, C, dir);
     ASSERT_EQ(w_ll.numel(), dim);
     const double p_ll = p.objective(w_ll);
     auto w1 = torch::zeros({dim}, torch::kDouble).requires_grad_();
-    sgdx::optim::DASVRDA dasvrda({w1}, sgdx::optim::DASVRDAOptions(L).n(n).l1(p.l1).l2(p.l2).lr(4 * sgdx::optim::DASVRDAOptions(L).n(n).eta()));
+    sgdx::optim::DASVRDA dasvrda({w1}, sgdx::optim::DASVRDAOptions(L).n(n).l1(p.l1).l2(p.l2).lr(
+                                           4 * sgdx::optim::DASVRDAOptions(L).n(n).eta()));
     const double p_das = p.objective(solve(dasvrda, p, w1, b, passes));
     // liblinear's objective to 1e-6 relative (its own tolerance is the limit).
     EXPECT_NEAR(p_das, p_ll, 1e-6 * std::abs(p_ll)) << file << " -s " << solver;
@@ -90,13 +95,16 @@ void check_agreement(const std::string& file, int64_t features, double passes, b
   }
 }
 
-bool have_liblinear() { return std::system("command -v liblinear-train >/dev/null 2>&1") == 0; }
+bool have_liblinear() {
+  return std::system("command -v liblinear-train >/dev/null 2>&1") == 0;
+}
 
 }  // namespace
 
 TEST(Liblinear, HeartScaleOptimaAgree) {
   const std::string file = "/usr/share/doc/liblinear-tools/examples/heart_scale";
-  if (!have_liblinear() || !std::filesystem::exists(file)) GTEST_SKIP() << "Debian's liblinear-tools is not installed";
+  if (!have_liblinear() || !std::filesystem::exists(file))
+    GTEST_SKIP() << "Debian's liblinear-tools is not installed";
   check_agreement(file, 13, 400, /*with_svrg=*/true);
 }
 

@@ -8,9 +8,9 @@
 #include <sstream>
 #include <vector>
 
+#include "cuda/cuda_test_util.h"
 #include "sgdx/detail/philox.h"
 #include "sgdx/optim/rsgd.h"
-#include "cuda/cuda_test_util.h"
 #include "test_util.h"
 
 using sgdx::optim::RSGD;
@@ -27,7 +27,8 @@ uint64_t uniform_word(uint64_t seed, uint32_t k, uint32_t t, uint64_t e) {
   const auto key0 = uint32_t(seed), key1 = uint32_t(seed >> 32);
   const auto hi = sgdx::detail::philox4x32_10(uint32_t(e / 16), uint32_t((e / 16) >> 32), k, t, key0, key1);
   const uint32_t byte = (hi.v[(e % 16) / 4] >> (8 * (e % 4))) & 0xff;
-  const auto lo = sgdx::detail::philox4x32_10(uint32_t(e / 4), uint32_t((e / 4) >> 32) | 0x80000000u, k, t, key0, key1);
+  const auto lo =
+      sgdx::detail::philox4x32_10(uint32_t(e / 4), uint32_t((e / 4) >> 32) | 0x80000000u, k, t, key0, key1);
   return (uint64_t{byte} << 24) | (lo.v[e % 4] >> 8);
 }
 
@@ -122,7 +123,8 @@ TEST(RSGD, ConstructorRejectsBadOptionsWithValue) {
   SGDX_EXPECT_THROW_MSG(RSGD({p}, RSGDOptions(0.1).weight_decay(-1)), "weight_decay must be >= 0, got -1");
   // A bad option in an explicit group is caught too.
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(std::vector<torch::Tensor>{p}, std::make_unique<RSGDOptions>(RSGDOptions(0.1).gamma(2)));
+  groups.emplace_back(std::vector<torch::Tensor>{p},
+                      std::make_unique<RSGDOptions>(RSGDOptions(0.1).gamma(2)));
   SGDX_EXPECT_THROW_MSG(RSGD(groups, RSGDOptions(0.1)), "gamma must be in (0, 1), got 2");
 }
 
@@ -130,13 +132,15 @@ TEST(RSGD, MatchesFloat64ReferenceElementAccumulated) {
   expect_matches_reference(RSGDOptions(0.05).gamma(0.8).seed(11), 25);
 }
 TEST(RSGD, MatchesFloat64ReferenceElementPreviousWithDecay) {
-  expect_matches_reference(RSGDOptions(0.05).gamma(0.7).memory(RSGDMemory::previous).weight_decay(0.01).seed(5), 25);
+  expect_matches_reference(
+      RSGDOptions(0.05).gamma(0.7).memory(RSGDMemory::previous).weight_decay(0.01).seed(5), 25);
 }
 TEST(RSGD, MatchesFloat64ReferenceTensorGranularity) {
   expect_matches_reference(RSGDOptions(0.05).gamma(0.9).granularity(RSGDGranularity::tensor).seed(2), 40);
 }
 TEST(RSGD, MatchesFloat64ReferenceWithCapAndScale) {
-  expect_matches_reference(RSGDOptions(0.02).gamma(0.5).gamma0(0.6).max_prob(0.7).weight_decay(0.1).seed(9), 25);
+  expect_matches_reference(RSGDOptions(0.02).gamma(0.5).gamma0(0.6).max_prob(0.7).weight_decay(0.1).seed(9),
+                           25);
 }
 
 TEST(RSGD, MaxProbZeroIsPlainSGD) {
@@ -192,7 +196,8 @@ TEST(RSGD, ExpectationIsMomentumWithCoefficientGammaT) {
         for (auto& p : params) p.mutable_grad() = torch::full({n}, g_seq[t], torch::kDouble);
         opt.step();
         for (auto& p : params) {
-          auto h = static_cast<sgdx::optim::RSGDParamState&>(*opt.state().at(p.unsafeGetTensorImpl())).memory();
+          auto h =
+              static_cast<sgdx::optim::RSGDParamState&>(*opt.state().at(p.unsafeGetTensorImpl())).memory();
           sum[t] += h.sum().item<double>();
           sum_sq[t] += h.pow(2).sum().item<double>();
         }
@@ -205,8 +210,7 @@ TEST(RSGD, ExpectationIsMomentumWithCoefficientGammaT) {
       const double mean = sum[t] / samples;
       const double var = std::max(sum_sq[t] / samples - mean * mean, 0.0);
       const double se = std::sqrt(var / samples);
-      EXPECT_NEAR(mean, expected, 5 * se + 1e-12)
-          << "granularity " << int(granularity) << " step " << t + 1;
+      EXPECT_NEAR(mean, expected, 5 * se + 1e-12) << "granularity " << int(granularity) << " step " << t + 1;
     }
   }
 }
@@ -245,7 +249,10 @@ TEST(RSGD, SaveLoadMidRunResumesBitIdentically) {
     auto opts = RSGDOptions(0.02).gamma(0.85).memory(memory).seed(77);
     auto a = init.clone().requires_grad_();
     RSGD oa({a}, opts);
-    for (int s = 0; s < 10; ++s) { a.mutable_grad() = make_grad(a, s); oa.step(); }
+    for (int s = 0; s < 10; ++s) {
+      a.mutable_grad() = make_grad(a, s);
+      oa.step();
+    }
     std::ostringstream buf;
     {
       torch::serialize::OutputArchive ar;
@@ -295,15 +302,17 @@ TEST(RSGD, PerGroupOptionsSurviveConstruction) {
   auto c = torch::zeros({3}, torch::requires_grad());
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{a});
-  groups.emplace_back(std::vector<torch::Tensor>{b},
-                      std::make_unique<RSGDOptions>(RSGDOptions(0.5).gamma(0.9).seed(7).memory(RSGDMemory::previous)));
+  groups.emplace_back(
+      std::vector<torch::Tensor>{b},
+      std::make_unique<RSGDOptions>(RSGDOptions(0.5).gamma(0.9).seed(7).memory(RSGDMemory::previous)));
   auto defaults = RSGDOptions(0.1).max_prob(0.8);
   RSGD opt(groups, defaults);
   ASSERT_EQ(opt.param_groups().size(), 2u);
   EXPECT_EQ(static_cast<RSGDOptions&>(opt.param_groups()[0].options()), defaults);
   EXPECT_EQ(static_cast<RSGDOptions&>(opt.param_groups()[1].options()),
             RSGDOptions(0.5).gamma(0.9).seed(7).memory(RSGDMemory::previous));
-  opt.add_param_group(torch::optim::OptimizerParamGroup({c}, std::make_unique<RSGDOptions>(RSGDOptions(0.25))));
+  opt.add_param_group(
+      torch::optim::OptimizerParamGroup({c}, std::make_unique<RSGDOptions>(RSGDOptions(0.25))));
   EXPECT_EQ(opt.param_groups()[2].options().get_lr(), 0.25);
   // The group's lr is the one used.
   for (auto* p : {&a, &b, &c}) p->mutable_grad() = torch::ones({3});

@@ -4,9 +4,9 @@
 #include <random>
 #include <sstream>
 
+#include "logistic_problem.h"
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/svrg.h"
-#include "logistic_problem.h"
 #include "test_util.h"
 
 using sgdx::optim::SVRG;
@@ -71,7 +71,7 @@ TEST(SVRG, ConvergesToTheFistaOptimum) {
       const double gap = prob.objective(w.detach()) - p_star;
       EXPECT_LT(gap, 1e-10 * std::abs(p_star)) << "l1 " << l1 << " rule " << int(rule) << " gap " << gap;
       EXPECT_GT(gap, -1e-12);  // FISTA found the optimum: nothing is below it
-      if (l1 > 0) {  // l1 gives exact zeros, where the optimum has them
+      if (l1 > 0) {            // l1 gives exact zeros, where the optimum has them
         ASSERT_GT((x_star == 0).sum().item<int64_t>(), 0);
         EXPECT_TRUE(torch::equal(w.detach() == 0, x_star == 0)) << w << x_star;
       }
@@ -82,7 +82,8 @@ TEST(SVRG, ConvergesToTheFistaOptimum) {
 TEST(SVRG, SaveLoadMidStageResumesBitIdentically) {
   Logistic prob(60, 4, 1e-3, 1e-3, 3);
   auto w = torch::zeros({4}, torch::kDouble).requires_grad_();
-  auto opts = SVRGOptions(0.5).n(60).b(3).snapshot(sgdx::optim::SnapshotRule::random).l1(1e-3).l2(1e-3).seed(9);
+  auto opts =
+      SVRGOptions(0.5).n(60).b(3).snapshot(sgdx::optim::SnapshotRule::random).l1(1e-3).l2(1e-3).seed(9);
   SVRG a({w}, opts);
   std::mt19937_64 rng(1);
   run_vr(a, prob, w, 57, rng, 3);  // mid-stage: m = 40
@@ -119,12 +120,14 @@ TEST(SVRG, SaveLoadMidStageResumesBitIdentically) {
 TEST(SVRG, ClearErrors) {
   auto w = torch::zeros({3}, torch::requires_grad());
   SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(0.1)), "n (the number of components) must be > 0, got 0");
-  SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(0.1).n(10).b(11)), "minibatch size b must be in [1, n = 10], got 11");
+  SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(0.1).n(10).b(11)),
+                        "minibatch size b must be in [1, n = 10], got 11");
   SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(0.1).n(10).l1(-1)), "l1 must be >= 0, got -1");
   SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(0.1).n(10).l2(-0.5)), "l2 must be >= 0, got -0.5");
   SGDX_EXPECT_THROW_MSG(SVRG({w}, SVRGOptions(-0.1).n(10)), "lr must be > 0, got -0.1");
   SVRG opt({w}, SVRGOptions(0.1).n(10));
-  SGDX_EXPECT_THROW_MSG(opt.step([] { return torch::zeros({}); }), "call set_full_gradient_closure() before step()");
+  SGDX_EXPECT_THROW_MSG(opt.step([] { return torch::zeros({}); }),
+                        "call set_full_gradient_closure() before step()");
   SGDX_EXPECT_THROW_MSG(opt.step(nullptr), "needs the minibatch closure");
 }
 
@@ -134,16 +137,19 @@ TEST(Libsvm, ReadsSparseTextAndReportsMalformedLines) {
   auto d = sgdx::data::read_libsvm(dir.file("ok"));
   EXPECT_EQ(d.features.sizes(), (std::vector<int64_t>{3, 4}));
   EXPECT_TRUE(torch::equal(d.labels, torch::tensor({1.0, -1.0, -1.0}, torch::kDouble)));
-  EXPECT_TRUE(torch::equal(d.features, torch::tensor({0.5, 0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.5},
-                                                     torch::kDouble).reshape({3, 4})));
+  EXPECT_TRUE(torch::equal(
+      d.features, torch::tensor({0.5, 0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.5}, torch::kDouble)
+                      .reshape({3, 4})));
   EXPECT_EQ(sgdx::data::read_libsvm(dir.file("ok"), 10).features.size(1), 10);
   auto f = d.features.clone();
   sgdx::data::normalize_rows_(f);
   EXPECT_TRUE(torch::allclose(at::linalg_vector_norm(f, 2, {1}), torch::ones({3}, torch::kDouble)));
   std::ofstream(dir.file("bad1")) << "+1 1:1\n2 1:1\n";
-  SGDX_EXPECT_THROW_MSG(sgdx::data::read_libsvm(dir.file("bad1")), "line 2: label must be +1, -1 or 0/1, got 2");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_libsvm(dir.file("bad1")),
+                        "line 2: label must be +1, -1 or 0/1, got 2");
   std::ofstream(dir.file("bad2")) << "+1 3:1 2:1\n";
-  SGDX_EXPECT_THROW_MSG(sgdx::data::read_libsvm(dir.file("bad2")), "line 1: feature indices must increase, got 3 then 2");
+  SGDX_EXPECT_THROW_MSG(sgdx::data::read_libsvm(dir.file("bad2")),
+                        "line 1: feature indices must increase, got 3 then 2");
   std::ofstream(dir.file("bad3")) << "-1 1:1\n+1 7\n";
   SGDX_EXPECT_THROW_MSG(sgdx::data::read_libsvm(dir.file("bad3")), "line 2: expected 'index:value'");
   std::ofstream(dir.file("bad4")) << "-1 0:1\n";
@@ -154,7 +160,8 @@ TEST(Libsvm, ReadsSparseTextAndReportsMalformedLines) {
 
 TEST(Libsvm, SharedA9aWhenPresent) {
   const auto root = sgdx::testing::data_dir();
-  if (root.empty() || !std::filesystem::exists(root + "/libsvm/a9a")) GTEST_SKIP() << "SGDX_DATA_DIR/libsvm/a9a absent";
+  if (root.empty() || !std::filesystem::exists(root + "/libsvm/a9a"))
+    GTEST_SKIP() << "SGDX_DATA_DIR/libsvm/a9a absent";
   auto train = sgdx::data::read_libsvm(root + "/libsvm/a9a");
   EXPECT_EQ(train.features.sizes(), (std::vector<int64_t>{32561, 123}));
   EXPECT_EQ((train.labels > 0).sum().item<int64_t>(), 7841);  // shared/data/README.md

@@ -11,8 +11,8 @@ namespace sgdx::data {
 /// An in-memory dataset whose batches are gathered with one index_select, so
 /// any index sampler (LibTorch's or sgdx's) feeds torch::data::make_data_loader
 /// without per-example copies or a Stack transform.
-class TensorDataset : public torch::data::datasets::BatchDataset<
-                          TensorDataset, torch::data::Example<>, c10::ArrayRef<size_t>> {
+class TensorDataset : public torch::data::datasets::BatchDataset<TensorDataset, torch::data::Example<>,
+                                                                 c10::ArrayRef<size_t>> {
  public:
   TensorDataset(at::Tensor inputs, at::Tensor targets);
   torch::data::Example<> get_batch(c10::ArrayRef<size_t> indices) override;

@@ -29,8 +29,8 @@ SGDX_HOST_DEVICE uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
 }
 
 /// Philox4x32 with 10 rounds on counter c and key (k0, k1).
-SGDX_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                          uint32_t k0, uint32_t k1) {
+SGDX_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                          uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int r = 0; r < 10; ++r) {
@@ -71,8 +71,8 @@ SGDX_HOST_DEVICE double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t 
 /// uses element 0's draw for the whole tensor.
 SGDX_HOST_DEVICE Philox4x32 rsgd_high_block(uint64_t seed, uint32_t tensor_id, uint32_t step,
                                             uint64_t block16) {
-  return philox4x32_10(static_cast<uint32_t>(block16), static_cast<uint32_t>(block16 >> 32), tensor_id,
-                       step, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return philox4x32_10(static_cast<uint32_t>(block16), static_cast<uint32_t>(block16 >> 32), tensor_id, step,
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 SGDX_HOST_DEVICE uint32_t rsgd_high_byte(const Philox4x32& r, int byte) {
@@ -81,9 +81,9 @@ SGDX_HOST_DEVICE uint32_t rsgd_high_byte(const Philox4x32& r, int byte) {
 
 SGDX_HOST_DEVICE uint32_t rsgd_low_bits(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t i) {
   const uint64_t block4 = i / 4;
-  const auto r = philox4x32_10(static_cast<uint32_t>(block4),
-                               static_cast<uint32_t>(block4 >> 32) | 0x80000000u, tensor_id, step,
-                               static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const auto r =
+      philox4x32_10(static_cast<uint32_t>(block4), static_cast<uint32_t>(block4 >> 32) | 0x80000000u,
+                    tensor_id, step, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   return r.v[i % 4] >> 8;
 }
 

@@ -62,7 +62,7 @@ class ResNetCifar : public Classifier {
 const std::vector<std::string>& model_names();
 
 /// Builds "mlp", "cnn" or "resnet" for inputs of `input_shape` (one example).
-std::shared_ptr<Classifier> make_model(const std::string& name,
-                                       const std::vector<int64_t>& input_shape, int64_t classes);
+std::shared_ptr<Classifier> make_model(const std::string& name, const std::vector<int64_t>& input_shape,
+                                       int64_t classes);
 
 }  // namespace sgdx::models

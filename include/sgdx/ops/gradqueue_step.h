@@ -25,9 +25,9 @@ struct GradQueueTensor {
   /// s2 the sum of squared deviations (exact storage) or the running variance (ema), and the
   /// queue rows, in gradqueue_stats_dtype.
   at::Tensor s1, s2;
-  at::Tensor slot;      ///< exact storage: the queue row that receives d; undefined for ema
-  at::Tensor old;       ///< exact storage: the row leaving the window (may alias slot); undefined if none
-  int64_t count = 0;    ///< exact storage: entries in the window before the push (>= 1 when `old` is given)
+  at::Tensor slot;    ///< exact storage: the queue row that receives d; undefined for ema
+  at::Tensor old;     ///< exact storage: the row leaving the window (may alias slot); undefined if none
+  int64_t count = 0;  ///< exact storage: entries in the window before the push (>= 1 when `old` is given)
   /// Delta-rho from the window statistics (needs an entry in the window); false in the
   /// warm-up, where Delta-rho = 1.
   bool scarcity = false;
@@ -69,10 +69,10 @@ at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const Gra
 
 /// One tensor of the clustered step's statistics (GradQueueSGDM::clustered_step).
 struct GradQueueClusterTensor {
-  at::Tensor sums;             ///< [K, *shape]: the per-cluster gradient sums
-  at::Tensor param;            ///< read only when weight_decay != 0
-  at::Tensor s1, s2;           ///< the window statistics (mean; M2 or variance), param's shape
-  double inv_n = 1.0;          ///< the variance is s2 * inv_n: 1/n of the window (exact storage); 1 for ema
+  at::Tensor sums;     ///< [K, *shape]: the per-cluster gradient sums
+  at::Tensor param;    ///< read only when weight_decay != 0
+  at::Tensor s1, s2;   ///< the window statistics (mean; M2 or variance), param's shape
+  double inv_n = 1.0;  ///< the variance is s2 * inv_n: 1/n of the window (exact storage); 1 for ema
   double weight_decay = 0.0;
 };
 
@@ -83,15 +83,18 @@ struct GradQueueClusterTensor {
 /// sqrt(dev) / (sqrt(var) + eps) (per tensor, or with dev and var summed over the
 /// tensors for the global scope). inv_size: [K] float64, 1/|C_k| (0 for empty
 /// clusters is allowed). The ATen version computes in float64 on any device.
-at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size);
+at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors,
+                                        const at::Tensor& inv_size);
 /// The fused CUDA version: one launch reads every tensor once (the K rows of its
 /// sums, p, S1, S2; opmath float64), a second sums the per-chunk partials in a
 /// fixed order. All tensors on one CUDA device, one floating dtype; result on the
 /// device (no host synchronisation).
-at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size);
+at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors,
+                                        const at::Tensor& inv_size);
 
 namespace detail {
-void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size, bool cuda);
+void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size,
+                         bool cuda);
 /// Validation of a tensor list for the multi-tensor paths (device, dtype, layout,
 /// sizes, grad_scale/found_inf), with messages that name the tensor and the value.
 void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,

@@ -46,11 +46,11 @@ struct KMeansOptions {
 };
 
 struct KMeansResult {
-  at::Tensor centroids;   ///< [k, d], the dtype of x
-  at::Tensor assignment;  ///< [n] int64, the nearest final centroid (lowest index on ties)
-  at::Tensor counts;      ///< [k] int64 cluster sizes of `assignment`
-  int64_t iterations = 0; ///< Lloyd updates performed
-  double inertia = 0.0;   ///< sum of squared distances to the assigned centroids
+  at::Tensor centroids;    ///< [k, d], the dtype of x
+  at::Tensor assignment;   ///< [n] int64, the nearest final centroid (lowest index on ties)
+  at::Tensor counts;       ///< [k] int64 cluster sizes of `assignment`
+  int64_t iterations = 0;  ///< Lloyd updates performed
+  double inertia = 0.0;    ///< sum of squared distances to the assigned centroids
   /// The implementation that produced the result: fused_cuda, or aten (also when
   /// fused_cuda was asked for but the device could not run its cooperative launch).
   KMeansBackend backend = KMeansBackend::aten;
@@ -114,7 +114,7 @@ void finish_kmeans_result(KMeansResult& result, const double* host_stats);
 /// check_kmeans_cuda. Where the cooperative launch cannot run, runs the ATen path
 /// (which syncs) and fills the same outputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
-                                                                             const KMeansOptions& options);
+                                                                              const KMeansOptions& options);
 
 /// The cooperative launch, or nothing when the device cannot run it (no
 /// cooperative launch support, no co-resident block, or

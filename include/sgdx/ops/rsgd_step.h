@@ -14,8 +14,8 @@ struct RSGDStepConfig {
   double lr = 0.0;
   double weight_decay = 0.0;
   uint64_t seed = 0;
-  bool per_element = true;      ///< false: one draw per tensor
-  bool memory_previous = false; ///< false: memory = h_{t-1}; true: memory = g_{t-1}
+  bool per_element = true;       ///< false: one draw per tensor
+  bool memory_previous = false;  ///< false: memory = h_{t-1}; true: memory = g_{t-1}
   /// CUDA tensors: the fused kernel (rsgd_step_cuda_) instead of the ATen
   /// composition (rsgd_step_aten_); defaults to what GPU runs verified (cuda_kernels.h).
   bool fused_cuda = fused_cuda_default(CudaKernel::rsgd_step);
@@ -29,8 +29,8 @@ struct RSGDStepConfig {
 /// CPU tensors take the CPU kernel; CUDA tensors the fused kernel when
 /// config.fused_cuda, else (and on any other device) the ATen composition.
 void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                c10::ArrayRef<double> probs, const RSGDStepConfig& config);
+                c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps, c10::ArrayRef<double> probs,
+                const RSGDStepConfig& config);
 
 /// The CPU reference path (also used for CPU tensors by rsgd_step_).
 void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList memory,
@@ -47,7 +47,8 @@ void rsgd_step_aten_(at::TensorList params, at::TensorList grads, at::TensorList
                      c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
                      c10::ArrayRef<double> probs, const RSGDStepConfig& config);
 
-/// The fused multi-tensor CUDA kernel (the CPU kernel's draws and values bit for bit). Throws when sgdx was built without CUDA.
+/// The fused multi-tensor CUDA kernel (the CPU kernel's draws and values bit for bit). Throws when sgdx was
+/// built without CUDA.
 void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList memory,
                      c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
                      c10::ArrayRef<double> probs, const RSGDStepConfig& config);
@@ -62,9 +63,9 @@ at::Tensor rsgd_aten_draws(const at::Tensor& like, int64_t tensor_id, int64_t st
 uint64_t rsgd_aten_seed(uint64_t seed, uint32_t tensor_id, uint32_t step);
 /// Validation shared by both paths: equal list lengths, matching shapes,
 /// dtypes and devices, dense and contiguous tensors. Returns the device type.
-c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads,
-                                  at::TensorList memory, c10::ArrayRef<int64_t> tensor_ids,
-                                  c10::ArrayRef<int64_t> steps, c10::ArrayRef<double> probs);
+c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                                  c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                                  c10::ArrayRef<double> probs);
 }  // namespace detail
 
 }  // namespace sgdx::ops

@@ -17,8 +17,8 @@
 // ../shared/specs/variance_reduced.md; the parameters hold y_k (Katyusha) or x_k (DASVRDA).
 #include <torch/optim/optimizer.h>
 
-#include "sgdx/optim/amp_step.h"
 #include <torch/serialize/archive.h>
+#include "sgdx/optim/amp_step.h"
 
 #include <cstdint>
 #include <map>
@@ -52,9 +52,9 @@ struct DASVRDAOptions : public torch::optim::OptimizerCloneableOptions<DASVRDAOp
   DASVRDAOptions(double L);  // NOLINT(google-explicit-constructor): the average smoothness L-bar
   TORCH_ARG(double, L);
   TORCH_ARG(int64_t, n) = 0;
-  TORCH_ARG(int64_t, b) = 0;   ///< 0: ceil(sqrt(n))
-  TORCH_ARG(int64_t, m) = 0;   ///< 0: ceil(n / b)
-  TORCH_ARG(double, lr) = 0;   ///< eta; 0: the theory value 1 / ((1 + gamma (m + 1) / b) L)
+  TORCH_ARG(int64_t, b) = 0;  ///< 0: ceil(sqrt(n))
+  TORCH_ARG(int64_t, m) = 0;  ///< 0: ceil(n / b)
+  TORCH_ARG(double, lr) = 0;  ///< eta; 0: the theory value 1 / ((1 + gamma (m + 1) / b) L)
   TORCH_ARG(double, l1) = 0.0;
   TORCH_ARG(double, l2) = 0.0;
   TORCH_ARG(Restart, restart) = Restart::adaptive;
@@ -89,7 +89,8 @@ class VROptimizerBase : public torch::optim::Optimizer, public AmpScaledStep {
   /// grad_scale divides the gradients every closure leaves (the batch and the full-gradient one).
   torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
                             LossClosure batch) override {
-    return detail::closure_step_scaled(*this, "VR optimizer", grad_scale, found_inf, std::move(batch), &full_gradient_);
+    return detail::closure_step_scaled(*this, "VR optimizer", grad_scale, found_inf, std::move(batch),
+                                       &full_gradient_);
   }
   void set_full_gradient_closure(LossClosure full_gradient) { full_gradient_ = std::move(full_gradient); }
   /// Component-gradient evaluations so far (n per full gradient, b per minibatch gradient).
@@ -105,7 +106,8 @@ class VROptimizerBase : public torch::optim::Optimizer, public AmpScaledStep {
   VRParamState& state_of(const torch::Tensor& p);
   /// Sets the parameters to the named vectors, calls `f` with gradients enabled and
   /// fresh .grad, and returns the gradients (zeros where undefined).
-  std::vector<torch::Tensor> grads_at(const std::string& point, const LossClosure& f, torch::Tensor* loss = nullptr);
+  std::vector<torch::Tensor> grads_at(const std::string& point, const LossClosure& f,
+                                      torch::Tensor* loss = nullptr);
   void set_params(const std::string& point);
   void save_base(torch::serialize::OutputArchive& archive) const;
   void load_base(torch::serialize::InputArchive& archive);

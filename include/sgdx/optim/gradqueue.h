@@ -94,8 +94,7 @@ struct GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<Gra
   friend bool operator==(const GradQueueSGDMOptions& lhs, const GradQueueSGDMOptions& rhs);
 };
 
-struct GradQueueSGDMParamState
-    : public torch::optim::OptimizerCloneableParamState<GradQueueSGDMParamState> {
+struct GradQueueSGDMParamState : public torch::optim::OptimizerCloneableParamState<GradQueueSGDMParamState> {
   TORCH_ARG(int64_t, step) = 0;
   TORCH_ARG(torch::Tensor, momentum_buffer);  ///< undefined before the first step
   TORCH_ARG(torch::Tensor, queue);            ///< [q_max, numel] (exact storage)
@@ -114,8 +113,8 @@ struct GradQueueSGDMParamState
 
 /// What the last step did (for logs).
 struct GradQueueStepInfo {
-  double mean_rho = 1.0;             ///< mean Delta-rho over all updated elements
-  int64_t window = 0;                ///< L of the first updated tensor
+  double mean_rho = 1.0;               ///< mean Delta-rho over all updated elements
+  int64_t window = 0;                  ///< L of the first updated tensor
   std::vector<int64_t> cluster_sizes;  ///< clustered step: |C_k|
   int64_t kmeans_iterations = 0;
 };
@@ -146,7 +145,8 @@ class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
   /// .grad holds the plain batch-mean gradient. With `capture` (a
   /// PerSampleGradients of the model being optimised) it is one backward plus
   /// per-cluster sums from the captured layer factors; without, one autograd pass
-  /// per cluster (the reference). The mean loss drives the window length. Returns the batch-mean loss (detached).
+  /// per cluster (the reference). The mean loss drives the window length. Returns the batch-mean loss
+  /// (detached).
   torch::Tensor clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
                                ops::PerSampleGradients* capture = nullptr);
 
@@ -168,7 +168,7 @@ class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
   /// takes the momentum step on Delta-rho * d, or on `direction` when defined
   /// (the clustered step's G*). Returns the sum of Delta-rho (float64, on the device).
   at::Tensor push_and_step(const torch::Tensor& p, GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o,
-                       const torch::Tensor& grad, const torch::Tensor& direction);
+                           const torch::Tensor& grad, const torch::Tensor& direction);
   /// The kernel operands of one push and step (p must be contiguous).
   ops::GradQueueTensor step_operands(const torch::Tensor& p, GradQueueSGDMParamState& st,
                                      const GradQueueSGDMOptions& o, const torch::Tensor& grad,
@@ -182,7 +182,7 @@ class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
   int64_t pending_trend_ = 0;  // +1 grow, -1 shrink, 0 none
   uint64_t kmeans_calls_ = 0;
   mutable GradQueueStepInfo info_;
-  at::Tensor rho_total_;      // sum of Delta-rho of the last step (device)
+  at::Tensor rho_total_;       // sum of Delta-rho of the last step (device)
   double rho_elements_ = 0.0;  // elements it covers
 };
 

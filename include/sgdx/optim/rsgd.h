@@ -68,8 +68,7 @@ struct RSGDParamState : public torch::optim::OptimizerCloneableParamState<RSGDPa
 
 class RSGD : public torch::optim::Optimizer, public AmpScaledStep {
  public:
-  explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
-                RSGDOptions defaults);
+  explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults);
   explicit RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults);
 
   torch::Tensor step(LossClosure closure = nullptr) override;

@@ -11,8 +11,8 @@
 // in step(), a closure for the current minibatch that it evaluates at x~ and at x.
 #include <torch/optim/optimizer.h>
 
-#include "sgdx/optim/amp_step.h"
 #include <torch/serialize/archive.h>
+#include "sgdx/optim/amp_step.h"
 
 #include <cstdint>
 #include <functional>
@@ -73,8 +73,10 @@ class SVRG : public torch::optim::Optimizer, public AmpScaledStep {
   torch::Tensor step(LossClosure batch) override;
   /// A skipped step (found_inf) evaluates no closure and changes nothing;
   /// grad_scale divides the gradients every closure leaves (the batch and the full-gradient one).
-  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf, LossClosure batch) override {
-    return detail::closure_step_scaled(*this, "SVRG", grad_scale, found_inf, std::move(batch), &full_gradient_);
+  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
+                            LossClosure batch) override {
+    return detail::closure_step_scaled(*this, "SVRG", grad_scale, found_inf, std::move(batch),
+                                       &full_gradient_);
   }
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;

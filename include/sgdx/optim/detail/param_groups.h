@@ -10,7 +10,8 @@ namespace sgdx::optim::detail {
 /// optimizer's group with the defaults (it merges only its built-in types).
 /// Explicit options must be `Options` and pass its validate().
 template <typename Options>
-void add_param_group_keeping_options(torch::optim::Optimizer& opt, const torch::optim::OptimizerParamGroup& group,
+void add_param_group_keeping_options(torch::optim::Optimizer& opt,
+                                     const torch::optim::OptimizerParamGroup& group,
                                      const char* optimizer_name) {
   std::unique_ptr<torch::optim::OptimizerOptions> own;
   if (group.has_options()) {
