@@ -228,28 +228,6 @@ void check_data(const at::Tensor& a, const std::string& path) {
   TORCH_CHECK(sq.max().item<double>() > 0, "LIBSVM file '", path, "': every example is zero, nothing to fit");
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a failed write leaves nothing
-/// half-written.
-void write_file(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  std::error_code ec;
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f.good()) {
-      const int err = errno;
-      std::filesystem::remove(tmp, ec);
-      TORCH_CHECK(false, "cannot write '", path, "': ", std::generic_category().message(err));
-    }
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    TORCH_CHECK(false, "cannot write '", path, "': ", ec.message());
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -356,7 +334,7 @@ int main(int argc, char** argv) {
       for (size_t k = 0; k < c.points.size(); ++k)
         csv += fmt::format("{},{:.6g},{},{:.4f},{:.6e}\n", c.method, c.lr, c.points[k].first, c.seconds[k],
                            c.points[k].second);
-    write_file(out + "/gap.csv", csv);
+    sgdx_examples::write_atomically(out + "/gap.csv", csv);
     fmt::print(
         "\n| method | step size | passes to 1e-4 | 1e-6 | 1e-8 | seconds to 1e-6 | final gap "
         "|\n|---|---|---|---|---|---|---|\n");
@@ -387,7 +365,7 @@ int main(int argc, char** argv) {
             if (acc[i][j] != 0) rows += fmt::format(" {}:{:.17g}", j + 1, acc[i][j]);
           rows += '\n';
         }
-        write_file(file, rows);
+        sgdx_examples::write_atomically(file, rows);
       }
       const int solver = l2 > 0 ? 0 : 6;
       const double C = 1.0 / (double(p.n()) * (l2 > 0 ? l2 : l1));
@@ -423,7 +401,7 @@ int main(int argc, char** argv) {
         gp += fmt::format(
             "{}'{}/gap.csv' using (strcol(1) eq '{}' ? $3 : 1/0):5 with lines lw 2 title '{} (step {:.3g})'",
             i ? ", " : "", out, curves[i].method, curves[i].method, curves[i].lr);
-      write_file(out + "/gap.gp", gp + "\n");
+      sgdx_examples::write_atomically(out + "/gap.gp", gp + "\n");
       if (std::system(fmt::format("gnuplot '{}/gap.gp'", out).c_str()) == 0)
         fmt::print("\nplot: {}/gap.png\n", out);
     }

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <string>
 
+#include "../common/atomic_file.h"
 #include "sgdx/optim/reference_optimum.h"
 
 namespace sgdx_erm {
@@ -94,7 +95,7 @@ struct PStarCache {
     return torch::tensor(w, torch::kDouble);
   }
 
-  /// Atomic: a temporary file in the same directory, then a rename over the final name.
+  /// Atomic (sgdx_examples::write_atomically); a failure only warns.
   void save(const at::Tensor& w) const {
     if (file.empty()) return;
     std::error_code ec;
@@ -103,20 +104,10 @@ struct PStarCache {
     auto wc = w.contiguous();
     for (int64_t j = 0; j < wc.numel(); ++j) text += "w " + exact(wc.data_ptr<double>()[j]) + "\n";
     text += fmt::format("checksum {:016x}\n", fnv1a(text.data(), text.size()));
-    const std::string tmp = fmt::format("{}.tmp.{}", file, ::getpid());
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out << text;
-      out.flush();
-      if (!out.good()) {
-        std::filesystem::remove(tmp, ec);
-        return warn("cannot write the P* cache file '" + tmp + "'; continuing without the cache");
-      }
-    }
-    std::filesystem::rename(tmp, file, ec);
-    if (ec) {
-      std::filesystem::remove(tmp, ec);
-      warn("cannot rename the P* cache file into '" + file + "': " + ec.message());
+    try {
+      sgdx_examples::write_atomically(file, text);
+    } catch (const std::exception& e) {
+      warn(std::string(e.what()) + " (the P* cache); continuing without the cache");
     }
   }
 };

@@ -3,6 +3,8 @@
 // a PNG plot (drawn by gnuplot when it is installed). No LibTorch here.
 #include <nlohmann/json.hpp>
 
+#include "../common/atomic_file.h"
+
 #include <cmath>
 
 #include <string>
@@ -32,9 +34,7 @@ struct RunResult {
   std::string status;  ///< empty: finished; otherwise why it ended early ("diverged at step 12")
 };
 
-/// Writes `text` to `path` through a temporary file, fsync and a rename: `path`
-/// holds the old or the new text, never a part; no temporary file is left on failure.
-void write_atomically(const std::string& path, const std::string& text);
+using sgdx_examples::write_atomically;  // result files are never half-written
 
 std::string metrics_csv(const std::vector<RunResult>& runs);
 nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunResult>& runs);
