@@ -38,30 +38,37 @@ include(CheckLanguage)
 if(SGDX_ENABLE_CUDA)
   check_language(CUDA)
 endif()
-if(CMAKE_CUDA_COMPILER)
-  set(_saved_env_arch "$ENV{TORCH_CUDA_ARCH_LIST}")
-  set(ENV{TORCH_CUDA_ARCH_LIST} "${SGDX_TORCH_ARCH_LIST}")
+# Host code is C++20, CUDA code C++17: CMake 3.25 knows no CUDA20 flag for nvcc
+# (Modules/Compiler/NVIDIA-CUDA.cmake stops at CUDA17; nvcc 13 itself accepts
+# -std=c++20), so headers shared with the kernels (sgdx/detail) stay C++17. Set
+# before find_package(Torch): a CUDA LibTorch enables CUDA itself and would copy
+# CMAKE_CXX_STANDARD into CMAKE_CUDA_STANDARD, which then fails its try_run.
+set(CMAKE_CUDA_STANDARD 17)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+# With TORCH_CUDA_ARCH_LIST unset, a CUDA LibTorch probes the build machine's GPUs;
+# pin the list whether or not sgdx compiles kernels.
+set(_saved_env_arch "$ENV{TORCH_CUDA_ARCH_LIST}")
+set(ENV{TORCH_CUDA_ARCH_LIST} "${SGDX_TORCH_ARCH_LIST}")
+if(SGDX_ENABLE_CUDA AND CMAKE_CUDA_COMPILER)
   set(CMAKE_CUDA_ARCHITECTURES ${SGDX_CUDA_ARCHITECTURES})
   enable_language(CUDA)
   unset(CMAKE_CUDA_ARCHITECTURES)  # else Torch warns that it ignores it
 endif()
 
 find_package(Torch REQUIRED)
+set(ENV{TORCH_CUDA_ARCH_LIST} "${_saved_env_arch}")
 message(STATUS "sgdx: LibTorch ${Torch_VERSION} from ${TORCH_INSTALL_PREFIX}")
 if(Torch_VERSION VERSION_LESS 2.4)
   message(FATAL_ERROR "sgdx needs LibTorch >= 2.4, found ${Torch_VERSION}")
 endif()
 
-if(CMAKE_CUDA_COMPILER)
-  set(ENV{TORCH_CUDA_ARCH_LIST} "${_saved_env_arch}")
-  if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
-    set(SGDX_WITH_CUDA ON)
-    # Undo Torch's arch flags: our targets use CUDA_ARCHITECTURES.
-    string(REGEX REPLACE "-gencode[ =;]*arch=compute_[0-9a-z]+,code=[a-z_0-9]+" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
-    set(CMAKE_CUDA_ARCHITECTURES ${SGDX_CUDA_ARCHITECTURES})
-    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flag for nvcc 13
-    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
-  endif()
+# A CUDA LibTorch enables the CUDA language even when SGDX_ENABLE_CUDA is OFF:
+# CMAKE_CUDA_COMPILER alone does not mean sgdx compiles kernels.
+if(SGDX_ENABLE_CUDA AND CMAKE_CUDA_COMPILER AND (TARGET torch_cuda OR TORCH_CUDA_LIBRARIES))
+  set(SGDX_WITH_CUDA ON)
+  # Undo Torch's arch flags: our targets use CUDA_ARCHITECTURES.
+  string(REGEX REPLACE "-gencode[ =;]*arch=compute_[0-9a-z]+,code=[a-z_0-9]+" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
+  set(CMAKE_CUDA_ARCHITECTURES ${SGDX_CUDA_ARCHITECTURES})
 endif()
 message(STATUS "sgdx: CUDA kernels ${SGDX_WITH_CUDA} (architectures ${SGDX_CUDA_ARCHITECTURES})")
 # Torch adds -D_GLIBCXX_USE_CXX11_ABI via TORCH_CXX_FLAGS; keep it in sync.

@@ -1,11 +1,12 @@
 // Fused per-sample squared gradient norms for many Linear / Conv2d layers in one
-// launch (sgdx/ops/per_sample_cuda.h). Work items, each one CUDA block:
-//   rule 0  (Linear, one position)  one item per sample: ||a||^2 ||d||^2 (+ ||d||^2)
-//   rule 1  (ghost)                 32x32 tiles (t, s >= t) of <a_t,a_s> and <d_t,d_s>
-//                                   per sample and group, off-diagonal tiles twice
-//   rule 2  (materialise)           32x32 tiles (o, k) of the per-sample gradient
-//                                   sum_t d_t[o] a_t[k], squared
-//   bias item                       ||sum_t d_t||^2 (rules 1-3)
+// launch (sgdx/ops/per_sample_cuda.h). Work items, each one CUDA block, by the
+// layer's NormRule (chosen on the host by detail::norm_rule, as on the CPU):
+//   outer_product  (Linear, one position)  one item per sample: ||a||^2 ||d||^2 (+ ||d||^2)
+//   ghost          32x32 tiles (t, s >= t) of <a_t,a_s> and <d_t,d_s>
+//                  per sample and group, off-diagonal tiles twice
+//   materialize    32x32 tiles (o, k) of the per-sample gradient
+//                  sum_t d_t[o] a_t[k], squared
+//   bias item      ||sum_t d_t||^2 (every rule but outer_product; bias_only has only it)
 // Each item writes its float64 partial; the last item of a (layer, sample) to
 // finish (an atomic counter after a fence, as in CUDA's threadFenceReduction
 // sample) sums that sample's partials in item order, so results are
@@ -36,6 +37,8 @@
 namespace sgdx::ops {
 namespace {
 
+using detail::NormRule;
+
 constexpr int kTile = 32;      // output tile edge and reduction chunk
 constexpr int kThreads = 256;  // 16 x 16 threads, 2 x 2 outputs each
 
@@ -45,10 +48,11 @@ struct LayerDesc {
   float* out;         // row of this layer in the [layers, B] result
   int64_t item_base;  // first work item of this layer
   int per_b;          // work items per sample
-  int rule;           // 0 outer, 1 ghost, 2 materialise, 3 bias only
-  int bias;           // rules 1-2: the last item of each sample is the bias item; rule 0: add ||d||^2
-  int weight;
-  int conv;
+  NormRule rule;
+  bool
+      bias;  // ghost / materialize: the last item of each sample is the bias item; outer_product: add ||d||^2
+  bool weight;
+  bool conv;
   int T, K, P, G;  // positions per sample, inputs per group, outputs per group, groups
   int tiles_per_group;
   int nt0, nt1;  // tile grid: ghost nt x nt (upper triangle), materialise P-tiles x K-tiles
@@ -193,6 +197,28 @@ __device__ double bias_item(const LayerDesc& L, int b) {
   return acc;  // per thread; summed by the caller
 }
 
+// One position per sample: ||a_b||^2 ||d_b||^2 (+ ||d_b||^2 for the bias), in thread 0
+// (the other threads return 0: only thread 0's block sums are valid).
+template <typename T>
+__device__ double outer_item(const LayerDesc& L, int b, double* red) {
+  const T* a = static_cast<const T*>(L.a);
+  const T* d = static_cast<const T*>(L.d);
+  double sa = 0.0, sd = 0.0;
+  if (L.weight) {
+    for (int k = threadIdx.x; k < L.K; k += kThreads) {
+      const double x = ld(a, static_cast<int64_t>(b) * L.K + k);
+      sa += x * x;
+    }
+  }
+  for (int o = threadIdx.x; o < L.P; o += kThreads) {
+    const double x = ld(d, static_cast<int64_t>(b) * L.P + o);
+    sd += x * x;
+  }
+  sa = sgdx::cuda::block_sum<kThreads>(sa, red);
+  sd = sgdx::cuda::block_sum<kThreads>(sd, red);
+  return threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.0) : 0.0;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     per_sample_norms_kernel(const LayerDesc* __restrict__ descs, int layers, int batch, double* partials,
@@ -207,28 +233,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t local = item - L.item_base;
   const int b = static_cast<int>(local / L.per_b), j = static_cast<int>(local % L.per_b);
   double mine = 0.0;  // this thread's share of the item's value
-  if (L.rule == 0) {
-    const T* a = static_cast<const T*>(L.a);
-    const T* d = static_cast<const T*>(L.d);
-    double sa = 0.0, sd = 0.0;
-    if (L.weight) {
-      for (int k = threadIdx.x; k < L.K; k += kThreads) {
-        const double x = ld(a, static_cast<int64_t>(b) * L.K + k);
-        sa += x * x;
-      }
-    }
-    for (int o = threadIdx.x; o < L.P; o += kThreads) {
-      const double x = ld(d, static_cast<int64_t>(b) * L.P + o);
-      sd += x * x;
-    }
-    sa = sgdx::cuda::block_sum<kThreads>(sa, red);
-    sd = sgdx::cuda::block_sum<kThreads>(sd, red);
-    mine = threadIdx.x == 0 ? sa * sd + (L.bias ? sd : 0.0) : 0.0;  // only thread 0's sums are valid
-  } else if (L.rule == 3 || (L.bias && j == L.per_b - 1)) {
+  if (L.rule == NormRule::outer_product) {
+    mine = outer_item<T>(L, b, red);
+  } else if (L.rule == NormRule::bias_only || (L.bias && j == L.per_b - 1)) {
     mine = bias_item<T>(L, b);
   } else {
     const int g = j / L.tiles_per_group, tile = j % L.tiles_per_group;
-    if (L.rule == 1) {
+    if (L.rule == NormRule::ghost) {
       int ti = 0, rest = tile;
       while (rest >= L.nt0 - ti) rest -= L.nt0 - ti++;
       mine = ghost_tile<T>(L, b, g, ti, ti + rest, s0, s1);
@@ -258,6 +269,93 @@ int ceil_div(int64_t a, int64_t b) {
   return static_cast<int>((a + b - 1) / b);
 }
 
+// The shape fields of layer `op`'s descriptor (d, a: its contiguous operands).
+void describe_shape(const NormLayerOperands& op, const at::Tensor& d, const at::Tensor& a, int64_t batch,
+                    LayerDesc& L) {
+  if (L.conv) {
+    L.G = static_cast<int>(op.groups);
+    L.T = static_cast<int>(d.size(2) * d.size(3));
+    L.P = static_cast<int>(d.size(1) / op.groups);
+    L.Wo = static_cast<int>(d.size(3));
+    if (a.defined()) {
+      L.Cin = static_cast<int>(a.size(1));
+      L.H = static_cast<int>(a.size(2));
+      L.W = static_cast<int>(a.size(3));
+      L.K = static_cast<int>(a.size(1) / op.groups * op.kernel_h * op.kernel_w);
+    }
+    L.kh = static_cast<int>(op.kernel_h);
+    L.kw = static_cast<int>(op.kernel_w);
+    L.sh = static_cast<int>(op.stride_h);
+    L.sw = static_cast<int>(op.stride_w);
+    L.ph = static_cast<int>(op.pad_h);
+    L.pw = static_cast<int>(op.pad_w);
+    L.dh = static_cast<int>(op.dilation_h);
+    L.dw = static_cast<int>(op.dilation_w);
+  } else {
+    L.G = 1;
+    const int64_t rows = d.dim() == 3 ? d.size(0) * d.size(1) : d.size(0);
+    L.T = static_cast<int>(rows / batch);
+    L.P = static_cast<int>(d.size(-1));
+    L.K = a.defined() ? static_cast<int>(a.size(-1)) : 0;
+  }
+}
+
+// The work items of one layer per sample: the rule's tiles per group, plus the bias item.
+void describe_items(int64_t l, LayerDesc& L) {
+  if (L.rule == NormRule::outer_product || L.rule == NormRule::bias_only) {
+    L.per_b = 1;
+    return;
+  }
+  int64_t tiles;
+  if (L.rule == NormRule::ghost) {
+    L.nt0 = L.nt1 = ceil_div(L.T, kTile);
+    tiles = int64_t{L.nt0} * (L.nt0 + 1) / 2;
+  } else {
+    L.nt0 = ceil_div(L.P, kTile);
+    L.nt1 = ceil_div(L.K, kTile);
+    tiles = int64_t{L.nt0} * L.nt1;
+  }
+  const int64_t per_b = int64_t{L.G} * tiles + (L.bias ? 1 : 0);
+  TORCH_CHECK(per_b < (int64_t{1} << 30), "per_sample_sq_norms_cuda: layer ", l, " needs ", per_b,
+              " tiles per sample, too many for the kernel");
+  L.tiles_per_group = static_cast<int>(tiles);
+  L.per_b = static_cast<int>(per_b);
+}
+
+// One kernel launch over the layers of one dtype (`items` work items in all).
+void launch(at::ScalarType dtype, const std::vector<LayerDesc>& descs, int64_t items, int64_t batch,
+            const at::Device& device, const at::Tensor& counters) {
+  if (items == 0) return;
+  TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items,
+              " work items exceed one launch");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
+  auto partials = at::empty({items}, at::TensorOptions().device(device).dtype(at::kDouble));
+  const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());
+  const int n = static_cast<int>(descs.size());
+  const int B = static_cast<int>(batch);
+  auto* cnt = reinterpret_cast<unsigned*>(counters.data_ptr<int>());
+  switch (dtype) {
+    case at::kFloat:
+      per_sample_norms_kernel<float>
+          <<<static_cast<unsigned>(items), kThreads, 0, stream>>>(dp, n, B, partials.data_ptr<double>(), cnt);
+      break;
+    case at::kHalf:
+      per_sample_norms_kernel<c10::Half>
+          <<<static_cast<unsigned>(items), kThreads, 0, stream>>>(dp, n, B, partials.data_ptr<double>(), cnt);
+      break;
+    case at::kBFloat16:
+      per_sample_norms_kernel<c10::BFloat16>
+          <<<static_cast<unsigned>(items), kThreads, 0, stream>>>(dp, n, B, partials.data_ptr<double>(), cnt);
+      break;
+    default:
+      TORCH_CHECK(false, "per_sample_sq_norms_cuda: unsupported dtype ", dtype);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // `partials` and `dev_descs` go back to the caching allocator on this stream:
+  // later work on the stream is ordered after the kernel.
+}
+
 }  // namespace
 
 at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch) {
@@ -277,7 +375,6 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
   std::map<at::ScalarType, int64_t> items_of;
   for (const auto l : c10::irange(nl)) {
     const auto& op = layers[l];
-    const bool conv = op.kind == NormLayerOperands::Kind::conv2d;
     // Contiguous, possibly at an odd element offset: the kernel loads scalars only.
     auto d = op.grad_output.contiguous();
     auto a = op.weight ? op.input.contiguous() : at::Tensor();
@@ -290,89 +387,16 @@ at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers
     L.rule = detail::norm_rule(op, batch);
     L.bias = op.bias;
     L.weight = op.weight;
-    L.conv = conv;
+    L.conv = op.kind == NormLayerOperands::Kind::conv2d;
     L.counter_base = static_cast<int>(l * batch);
-    if (conv) {
-      L.G = static_cast<int>(op.groups);
-      L.T = static_cast<int>(d.size(2) * d.size(3));
-      L.P = static_cast<int>(d.size(1) / op.groups);
-      L.Wo = static_cast<int>(d.size(3));
-      if (a.defined()) {
-        L.Cin = static_cast<int>(a.size(1));
-        L.H = static_cast<int>(a.size(2));
-        L.W = static_cast<int>(a.size(3));
-        L.K = static_cast<int>(a.size(1) / op.groups * op.kernel_h * op.kernel_w);
-      }
-      L.kh = static_cast<int>(op.kernel_h);
-      L.kw = static_cast<int>(op.kernel_w);
-      L.sh = static_cast<int>(op.stride_h);
-      L.sw = static_cast<int>(op.stride_w);
-      L.ph = static_cast<int>(op.pad_h);
-      L.pw = static_cast<int>(op.pad_w);
-      L.dh = static_cast<int>(op.dilation_h);
-      L.dw = static_cast<int>(op.dilation_w);
-    } else {
-      L.G = 1;
-      const int64_t rows = d.dim() == 3 ? d.size(0) * d.size(1) : d.size(0);
-      L.T = static_cast<int>(rows / batch);
-      L.P = static_cast<int>(d.size(-1));
-      L.K = a.defined() ? static_cast<int>(a.size(-1)) : 0;
-    }
-    if (L.rule == 0 || L.rule == 3) {
-      L.per_b = 1;
-    } else {
-      int64_t tiles;
-      if (L.rule == 1) {
-        L.nt0 = L.nt1 = ceil_div(L.T, kTile);
-        tiles = int64_t{L.nt0} * (L.nt0 + 1) / 2;
-      } else {
-        L.nt0 = ceil_div(L.P, kTile);
-        L.nt1 = ceil_div(L.K, kTile);
-        tiles = int64_t{L.nt0} * L.nt1;
-      }
-      const int64_t per_b = int64_t{L.G} * tiles + (op.bias ? 1 : 0);
-      TORCH_CHECK(per_b < (int64_t{1} << 30), "per_sample_sq_norms_cuda: layer ", l, " needs ", per_b,
-                  " tiles per sample, too many for the kernel");
-      L.tiles_per_group = static_cast<int>(tiles);
-      L.per_b = static_cast<int>(per_b);
-    }
+    describe_shape(op, d, a, batch, L);
+    describe_items(l, L);
     auto& items = items_of[d.scalar_type()];
     L.item_base = items;
     items += int64_t{L.per_b} * batch;
     by_dtype[d.scalar_type()].push_back(L);
   }
-  auto stream = at::cuda::getCurrentCUDAStream();
-  for (auto& [dtype, descs] : by_dtype) {
-    const int64_t items = items_of[dtype];
-    if (items == 0) continue;
-    TORCH_CHECK(items < (int64_t{1} << 31), "per_sample_sq_norms_cuda: ", items,
-                " work items exceed one launch");
-    auto dev_descs = sgdx::cuda::upload_descriptors(descs, device);
-    auto partials = at::empty({items}, fopt.dtype(at::kDouble));
-    const auto* dp = reinterpret_cast<const LayerDesc*>(dev_descs.data_ptr());
-    const int n = static_cast<int>(descs.size());
-    const int B = static_cast<int>(batch);
-    auto* cnt = reinterpret_cast<unsigned*>(counters.data_ptr<int>());
-    switch (dtype) {
-      case at::kFloat:
-        per_sample_norms_kernel<float><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<double>(), cnt);
-        break;
-      case at::kHalf:
-        per_sample_norms_kernel<c10::Half><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<double>(), cnt);
-        break;
-      case at::kBFloat16:
-        per_sample_norms_kernel<c10::BFloat16><<<static_cast<unsigned>(items), kThreads, 0, stream>>>(
-            dp, n, B, partials.data_ptr<double>(), cnt);
-        break;
-      default:
-        TORCH_CHECK(false, "per_sample_sq_norms_cuda: unsupported dtype ", dtype);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // `partials` and `dev_descs` go back to the caching allocator on this stream:
-    // later work on the stream is ordered after the kernel.
-  }
+  for (auto& [dtype, descs] : by_dtype) launch(dtype, descs, items_of[dtype], batch, device, counters);
   return out;
 }
 

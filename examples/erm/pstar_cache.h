@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -18,17 +17,14 @@
 #include <string>
 
 #include "../common/atomic_file.h"
+#include "../common/fnv1a.h"
 #include "sgdx/optim/reference_optimum.h"
 
 namespace sgdx_erm {
 
 constexpr const char* kCacheMagic = "sgdx-erm reference optimum v1";
 
-inline uint64_t fnv1a(const void* data, size_t bytes, uint64_t h = 14695981039346656037ull) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
+using sgdx_examples::fnv1a;
 
 // Shortest round-trip decimal: exact, and readable.
 inline std::string exact(double v) {

@@ -14,24 +14,10 @@ using sgdx_examples::finite_number;
 using sgdx_examples::integer;
 using sgdx_examples::output_directory;
 
-void add_options(CLI::App& app, CliOptions& o) {
-  auto& cfg = o.cfg;
-  auto& optimizer = o.optimizer;
-  auto& compare = o.compare;
-  auto& out_dir = o.out_dir;
-  auto& seed = o.seed;
-  auto& seeds = o.seeds;
-  auto& threads = o.threads;
-  auto& checkpoint_every = o.checkpoint_every;
-  auto& stop_after = o.stop_after;
-  auto& resume_dir = o.resume_dir;
-  auto& no_progress = o.no_progress;
-  auto& no_plot = o.no_plot;
-  auto& save_models = o.save_models;
-  auto& lr = o.lr;
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
-    return std::string("sgdx-train: error: ") + e.what() + " (see --help)\n";
-  });
+namespace {
+
+// The data and the model.
+void add_data_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option("--dataset", cfg.dataset,
                  "fashion-mnist (Debian package), mnist, cifar10 or teacher (synthetic)")
       ->check(CLI::IsMember(sgdx::data::dataset_names()))
@@ -42,33 +28,43 @@ void add_options(CLI::App& app, CliOptions& o) {
   app.add_option("--model", cfg.model, "mlp, cnn or resnet")
       ->check(CLI::IsMember(sgdx::models::model_names()))
       ->capture_default_str();
-  auto* opt_flag = app.add_option("--optimizer", optimizer,
+}
+
+// Which runs: optimizers, steps, seeds, device.
+void add_run_options(CLI::App& app, CliOptions& o) {
+  auto* opt_flag = app.add_option("--optimizer", o.optimizer,
                                   "sgd, sgdm, nesterov, adam, rsgd, svrg or gqsgdm (GradQueue-SGDM)")
                        ->check(CLI::IsMember(sgdx_train::optimizer_names()))
                        ->capture_default_str();
   app.add_option(
-         "--compare", compare,
+         "--compare", o.compare,
          "Comma-separated runs to train one after another and compare: optimizer[@balance[:tau]], "
          "e.g. sgd,sgdm,rsgd,adam or sgdm@ts:1,sgdm@ts:5,sgdm@cooldown:5,sgdm@scalarize:5; gqsgdm-kN is "
          "GradQueue-SGDM with N clusters, e.g. sgdm,gqsgdm,gqsgdm-k4")
       ->excludes(opt_flag);
   // (compare items: optimizer[@balance[:tau]][+sampling], e.g. sgdm+upper-bound)
-  app.add_option("--lr", lr,
+  app.add_option("--lr", o.lr,
                  "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd/gqsgdm 0.01, adam 0.001)")
       ->check(finite_number(0));
-  app.add_option("--batch-size", cfg.batch_size, "Minibatch size")->check(integer(1))->capture_default_str();
-  app.add_option("--epochs", cfg.epochs, "Training epochs")
+  app.add_option("--batch-size", o.cfg.batch_size, "Minibatch size")
+      ->check(integer(1))
+      ->capture_default_str();
+  app.add_option("--epochs", o.cfg.epochs, "Training epochs")
       ->check(integer(1, std::numeric_limits<int>::max()))
       ->capture_default_str();
-  app.add_option("--seed", seed, "First seed (model init, data order, R-SGD draws)")
+  app.add_option("--seed", o.seed, "First seed (model init, data order, R-SGD draws)")
       ->check(integer(0))
       ->capture_default_str();
-  app.add_option("--seeds", seeds, "Number of seeds per optimizer (seed, seed+1, ...)")
+  app.add_option("--seeds", o.seeds, "Number of seeds per optimizer (seed, seed+1, ...)")
       ->check(integer(1, 1 << 20))
       ->capture_default_str();
-  app.add_option("--device", cfg.device, "auto (cuda when available), cpu or cuda")
+  app.add_option("--device", o.cfg.device, "auto (cuda when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
+}
+
+// Settings every optimizer shares.
+void add_optimizer_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option("--momentum", cfg.momentum, "Momentum of sgdm, nesterov and gqsgdm")
       ->check(finite_number())
       ->capture_default_str();
@@ -78,6 +74,10 @@ void add_options(CLI::App& app, CliOptions& o) {
   app.add_option("--schedule", cfg.schedule, "Learning-rate schedule: constant or cosine (per step, to 0)")
       ->check(CLI::IsMember({"constant", "cosine"}))
       ->capture_default_str();
+}
+
+// R-SGD.
+void add_rsgd_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option("--rsgd-gamma", cfg.rsgd_gamma,
                  "R-SGD: per-step decay of the non-reinforcement probability, in (0, 1)")
       ->check(finite_number())
@@ -92,6 +92,10 @@ void add_options(CLI::App& app, CliOptions& o) {
   app.add_option("--rsgd-granularity", cfg.rsgd_granularity, "R-SGD: element or tensor")
       ->capture_default_str();
   app.add_option("--rsgd-memory", cfg.rsgd_memory, "R-SGD: accumulated or previous")->capture_default_str();
+}
+
+// GradQueue-SGDM.
+void add_gradqueue_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option("--clusters", cfg.clusters,
                  "GradQueue: k-means clusters per batch on the last Linear's inputs (1: plain variant)")
       ->check(integer(1, int64_t{1} << 20))
@@ -111,6 +115,10 @@ void add_options(CLI::App& app, CliOptions& o) {
                  "GradQueue: exact (queue of q_max gradients) or ema (no queue)")
       ->check(CLI::IsMember({"exact", "ema"}))
       ->capture_default_str();
+}
+
+// Fused kernels and mixed precision.
+void add_precision_options(CLI::App& app, TrainConfig& cfg) {
   app.add_flag(
       "--fused-cuda", cfg.fused_cuda,
       "On CUDA, use sgdx's fused kernels: the GradQueue step, its clustered statistics and k-means, the "
@@ -122,6 +130,10 @@ void add_options(CLI::App& app, CliOptions& o) {
          "clustered GradQueue step or --sampling exact; on a CPU it runs but is slow")
       ->check(CLI::IsMember({"none", "bf16", "fp16"}))
       ->capture_default_str();
+}
+
+// Long-tailed training sets and class balancing.
+void add_balance_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option(
          "--imbalance", cfg.imbalance,
          "Make the training set long-tailed: class c keeps n_0 * R^(-c/(C-1)) examples (R >= 1; 0: off). "
@@ -142,6 +154,10 @@ void add_options(CLI::App& app, CliOptions& o) {
   app.add_option("--tau", cfg.tau, "Temperature of ts/scalarize, first temperature of cooldown")
       ->check(finite_number(0, std::numeric_limits<double>::infinity(), /*lo_open=*/true))
       ->capture_default_str();
+}
+
+// Importance sampling.
+void add_sampling_options(CLI::App& app, TrainConfig& cfg) {
   app.add_option(
          "--sampling", cfg.sampling,
          "Importance sampling scores: uniform, loss, upper-bound (K&F, ||softmax - onehot||) or exact "
@@ -160,29 +176,56 @@ void add_options(CLI::App& app, CliOptions& o) {
                  "Importance sampling: cached-score smoothing s <- beta s + (1-beta) s_new")
       ->check(finite_number(0, 0.999))
       ->capture_default_str();
-  app.add_option("--train-subset", cfg.train_subset, "Use only the first N training examples (0: all)")
+}
+
+// How much of the data, how many threads.
+void add_resource_options(CLI::App& app, CliOptions& o) {
+  app.add_option("--train-subset", o.cfg.train_subset, "Use only the first N training examples (0: all)")
       ->check(integer(0));
-  app.add_option("--threads", threads, "CPU threads for LibTorch (0: its default)")
+  app.add_option("--threads", o.threads, "CPU threads for LibTorch (0: its default)")
       ->check(integer(0, 1 << 16));
-  app.add_option("--out", out_dir, "Output directory (default: runs/<dataset>-<model>)")
+}
+
+// Result files, checkpoints and what is shown.
+void add_output_options(CLI::App& app, CliOptions& o) {
+  app.add_option("--out", o.out_dir, "Output directory (default: runs/<dataset>-<model>)")
       ->check(output_directory());
   app.add_option(
-         "--checkpoint-every", checkpoint_every,
+         "--checkpoint-every", o.checkpoint_every,
          "Write <out>/checkpoint.pt every N optimizer steps (0: only when stopped by SIGINT, SIGTERM or "
          "--stop-after); atomic, so a kill at any moment leaves the previous one loadable")
       ->check(integer(0));
-  app.add_option("--stop-after", stop_after,
+  app.add_option("--stop-after", o.stop_after,
                  "Stop after N optimizer steps in this process with a checkpoint (exit status 75), e.g. for "
                  "preemptible jobs; continue with --resume")
       ->check(integer(1));
   app.add_option(
-      "--resume", resume_dir,
+      "--resume", o.resume_dir,
       "Continue the run whose output directory (with checkpoint.pt) is DIR, with the same options; the "
       "result is bit-identical to an uninterrupted run (same thread count)");
-  app.add_flag("--save-models", save_models,
+  app.add_flag("--save-models", o.save_models,
                "Write each run's final parameters to <out>/models/<run>-seed<S>.pt");
-  app.add_flag("--no-progress", no_progress, "No progress display");
-  app.add_flag("--no-plot", no_plot, "Do not draw the PNG plot");
+  app.add_flag("--no-progress", o.no_progress, "No progress display");
+  app.add_flag("--no-plot", o.no_plot, "Do not draw the PNG plot");
+}
+
+}  // namespace
+
+// --help lists the groups, and the options in each, in the order they are added here.
+void add_options(CLI::App& app, CliOptions& o) {
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("sgdx-train: error: ") + e.what() + " (see --help)\n";
+  });
+  add_data_options(app, o.cfg);
+  add_run_options(app, o);
+  add_optimizer_options(app, o.cfg);
+  add_rsgd_options(app, o.cfg);
+  add_gradqueue_options(app, o.cfg);
+  add_precision_options(app, o.cfg);
+  add_balance_options(app, o.cfg);
+  add_sampling_options(app, o.cfg);
+  add_resource_options(app, o);
+  add_output_options(app, o);
 }
 
 }  // namespace sgdx_train

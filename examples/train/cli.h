@@ -20,7 +20,7 @@ struct CliOptions {
 
 /// Adds sgdx-train's options to `app`, bound to `o`. Every value is checked as it is
 /// parsed (CLI11 validators from examples/common/cli_checks.h); the checks that need
-/// several options at once run in main.
+/// several options at once run in resolve_invocation (invocation.h).
 void add_options(CLI::App& app, CliOptions& o);
 
 }  // namespace sgdx_train

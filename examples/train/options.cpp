@@ -20,93 +20,80 @@ double default_lr(const std::string& optimizer) {
   return 0.01;  // sgdm, nesterov, rsgd, gqsgdm: momentum-like methods
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
-                                                        const std::vector<torch::Tensor>& params,
-                                                        const TrainConfig& cfg) {
-  const double lr = cfg.lr.value_or(default_lr(name));
-  namespace o = torch::optim;
-  if (name == "sgd")
-    return std::make_unique<o::SGD>(params, o::SGDOptions(lr).weight_decay(cfg.weight_decay));
-  if (name == "sgdm" || name == "nesterov") {
-    TORCH_CHECK(cfg.momentum > 0 && cfg.momentum < 1, "momentum must be in (0, 1), got ", cfg.momentum);
-    return std::make_unique<o::SGD>(
-        params,
-        o::SGDOptions(lr).momentum(cfg.momentum).nesterov(name == "nesterov").weight_decay(cfg.weight_decay));
-  }
-  if (name == "adam")
-    return std::make_unique<o::Adam>(params, o::AdamOptions(lr).weight_decay(cfg.weight_decay));
-  if (name == "rsgd") {
-    TORCH_CHECK(cfg.rsgd_granularity == "element" || cfg.rsgd_granularity == "tensor",
-                "rsgd granularity must be element or tensor, got '", cfg.rsgd_granularity, "'");
-    TORCH_CHECK(cfg.rsgd_memory == "accumulated" || cfg.rsgd_memory == "previous",
-                "rsgd memory must be accumulated or previous, got '", cfg.rsgd_memory, "'");
-    auto opts = sgdx::optim::RSGDOptions(lr)
-                    .gamma(cfg.rsgd_gamma)
-                    .gamma0(cfg.rsgd_gamma0)
-                    .max_prob(cfg.rsgd_max_prob)
-                    .granularity(cfg.rsgd_granularity == "tensor" ? sgdx::optim::RSGDGranularity::tensor
-                                                                  : sgdx::optim::RSGDGranularity::element)
-                    .memory(cfg.rsgd_memory == "previous" ? sgdx::optim::RSGDMemory::previous
-                                                          : sgdx::optim::RSGDMemory::accumulated)
-                    .weight_decay(cfg.weight_decay);
-    return std::make_unique<sgdx::optim::RSGD>(params, opts);
-  }
-  if (name == "svrg") {
-    // n and b are set by the trainer (train_one); these are placeholders for validation.
-    return std::make_unique<sgdx::optim::SVRG>(params,
-                                               sgdx::optim::SVRGOptions(lr).n(1).b(1).l2(cfg.weight_decay));
-  }
-  if (name == "gqsgdm") {
-    namespace so = sgdx::optim;
-    TORCH_CHECK(cfg.momentum >= 0 && cfg.momentum < 1, "momentum must be in [0, 1), got ", cfg.momentum);
-    TORCH_CHECK(cfg.gq_granularity == "element" || cfg.gq_granularity == "tensor",
-                "gq granularity must be element or tensor, got '", cfg.gq_granularity, "'");
-    TORCH_CHECK(cfg.gq_scope == "per-tensor" || cfg.gq_scope == "global",
-                "gq scope must be per-tensor or global, got '", cfg.gq_scope, "'");
-    TORCH_CHECK(cfg.gq_storage == "exact" || cfg.gq_storage == "ema",
-                "gq storage must be exact or ema, got '", cfg.gq_storage, "'");
-    TORCH_CHECK(cfg.gq_path == "fast" || cfg.gq_path == "reference",
-                "gq path must be fast or reference, got '", cfg.gq_path, "'");
-    TORCH_CHECK(cfg.clusters >= 1, "--clusters must be >= 1, got ", cfg.clusters);
-    auto opts =
-        so::GradQueueSGDMOptions(lr)
-            .momentum(cfg.momentum)
-            .weight_decay(cfg.weight_decay)
-            .granularity(cfg.gq_granularity == "tensor" ? so::GradQueueGranularity::tensor
-                                                        : so::GradQueueGranularity::element)
-            .scope(cfg.gq_scope == "global" ? so::GradQueueScope::global : so::GradQueueScope::per_tensor)
-            .storage(cfg.gq_storage == "ema" ? so::GradQueueStorage::ema : so::GradQueueStorage::exact)
-            .clusters(cfg.clusters);
-    return std::make_unique<so::GradQueueSGDM>(params, opts);
-  }
-  TORCH_CHECK(false, "unknown optimizer '", name,
-              "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg, gqsgdm)");
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_rsgd(const std::vector<torch::Tensor>& params, double lr,
+                                                   const TrainConfig& cfg) {
+  TORCH_CHECK(cfg.rsgd_granularity == "element" || cfg.rsgd_granularity == "tensor",
+              "rsgd granularity must be element or tensor, got '", cfg.rsgd_granularity, "'");
+  TORCH_CHECK(cfg.rsgd_memory == "accumulated" || cfg.rsgd_memory == "previous",
+              "rsgd memory must be accumulated or previous, got '", cfg.rsgd_memory, "'");
+  auto opts = sgdx::optim::RSGDOptions(lr)
+                  .gamma(cfg.rsgd_gamma)
+                  .gamma0(cfg.rsgd_gamma0)
+                  .max_prob(cfg.rsgd_max_prob)
+                  .granularity(cfg.rsgd_granularity == "tensor" ? sgdx::optim::RSGDGranularity::tensor
+                                                                : sgdx::optim::RSGDGranularity::element)
+                  .memory(cfg.rsgd_memory == "previous" ? sgdx::optim::RSGDMemory::previous
+                                                        : sgdx::optim::RSGDMemory::accumulated)
+                  .weight_decay(cfg.weight_decay);
+  return std::make_unique<sgdx::optim::RSGD>(params, opts);
 }
 
-RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
+std::unique_ptr<torch::optim::Optimizer> make_gqsgdm(const std::vector<torch::Tensor>& params, double lr,
+                                                     const TrainConfig& cfg) {
+  namespace so = sgdx::optim;
+  TORCH_CHECK(cfg.momentum >= 0 && cfg.momentum < 1, "momentum must be in [0, 1), got ", cfg.momentum);
+  TORCH_CHECK(cfg.gq_granularity == "element" || cfg.gq_granularity == "tensor",
+              "gq granularity must be element or tensor, got '", cfg.gq_granularity, "'");
+  TORCH_CHECK(cfg.gq_scope == "per-tensor" || cfg.gq_scope == "global",
+              "gq scope must be per-tensor or global, got '", cfg.gq_scope, "'");
+  TORCH_CHECK(cfg.gq_storage == "exact" || cfg.gq_storage == "ema", "gq storage must be exact or ema, got '",
+              cfg.gq_storage, "'");
+  TORCH_CHECK(cfg.gq_path == "fast" || cfg.gq_path == "reference", "gq path must be fast or reference, got '",
+              cfg.gq_path, "'");
+  TORCH_CHECK(cfg.clusters >= 1, "--clusters must be >= 1, got ", cfg.clusters);
+  auto opts =
+      so::GradQueueSGDMOptions(lr)
+          .momentum(cfg.momentum)
+          .weight_decay(cfg.weight_decay)
+          .granularity(cfg.gq_granularity == "tensor" ? so::GradQueueGranularity::tensor
+                                                      : so::GradQueueGranularity::element)
+          .scope(cfg.gq_scope == "global" ? so::GradQueueScope::global : so::GradQueueScope::per_tensor)
+          .storage(cfg.gq_storage == "ema" ? so::GradQueueStorage::ema : so::GradQueueStorage::exact)
+          .clusters(cfg.clusters);
+  return std::make_unique<so::GradQueueSGDM>(params, opts);
+}
+
+// optimizer[@balance[:tau]][+sampling] (`item`: without +sampling); what it leaves out
+// comes from the config.
+RunSpec split_item(const std::string& item_in, const std::string& item, const TrainConfig& cfg) {
   RunSpec spec{item_in, item_in, cfg.balance, cfg.tau, cfg.sampling};
-  std::string item = item_in;
-  const auto plus = item.find('+');
+  const auto plus = item_in.find('+');
   if (plus != std::string::npos) {
-    spec.sampling = item.substr(plus + 1);
-    item = item.substr(0, plus);
+    spec.sampling = item_in.substr(plus + 1);
     spec.optimizer = item;
   }
   const auto at = item.find('@');
-  if (at != std::string::npos) {
-    spec.optimizer = item.substr(0, at);
-    spec.balance = item.substr(at + 1);
-    const auto colon = spec.balance.find(':');
-    if (colon != std::string::npos) {
-      const auto tau_text = spec.balance.substr(colon + 1);
-      spec.balance = spec.balance.substr(0, colon);
-      try {
-        spec.tau = std::stod(tau_text);
-      } catch (const std::exception&) {
-        TORCH_CHECK(false, "'", item, "': tau must be a number, got '", tau_text, "'");
-      }
+  if (at == std::string::npos) return spec;
+  spec.optimizer = item.substr(0, at);
+  spec.balance = item.substr(at + 1);
+  const auto colon = spec.balance.find(':');
+  if (colon != std::string::npos) {
+    const auto tau_text = spec.balance.substr(colon + 1);
+    spec.balance = spec.balance.substr(0, colon);
+    try {
+      spec.tau = std::stod(tau_text);
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "'", item, "': tau must be a number, got '", tau_text, "'");
     }
   }
+  return spec;
+}
+
+// gqsgdm-kN is GradQueue-SGDM with N clusters, plain gqsgdm has --clusters (named in
+// its label when > 1), every other optimizer one.
+void resolve_clusters(RunSpec& spec, const std::string& item_in, const TrainConfig& cfg) {
   if (spec.optimizer.rfind("gqsgdm-k", 0) == 0) {
     const auto k_text = spec.optimizer.substr(8);
     int64_t k = 0;
@@ -129,6 +116,10 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
               " exceeds the batch size ", cfg.batch_size);
   if (spec.optimizer == "gqsgdm" && spec.clusters > 1 && spec.label.find("gqsgdm-k") == std::string::npos)
     spec.label.replace(spec.label.find("gqsgdm"), 6, "gqsgdm-k" + std::to_string(spec.clusters));
+}
+
+// Known names, and no two modes that cannot run together.
+void check_modes(const RunSpec& spec, const std::string& item_in, const std::string& item) {
   const auto& known = optimizer_names();
   TORCH_CHECK(std::find(known.begin(), known.end(), spec.optimizer) != known.end(), "unknown optimizer '",
               spec.optimizer, "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg, gqsgdm, gqsgdm-kN)");
@@ -146,6 +137,9 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
               "' (choose uniform, loss, upper-bound or exact)");
   TORCH_CHECK(spec.sampling == "uniform" || spec.balance == "none", "'", item_in,
               "': importance sampling and class balancing cannot be combined");
+}
+
+void check_presample(const RunSpec& spec, const std::string& item_in, const TrainConfig& cfg) {
   int64_t presample_size = 0;
   TORCH_CHECK(cfg.presample == 0 || cfg.presample >= 2, "--presample must be 0 (off) or a ratio >= 2, got ",
               cfg.presample);
@@ -155,20 +149,59 @@ RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
               " is too large a presample batch");
   TORCH_CHECK(!(spec.sampling == "exact" && cfg.presample > 0), "'", item_in,
               "': presampling scores with a forward pass only; use loss or upper-bound with --presample");
-  // --amp covers the forward / backward / step loop; these paths run their own backward.
+}
+
+// --amp covers the forward / backward / step loop; these paths run their own backward.
+void check_amp(const RunSpec& spec, const std::string& item_in, const TrainConfig& cfg) {
   TORCH_CHECK(cfg.amp == "none" || cfg.amp == "bf16" || cfg.amp == "fp16", "unknown --amp '", cfg.amp,
               "' (choose none, bf16 or fp16)");
-  if (cfg.amp != "none") {
-    TORCH_CHECK(spec.optimizer != "svrg", "'", item_in, "': --amp ", cfg.amp,
-                " does not apply to svrg: its closures run the backward inside the step, and its variance "
-                "reduction subtracts nearby gradients that low precision swamps; use --amp none");
-    TORCH_CHECK(spec.clusters == 1, "'", item_in, "': --amp ", cfg.amp,
-                " does not apply to the clustered GradQueue step: it runs its own backward on per-sample "
-                "losses, out of a loss scaler's reach; use --amp none or one cluster");
-    TORCH_CHECK(spec.sampling != "exact", "'", item_in, "': --amp ", cfg.amp,
-                " does not apply to --sampling exact: its per-sample gradient norms would be taken of "
-                "low-precision (fp16: loss-scaled, overflowing) layer gradients; use loss or upper-bound");
+  if (cfg.amp == "none") return;
+  TORCH_CHECK(spec.optimizer != "svrg", "'", item_in, "': --amp ", cfg.amp,
+              " does not apply to svrg: its closures run the backward inside the step, and its variance "
+              "reduction subtracts nearby gradients that low precision swamps; use --amp none");
+  TORCH_CHECK(spec.clusters == 1, "'", item_in, "': --amp ", cfg.amp,
+              " does not apply to the clustered GradQueue step: it runs its own backward on per-sample "
+              "losses, out of a loss scaler's reach; use --amp none or one cluster");
+  TORCH_CHECK(spec.sampling != "exact", "'", item_in, "': --amp ", cfg.amp,
+              " does not apply to --sampling exact: its per-sample gradient norms would be taken of "
+              "low-precision (fp16: loss-scaled, overflowing) layer gradients; use loss or upper-bound");
+}
+
+}  // namespace
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
+                                                        const std::vector<torch::Tensor>& params,
+                                                        const TrainConfig& cfg) {
+  const double lr = cfg.lr.value_or(default_lr(name));
+  namespace o = torch::optim;
+  if (name == "sgd")
+    return std::make_unique<o::SGD>(params, o::SGDOptions(lr).weight_decay(cfg.weight_decay));
+  if (name == "sgdm" || name == "nesterov") {
+    TORCH_CHECK(cfg.momentum > 0 && cfg.momentum < 1, "momentum must be in (0, 1), got ", cfg.momentum);
+    return std::make_unique<o::SGD>(
+        params,
+        o::SGDOptions(lr).momentum(cfg.momentum).nesterov(name == "nesterov").weight_decay(cfg.weight_decay));
   }
+  if (name == "adam")
+    return std::make_unique<o::Adam>(params, o::AdamOptions(lr).weight_decay(cfg.weight_decay));
+  if (name == "rsgd") return make_rsgd(params, lr, cfg);
+  if (name == "svrg") {
+    // n and b are set by the trainer (train_one); these are placeholders for validation.
+    return std::make_unique<sgdx::optim::SVRG>(params,
+                                               sgdx::optim::SVRGOptions(lr).n(1).b(1).l2(cfg.weight_decay));
+  }
+  if (name == "gqsgdm") return make_gqsgdm(params, lr, cfg);
+  TORCH_CHECK(false, "unknown optimizer '", name,
+              "' (choose one of sgd, sgdm, nesterov, adam, rsgd, svrg, gqsgdm)");
+}
+
+RunSpec parse_run_spec(const std::string& item_in, const TrainConfig& cfg) {
+  const std::string item = item_in.substr(0, item_in.find('+'));
+  RunSpec spec = split_item(item_in, item, cfg);
+  resolve_clusters(spec, item_in, cfg);
+  check_modes(spec, item_in, item);
+  check_presample(spec, item_in, cfg);
+  check_amp(spec, item_in, cfg);
   return spec;
 }
 }  // namespace sgdx_train

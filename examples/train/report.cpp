@@ -149,23 +149,11 @@ std::string summary_table(const std::vector<RunResult>& runs) {
   return s;
 }
 
-bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const std::string& title,
-               std::string& why) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    why = "gnuplot not found (install gnuplot-nox)";
-    return false;
-  }
-  const auto groups = by_optimizer(runs);
-  const std::string data = png + ".dat";
-  // The data, the script and the unfinished image are intermediate: gone on every path
-  // (a failed gnuplot keeps only its log, which the message points to).
-  struct Cleanup {
-    std::string png;
-    ~Cleanup() {
-      std::error_code ec;
-      for (const char* ext : {".dat", ".gp", ".tmp"}) std::filesystem::remove(png + ext, ec);
-    }
-  } cleanup{png};
+namespace {
+
+// gnuplot's data: per optimizer a block of rows "epoch, accuracy mean and std, train loss
+// mean and std, seconds, head and tail accuracy" (means and stds over seeds).
+std::string plot_data(const std::vector<std::pair<std::string, std::vector<const RunResult*>>>& groups) {
   std::string d;
   for (const auto& [name, rs] : groups) {
     d += fmt::format("# {}\n", name);
@@ -190,7 +178,29 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
     }
     d += "\n\n";
   }
-  write_atomically(data, d);
+  return d;
+}
+
+}  // namespace
+
+bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const std::string& title,
+               std::string& why) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    why = "gnuplot not found (install gnuplot-nox)";
+    return false;
+  }
+  const auto groups = by_optimizer(runs);
+  const std::string data = png + ".dat";
+  // The data, the script and the unfinished image are intermediate: gone on every path
+  // (a failed gnuplot keeps only its log, which the message points to).
+  struct Cleanup {
+    std::string png;
+    ~Cleanup() {
+      std::error_code ec;
+      for (const char* ext : {".dat", ".gp", ".tmp"}) std::filesystem::remove(png + ext, ec);
+    }
+  } cleanup{png};
+  write_atomically(data, plot_data(groups));
   std::string gp = fmt::format(
       "set terminal pngcairo noenhanced size 1400,{} font 'sans,11'\n"
       "set output '{}.tmp'\n"

@@ -6,9 +6,10 @@
 #include <torch/serialize.h>
 
 #include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <set>
+
+#include "../common/fnv1a.h"
 
 namespace sgdx_train {
 namespace {
@@ -21,6 +22,10 @@ extern "C" void on_stop_signal(int sig) {
 }
 
 constexpr int64_t kHeaderFormat = 1;
+
+// FNV-1a's offset basis short of its last digit: the seed that checkpoints' data
+// fingerprints were written with, kept so that they still match.
+constexpr uint64_t kContentHashSeed = 1469598103934665603ull;
 
 // EpochMetrics as one float64 row: the fixed fields, then the class count and the
 // per-class accuracies and losses (doubles keep every value, NaN included).
@@ -196,24 +201,13 @@ void read_rng_state(torch::serialize::InputArchive& archive, bool cuda) {
 }
 
 std::string content_hash(const at::Tensor& tensor) {
+  namespace ex = sgdx_examples;
   const auto t = tensor.contiguous().cpu();
-  // FNV-1a over 8-byte words (the tail byte-wise), seeded with dtype and shape.
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](uint64_t w) {
-    h ^= w;
-    h *= 1099511628211ull;
-  };
-  mix(static_cast<uint64_t>(t.scalar_type()));
-  for (const auto s : t.sizes()) mix(static_cast<uint64_t>(s));
-  const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
-  const size_t n = t.numel() * t.element_size();
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, bytes + i, 8);
-    mix(w);
-  }
-  for (; i < n; ++i) mix(bytes[i]);
+  // Word-wise FNV-1a over dtype, shape and bytes.
+  uint64_t h = kContentHashSeed;
+  h = ex::fnv1a_mix(h, static_cast<uint64_t>(t.scalar_type()));
+  for (const auto s : t.sizes()) h = ex::fnv1a_mix(h, static_cast<uint64_t>(s));
+  h = ex::fnv1a_words(t.data_ptr(), t.numel() * t.element_size(), h);
   return fmt::format("{:016x}", h);
 }
 

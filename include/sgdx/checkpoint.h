@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "sgdx/export.h"
+
 namespace sgdx {
 
 using ExtraSaver = std::function<void(torch::serialize::OutputArchive&)>;
@@ -16,8 +18,9 @@ using ExtraLoader = std::function<void(torch::serialize::InputArchive&)>;
 /// step counter) to `path`. The file is written to a temporary name, synced
 /// and renamed over `path` (then the directory is synced), so a crash or a
 /// kill at any moment leaves the previous checkpoint or the new one.
-void save_checkpoint(const std::string& path, const torch::nn::Module& model,
-                     const torch::optim::Optimizer* optimizer = nullptr, const ExtraSaver& extra = nullptr);
+SGDX_API void save_checkpoint(const std::string& path, const torch::nn::Module& model,
+                              const torch::optim::Optimizer* optimizer = nullptr,
+                              const ExtraSaver& extra = nullptr);
 
 /// Restores what save_checkpoint wrote. The model's parameters and buffers
 /// are checked (count, shape, dtype) before any is changed; a mismatch
@@ -25,7 +28,8 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
 /// later (the optimizer's or the extra part) restores the model and the
 /// optimizer as they were before it throws; `extra` runs last and must
 /// itself change nothing when it throws.
-void load_checkpoint(const std::string& path, torch::nn::Module& model,
-                     torch::optim::Optimizer* optimizer = nullptr, const ExtraLoader& extra = nullptr);
+SGDX_API void load_checkpoint(const std::string& path, torch::nn::Module& model,
+                              torch::optim::Optimizer* optimizer = nullptr,
+                              const ExtraLoader& extra = nullptr);
 
 }  // namespace sgdx

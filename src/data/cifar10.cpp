@@ -44,7 +44,7 @@ ImageSet load_cifar10(const std::string& dir, bool train) {
   if (train) {
     for (int i = 1; i <= 5; ++i) names.push_back("data_batch_" + std::to_string(i) + ".bin");
   } else {
-    names.push_back("test_batch.bin");
+    names.emplace_back("test_batch.bin");
   }
   std::vector<at::Tensor> images, labels;
   int64_t count = 0;

@@ -62,7 +62,8 @@ std::string shape_text(const at::Tensor& images) {
 
 // Standardises both splits with the training set's mean and standard deviation. A constant training
 // set (standard deviation 0) is refused: dividing by its deviation would make every input NaN or inf.
-DatasetSplits standardised(const std::string& name, const std::string& dir, ImageSet train, ImageSet test) {
+DatasetSplits standardised(const std::string& name, const std::string& dir, const ImageSet& train,
+                           const ImageSet& test) {
   TORCH_CHECK(train.images.size(0) > 0 && test.images.size(0) > 0, "dataset '", name, "' in '", dir,
               "': the ", train.images.size(0) == 0 ? "training" : "test", " split has no examples");
   TORCH_CHECK(train.images.sizes().slice(1) == test.images.sizes().slice(1), "dataset '", name, "' in '", dir,

@@ -10,7 +10,7 @@ namespace sgdx::models {
 
 namespace nn = torch::nn;
 
-MLP::MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes) {
+MLP::MLP(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes) {
   TORCH_CHECK(in_features > 0 && classes > 0, "MLP: in_features and classes must be positive, got ",
               in_features, " and ", classes);
   int64_t width = in_features;
@@ -71,7 +71,7 @@ class BasicBlock : public nn::Module {
           register_module("shortcut", nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)));
     }
   }
-  torch::Tensor forward(torch::Tensor x) {
+  torch::Tensor forward(const torch::Tensor& x) {
     auto y = torch::relu(norm1_->forward(conv1_->forward(x)));
     y = norm2_->forward(conv2_->forward(y));
     return torch::relu(y + (shortcut_ ? shortcut_->forward(x) : x));

@@ -1,9 +1,10 @@
 #include "sgdx/optim/amp_step.h"
 
+#include "sgdx/optim/detail/param_groups.h"
+
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
 
-#include <algorithm>
 #include <sstream>
 #include <utility>
 
@@ -42,19 +43,8 @@ void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tens
               grad_scale.scalar_type());
   TORCH_CHECK(found_inf.defined() && found_inf.numel() == 1 && found_inf.scalar_type() == at::kFloat, who,
               ": a closure under grad_scale needs found_inf (one float32 value) to record its overflow");
-  struct Group {
-    c10::Device device;
-    at::ScalarType dtype;
-    std::vector<at::Tensor> grads;
-  };
-  std::vector<Group> groups;  // per device and dtype, as the fused op takes them
-  for (const auto& g : grads) {
-    auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& x) {
-      return x.device == g.device() && x.dtype == g.scalar_type();
-    });
-    if (it == groups.end()) it = groups.insert(groups.end(), Group{g.device(), g.scalar_type(), {}});
-    it->grads.push_back(g);
-  }
+  detail::DeviceDtypeBuckets<std::vector<at::Tensor>> groups;  // as the fused op takes them
+  for (const auto& g : grads) groups[g].push_back(g);
   for (auto& [device, dtype, list] : groups) {
     const auto inv = grad_scale.to(device).reciprocal();
     auto found = found_inf.device() == device ? found_inf : at::zeros_like(found_inf, device);

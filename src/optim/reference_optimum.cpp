@@ -181,6 +181,118 @@ at::Tensor model_fista(const Op& hv, const at::Tensor& g, const at::Tensor& w, d
   return x;
 }
 
+void check_inputs(const at::Tensor& a, const at::Tensor& y, const ReferenceOptimumOptions& o,
+                  const at::Tensor& w0) {
+  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble,
+              "reference_optimum: A must be float64 [n, d], got ", a.sizes(), " ", a.scalar_type());
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == a.size(0) && y.scalar_type() == at::kDouble,
+              "reference_optimum: y must be float64 [", a.size(0), "], got ", y.sizes(), " ",
+              y.scalar_type());
+  TORCH_CHECK(o.l1() >= 0 && o.l2() >= 0, "reference_optimum: l1 and l2 must be >= 0, got ", o.l1(), ", ",
+              o.l2());
+  TORCH_CHECK(o.loss() == GlmLoss::squares || o.l1() > 0 || o.l2() > 0,
+              "reference_optimum: the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
+  TORCH_CHECK(o.rel_gap() > 0, "reference_optimum: rel_gap must be > 0, got ", o.rel_gap());
+  const int64_t d = a.size(1);
+  TORCH_CHECK(!w0.defined() || (w0.numel() == d && w0.scalar_type() == at::kDouble),
+              "reference_optimum: w0 must be float64 [", d, "]");
+}
+
+// The Hessian of the smooth part at a point, A^T diag(phi'' / n) A + l2 I: formed
+// explicitly (dense A with few columns), else applied as products with A and A^T.
+class Hessian {
+ public:
+  Hessian(const Glm& glm, const Point& p, bool form) : glm_(glm), curvature_(p.ddphi / glm.n) {
+    if (!form) return;
+    matrix_ = at::mm((glm.a * curvature_.unsqueeze(1)).t(), glm.a);
+    matrix_.diagonal().add_(glm.o.l2());
+  }
+  at::Tensor operator()(const at::Tensor& v) const {
+    if (matrix_.defined()) return at::mv(matrix_, v);
+    return glm_.rmv(curvature_ * glm_.mv(v)) + glm_.o.l2() * v;
+  }
+  const at::Tensor& matrix() const { return matrix_; }  ///< undefined: not formed
+
+ private:
+  const Glm& glm_;
+  at::Tensor curvature_, matrix_;
+};
+
+// A search direction and the directional decrease that the Armijo test scales.
+struct Direction {
+  at::Tensor dir;
+  double decrease_rate;
+};
+
+// The Newton direction at p (l1 = 0) or the proximal Newton one (l1 > 0); `pg` is P's
+// minimal-norm subgradient there.
+Direction newton_direction(const Glm& glm, const Point& p, const at::Tensor& pg, double pg_norm,
+                           const Hessian& hv, int64_t max_cg, int64_t& inner_iterations) {
+  const auto& o = glm.o;
+  if (o.l1() == 0) {
+    // Inexact Newton: forcing term min(0.5, sqrt|g|) gives superlinear convergence.
+    const double forcing = glm.logistic() ? std::min(0.5, std::sqrt(pg_norm)) : 1e-15;  // squares: H is exact
+    auto dir = conjugate_gradients(hv, -pg, forcing, max_cg, inner_iterations);
+    return {dir, pg.dot(dir).item<double>()};
+  }
+  // Proximal Newton (Lee, Sun & Saunders, SIAM J. Optim. 2014): minimise the quadratic model
+  // plus l1 |x|_1, to a residual shrinking with |pg| (superlinear), then a line search on P.
+  const auto g = p.grad_f + o.l2() * p.w;
+  const double tol = std::min(0.5, std::sqrt(pg_norm)) * pg_norm;
+  const auto x = hv.matrix().defined()
+                     ? model_cd(hv.matrix(), g, p.w, o.l1(), tol, 10 * max_cg, inner_iterations)
+                     : model_fista(hv, g, p.w, o.l1(), tol, 100 * max_cg, inner_iterations);
+  auto dir = x - p.w;
+  return {dir, g.dot(dir).item<double>() + o.l1() * (x.abs().sum() - p.w.abs().sum()).item<double>()};
+}
+
+// Backtracking from a unit step along `d` until Armijo's condition holds on P; moves p
+// (and its gap) and returns true on success.
+bool line_search(const Glm& glm, const Direction& d, Point& p, double& gap) {
+  for (double t = 1; t > 1e-10; t *= 0.5) {
+    auto wn = p.w + t * d.dir;
+    const double pn = glm.objective(wn);
+    if (d.decrease_rate < 0 && pn <= p.objective + 1e-4 * t * d.decrease_rate) {
+      p = glm.point(wn);
+      gap = glm.gap(p);
+      return true;
+    }
+    if (t == 1) {
+      // Near the optimum P's decrease falls below its rounding: accept a unit step that
+      // lowers the certified gap.
+      auto pn_point = glm.point(wn);
+      const double gn = glm.gap(pn_point);
+      if (gn < gap) {
+        p = pn_point, gap = gn;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// The fallback when the line search fails: one proximal-gradient step with a backtracked
+// step size, taken only if it lowers P.
+bool proximal_gradient_step(const Glm& glm, Point& p, double& gap) {
+  const auto& o = glm.o;
+  auto g = p.grad_f;
+  for (double lip = 1; lip < 1e16; lip *= 2) {
+    auto v = p.w - g / lip;
+    auto wn = at::sign(v) * at::clamp_min(v.abs() - o.l1() / lip, 0.0) / (1 + o.l2() / lip);
+    auto step = wn - p.w;
+    const double model =
+        p.loss + g.dot(step).item<double>() + 0.5 * lip * step.dot(step).item<double>() + glm.regulariser(wn);
+    auto pn_point = glm.point(wn);
+    if (pn_point.loss + glm.regulariser(wn) <= model) {
+      if (!(pn_point.objective < p.objective)) return false;
+      p = pn_point;
+      gap = glm.gap(p);
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 bool ReferenceOptimum::certified() const {
@@ -200,19 +312,8 @@ std::pair<double, double> objective_and_gap(const at::Tensor& a, const at::Tenso
 
 ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, const ReferenceOptimumOptions& o,
                                    const at::Tensor& w0) {
-  TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kDouble,
-              "reference_optimum: A must be float64 [n, d], got ", a.sizes(), " ", a.scalar_type());
-  TORCH_CHECK(y.dim() == 1 && y.size(0) == a.size(0) && y.scalar_type() == at::kDouble,
-              "reference_optimum: y must be float64 [", a.size(0), "], got ", y.sizes(), " ",
-              y.scalar_type());
-  TORCH_CHECK(o.l1() >= 0 && o.l2() >= 0, "reference_optimum: l1 and l2 must be >= 0, got ", o.l1(), ", ",
-              o.l2());
-  TORCH_CHECK(o.loss() == GlmLoss::squares || o.l1() > 0 || o.l2() > 0,
-              "reference_optimum: the logistic problem needs l1 > 0 or l2 > 0 to have a minimiser");
-  TORCH_CHECK(o.rel_gap() > 0, "reference_optimum: rel_gap must be > 0, got ", o.rel_gap());
+  check_inputs(a, y, o, w0);
   const int64_t d = a.size(1);
-  TORCH_CHECK(!w0.defined() || (w0.numel() == d && w0.scalar_type() == at::kDouble),
-              "reference_optimum: w0 must be float64 [", d, "]");
   Glm glm{a, y, o, double(a.size(0))};
   const int64_t max_cg = o.max_cg() > 0 ? o.max_cg() : 10 * d + 100;
   const bool explicit_hessian = o.form_hessian() && a.layout() == at::kStrided && d <= 1024;
@@ -225,73 +326,10 @@ ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, con
     const auto pg = glm.pseudo_gradient(p);
     const double pg_norm = pg.norm().item<double>();
     if (pg_norm == 0) break;
-    const auto curvature = p.ddphi / glm.n;
-    at::Tensor hessian;
-    if (explicit_hessian) {
-      hessian = at::mm((a * curvature.unsqueeze(1)).t(), a);
-      hessian.diagonal().add_(o.l2());
-    }
-    auto hv = [&](const at::Tensor& v) {
-      if (explicit_hessian) return at::mv(hessian, v);
-      return glm.rmv(curvature * glm.mv(v)) + o.l2() * v;
-    };
-    at::Tensor dir;
-    double decrease_rate;  // the directional decrease the Armijo test scales
-    if (o.l1() == 0) {
-      // Inexact Newton: forcing term min(0.5, sqrt|g|) gives superlinear convergence.
-      const double forcing =
-          glm.logistic() ? std::min(0.5, std::sqrt(pg_norm)) : 1e-15;  // squares: H is exact
-      dir = conjugate_gradients(hv, -pg, forcing, max_cg, res.inner_iterations);
-      decrease_rate = pg.dot(dir).item<double>();
-    } else {
-      // Proximal Newton (Lee, Sun & Saunders, SIAM J. Optim. 2014): minimise the quadratic model
-      // plus l1 |x|_1, to a residual shrinking with |pg| (superlinear), then a line search on P.
-      const auto g = p.grad_f + o.l2() * p.w;
-      const double tol = std::min(0.5, std::sqrt(pg_norm)) * pg_norm;
-      const auto x = explicit_hessian
-                         ? model_cd(hessian, g, p.w, o.l1(), tol, 10 * max_cg, res.inner_iterations)
-                         : model_fista(hv, g, p.w, o.l1(), tol, 100 * max_cg, res.inner_iterations);
-      dir = x - p.w;
-      decrease_rate = g.dot(dir).item<double>() + o.l1() * (x.abs().sum() - p.w.abs().sum()).item<double>();
-    }
-
-    bool moved = false;
-    for (double t = 1; t > 1e-10 && !moved; t *= 0.5) {
-      auto wn = p.w + t * dir;
-      const double pn = glm.objective(wn);
-      if (decrease_rate < 0 && pn <= p.objective + 1e-4 * t * decrease_rate) {
-        p = glm.point(wn);
-        gap = glm.gap(p);
-        moved = true;
-      } else if (t == 1) {
-        // Near the optimum P's decrease falls below its rounding: accept a unit step that
-        // lowers the certified gap.
-        auto pn_point = glm.point(wn);
-        const double gn = glm.gap(pn_point);
-        if (gn < gap) p = pn_point, gap = gn, moved = true;
-      }
-    }
-    if (!moved) {  // fall back to one proximal-gradient step with a backtracked step size
-      auto g = p.grad_f;
-      for (double lip = 1; lip < 1e16 && !moved; lip *= 2) {
-        auto v = p.w - g / lip;
-        auto wn = at::sign(v) * at::clamp_min(v.abs() - o.l1() / lip, 0.0) / (1 + o.l2() / lip);
-        auto step = wn - p.w;
-        const double model = p.loss + g.dot(step).item<double>() + 0.5 * lip * step.dot(step).item<double>() +
-                             glm.regulariser(wn);
-        auto pn_point = glm.point(wn);
-        if (pn_point.loss + glm.regulariser(wn) <= model) {
-          if (pn_point.objective < p.objective) {
-            p = pn_point;
-            gap = glm.gap(p);
-            moved = true;
-          } else {
-            break;
-          }
-        }
-      }
-    }
-    if (!moved) break;  // at the floor of float64: report the gap reached
+    const Hessian hv(glm, p, explicit_hessian);
+    const auto dir = newton_direction(glm, p, pg, pg_norm, hv, max_cg, res.inner_iterations);
+    if (!line_search(glm, dir, p, gap) && !proximal_gradient_step(glm, p, gap))
+      break;  // at the floor of float64: report the gap reached
   }
   res.w = p.w;
   res.objective = p.objective;

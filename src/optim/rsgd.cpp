@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <tuple>
 
 #include "sgdx/ops/rsgd_step.h"
 #include "sgdx/optim/detail/param_groups.h"
@@ -34,41 +32,12 @@ void RSGDOptions::validate() const {
               "RSGD: unknown memory mode ", static_cast<int64_t>(memory()));
 }
 
-bool operator==(const RSGDOptions& a, const RSGDOptions& b) {
-  return a.lr() == b.lr() && a.gamma() == b.gamma() && a.gamma0() == b.gamma0() &&
-         a.max_prob() == b.max_prob() && a.granularity() == b.granularity() && a.memory() == b.memory() &&
-         a.weight_decay() == b.weight_decay() && a.seed() == b.seed() && a.fused_cuda() == b.fused_cuda();
-}
-
 void RSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
-  archive.write("lr", c10::IValue(lr()));
-  archive.write("gamma", c10::IValue(gamma()));
-  archive.write("gamma0", c10::IValue(gamma0()));
-  archive.write("max_prob", c10::IValue(max_prob()));
-  archive.write("granularity", c10::IValue(static_cast<int64_t>(granularity())));
-  archive.write("memory", c10::IValue(static_cast<int64_t>(memory())));
-  archive.write("weight_decay", c10::IValue(weight_decay()));
-  archive.write("seed", c10::IValue(static_cast<int64_t>(seed())));
+  detail::write_fields(*this, archive);
 }
 
 void RSGDOptions::serialize(torch::serialize::InputArchive& archive) {
-  c10::IValue v;
-  archive.read("lr", v);
-  lr(v.toDouble());
-  archive.read("gamma", v);
-  gamma(v.toDouble());
-  archive.read("gamma0", v);
-  gamma0(v.toDouble());
-  archive.read("max_prob", v);
-  max_prob(v.toDouble());
-  archive.read("granularity", v);
-  granularity(static_cast<RSGDGranularity>(v.toInt()));
-  archive.read("memory", v);
-  memory(static_cast<RSGDMemory>(v.toInt()));
-  archive.read("weight_decay", v);
-  weight_decay(v.toDouble());
-  archive.read("seed", v);
-  seed(static_cast<uint64_t>(v.toInt()));
+  detail::read_fields(*this, archive, "RSGDOptions");
   validate();
 }
 
@@ -80,31 +49,12 @@ void RSGDOptions::set_lr(const double lr) {
 }
 
 void RSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
-  archive.write("step", c10::IValue(step()));
-  archive.write("memory", memory(), /*is_buffer=*/true);
+  detail::write_fields(*this, archive);
 }
 
 void RSGDParamState::serialize(torch::serialize::InputArchive& archive) {
-  c10::IValue v;
-  archive.read("step", v);
-  step(v.toInt());
-  torch::Tensor m;
-  archive.read("memory", m, /*is_buffer=*/true);
-  memory(m);
+  detail::read_fields(*this, archive, "RSGDParamState");
 }
-
-bool operator==(const RSGDParamState& a, const RSGDParamState& b) {
-  return a.step() == b.step() && torch::equal(a.memory(), b.memory());
-}
-
-namespace {
-const RSGDOptions& as_rsgd_options(const torch::optim::OptimizerOptions& o, size_t group) {
-  const auto* r = dynamic_cast<const RSGDOptions*>(&o);
-  TORCH_CHECK(r != nullptr, "RSGD: parameter group ", group,
-              " has options of another optimizer; pass sgdx::optim::RSGDOptions");
-  return *r;
-}
-}  // namespace
 
 RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults)
     : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<RSGDOptions>(defaults)) {
@@ -136,7 +86,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {
     auto& group = param_groups_[gi];
-    const auto& options = as_rsgd_options(group.options(), gi);
+    const auto& options = detail::options_as<RSGDOptions>(group.options(), gi, "RSGD");
     ops::RSGDStepConfig config;
     config.lr = options.lr();
     config.weight_decay = options.weight_decay();
@@ -152,7 +102,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
       std::vector<int64_t> ids, steps;
       std::vector<double> probs;
     };
-    std::map<std::tuple<int, int, int>, Bucket> buckets;
+    detail::DeviceDtypeBuckets<Bucket> buckets;
     for (auto& p : group.params()) {
       const int64_t id = tensor_id++;
       if (!p.grad().defined()) continue;
@@ -170,8 +120,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
       TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD: state of parameter ", id, " has shape ",
                   st.memory().sizes(), " but the parameter has ", p.sizes());
       st.step(st.step() + 1);
-      auto& b = buckets[{static_cast<int>(p.device().type()), p.device().index(),
-                         static_cast<int>(p.scalar_type())}];
+      auto& b = buckets[p];
       if (p.is_contiguous()) {
         b.params.push_back(p);
       } else {
@@ -184,7 +133,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
       b.steps.push_back(st.step());
       b.probs.push_back(options.reinforcement_probability(st.step()));
     }
-    for (auto& [key, b] : buckets) {
+    for (auto& [device, dtype, b] : buckets) {
       ops::rsgd_step_(b.params, b.grads, b.memory, b.ids, b.steps, b.probs, config);
       for (auto& [param, copy] : b.writeback) param.copy_(copy);
     }
@@ -199,22 +148,14 @@ void RSGD::save(torch::serialize::OutputArchive& archive) const {
 void RSGD::load(torch::serialize::InputArchive& archive) {
   std::vector<bool> fused;  // how this process computes: kept, not loaded
   for (const auto gi : c10::irange(param_groups_.size()))
-    fused.push_back(as_rsgd_options(param_groups_[gi].options(), gi).fused_cuda());
-  torch::optim::serialize<RSGDParamState, RSGDOptions>(archive, *this);
+    fused.push_back(detail::options_as<RSGDOptions>(param_groups_[gi].options(), gi, "RSGD").fused_cuda());
+  detail::load_then_place<RSGDParamState, RSGDOptions>(*this, archive,
+                                                       [](const torch::Tensor& p, RSGDParamState& st) {
+                                                         detail::check_loaded_like(st.memory(), p, "RSGD");
+                                                         st.memory(detail::to_device_of(st.memory(), p));
+                                                       });
   for (const auto gi : c10::irange(std::min(fused.size(), param_groups_.size())))
     static_cast<RSGDOptions&>(param_groups_[gi].options()).fused_cuda(fused[gi]);
-  for (auto& group : param_groups_) {
-    for (auto& p : group.params()) {
-      auto it = state_.find(p.unsafeGetTensorImpl());
-      if (it == state_.end()) continue;
-      auto& st = static_cast<RSGDParamState&>(*it->second);
-      TORCH_CHECK(st.memory().sizes() == p.sizes(), "RSGD::load: saved state has shape ", st.memory().sizes(),
-                  " but the parameter has ", p.sizes());
-      TORCH_CHECK(st.memory().scalar_type() == p.scalar_type(), "RSGD::load: saved state has dtype ",
-                  st.memory().scalar_type(), " but the parameter has ", p.scalar_type());
-      st.memory(st.memory().to(p.device()).contiguous());
-    }
-  }
 }
 
 }  // namespace sgdx::optim

@@ -24,6 +24,7 @@
 using sgdx::ops::NormLayerOperands;
 using sgdx::ops::NormStrategy;
 using Kind = NormLayerOperands::Kind;
+using sgdx::ops::detail::NormRule;
 
 namespace {
 
@@ -395,20 +396,20 @@ TEST(PerSampleNormsCuda, ClearErrors) {
   bias_only.bias = true;
   bias_only.input = at::Tensor();
   EXPECT_NO_THROW(sgdx::ops::detail::check_norm_layers({bias_only}, 2, false));
-  EXPECT_EQ(sgdx::ops::detail::norm_rule(bias_only, 2), 3);
+  EXPECT_EQ(sgdx::ops::detail::norm_rule(bias_only, 2), NormRule::bias_only);
   c.stride_h = 0;
   SGDX_EXPECT_THROW_MSG(sgdx::ops::detail::check_norm_layers({c}, 2, false), "invalid geometry");
   // The rule choice follows the CPU path: ghost when 2 T^2 <= K P.
-  EXPECT_EQ(sgdx::ops::detail::norm_rule(op, 4), 0);  // one position
+  EXPECT_EQ(sgdx::ops::detail::norm_rule(op, 4), NormRule::outer_product);  // one position
   NormLayerOperands seq;
   seq.input = torch::randn({4 * 8, 64});
   seq.grad_output = torch::randn({4 * 8, 64});
-  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), 1);  // 2*64 <= 4096
+  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), NormRule::ghost);  // 2*64 <= 4096
   seq.input = torch::randn({4 * 100, 8});
   seq.grad_output = torch::randn({4 * 100, 8});
-  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), 2);
+  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), NormRule::materialize);
   seq.weight = false;
-  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), 3);
+  EXPECT_EQ(sgdx::ops::detail::norm_rule(seq, 4), NormRule::bias_only);
   // The PerSampleGradients backend refuses CPU models with the reason.
   auto model = torch::nn::Sequential(torch::nn::Linear(3, 2));
   sgdx::ops::PerSampleOptions o;

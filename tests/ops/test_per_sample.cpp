@@ -540,3 +540,79 @@ TEST(PerSample, BatchNormEvalIsExactTrainingIsRefused) {
   SGDX_EXPECT_THROW_MSG(cap.attach(nostats->forward(torch::randn({5, 3}, torch::kDouble)).sum(), 5),
                         "BatchNorm layer '0': in training mode (or with track_running_stats=false)");
 }
+
+// The layer rules are registered by the autograd node type they read.
+TEST(PerSample, RegistryListsTheNodeTypesItServes) {
+  std::vector<std::string> layers;
+  std::map<std::string, std::vector<std::string>> nodes;
+  for (const auto& r : sgdx::ops::per_sample_layer_rules()) {
+    layers.push_back(r.layer);
+    nodes[r.layer] = r.nodes;
+  }
+  EXPECT_EQ(layers, (std::vector<std::string>{"Linear", "Conv2d", "Embedding", "LayerNorm", "GroupNorm",
+                                              "BatchNorm in eval mode"}));
+  EXPECT_EQ(nodes["Linear"], (std::vector<std::string>{"AddmmBackward0", "MmBackward0", "AddBackward0"}));
+  EXPECT_EQ(nodes["Conv2d"], (std::vector<std::string>{"ConvolutionBackward0"}));
+  EXPECT_EQ(nodes["Embedding"], (std::vector<std::string>{"EmbeddingBackward0"}));
+  EXPECT_EQ(nodes["LayerNorm"], (std::vector<std::string>{"NativeLayerNormBackward0"}));
+  EXPECT_EQ(nodes["GroupNorm"], (std::vector<std::string>{"NativeGroupNormBackward0"}));
+  EXPECT_EQ(nodes["BatchNorm in eval mode"],
+            (std::vector<std::string>{"NativeBatchNormBackward0", "CudnnBatchNormBackward0",
+                                      "MiopenBatchNormBackward0"}));
+}
+
+namespace {
+
+// A module of no torch::nn type whose forward computes through addmm.
+struct Dense : nn::Module {
+  at::Tensor weight, bias;
+  Dense(int64_t in, int64_t out) {
+    weight = register_parameter("weight", torch::randn({out, in}, torch::kDouble));
+    bias = register_parameter("bias", torch::randn({out}, torch::kDouble));
+  }
+  at::Tensor forward(const at::Tensor& x) { return torch::addmm(bias, x, weight.t()); }
+};
+
+// A module with a parameter that is neither a weight nor a bias.
+struct Scale : nn::Module {
+  at::Tensor scale;
+  Scale() { scale = register_parameter("scale", torch::ones({3})); }
+};
+
+}  // namespace
+
+// The node, not the module type, picks the rule: any module computing through a
+// registered node is captured; anything else is refused, naming the module.
+TEST(PerSample, RulesFollowTheNodeUnsupportedLayersAreRefusedByName) {
+  torch::manual_seed(21);
+  const int64_t B = 4;
+  auto dense = std::make_shared<Dense>(3, 2);
+  auto x = torch::randn({B, 3}, torch::kDouble);
+  PerSampleOptions options;
+  options.reduction = LossReduction::sum;
+  PerSampleGradients cap(*dense, options);
+  auto loss = dense->forward(x).pow(2).sum();
+  cap.attach(loss, B);
+  loss.backward();
+  const auto want =
+      loop_grads(*dense, B, [&](int64_t i) { return dense->forward(x.slice(0, i, i + 1)).pow(2).sum(); });
+  EXPECT_LE(rel_err(cap.per_sample_grad("weight"), want[0]), kTol64);
+  EXPECT_LE(rel_err(cap.per_sample_grad("bias"), want[1]), kTol64);
+  EXPECT_EQ(cap.layer_names(), std::vector<std::string>{"<root>"});
+
+  auto prelu = nn::Sequential(nn::Linear(3, 4), nn::PReLU(), nn::Linear(4, 2));
+  PerSampleGradients cap_prelu(*prelu);
+  SGDX_EXPECT_THROW_MSG(
+      cap_prelu.attach(prelu->forward(torch::randn({5, 3})).sum(), 5),
+      "which no layer rule reads; supported: Linear, Conv2d, Embedding, LayerNorm, GroupNorm, "
+      "BatchNorm in eval mode); ignore its parameters with PerSampleOptions::ignore");
+  auto scaled = nn::Sequential(nn::Linear(3, 3));
+  auto scale = scaled->register_module("s", std::make_shared<Scale>());
+  PerSampleGradients cap_scale(*scaled);
+  auto y = scaled->forward(torch::randn({5, 3})) * scale->scale;
+  SGDX_EXPECT_THROW_MSG(cap_scale.attach(y.sum(), 5), "layer 's' of type ");
+  SGDX_EXPECT_THROW_MSG(
+      cap_scale.attach(y.sum(), 5),
+      "Scale has trainable parameters but is not supported (its parameter 'scale' is neither "
+      "a weight nor a bias");
+}

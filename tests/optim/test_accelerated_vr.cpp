@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "logistic_problem.h"
+#include "option_fields.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "test_util.h"
 
@@ -192,4 +193,109 @@ TEST(AcceleratedVR, ClearErrors) {
   Katyusha k({w}, KatyushaOptions(1.0).n(10));
   SGDX_EXPECT_THROW_MSG(k.step([] { return torch::zeros({}); }),
                         "call set_full_gradient_closure() before step()");
+}
+
+// Every option reaches the checkpoint, under its name.
+TEST(AcceleratedVR, EveryOptionFieldIsSaved) {
+  auto w = torch::zeros({3}, torch::requires_grad());
+  sgdx::testing::expect_every_field_round_trips(
+      KatyushaOptions(0.5).n(50).b(5).m(7).l1(1e-3).l2(2e-3).lr(0.1), KatyushaOptions(1.0).n(60),
+      {"L", "n", "b", "m", "l1", "l2", "lr"},
+      [&](const KatyushaOptions& o) { return std::make_unique<Katyusha>(std::vector<at::Tensor>{w}, o); });
+  sgdx::testing::expect_every_field_round_trips(
+      DASVRDAOptions(0.5)
+          .n(50)
+          .b(5)
+          .m(7)
+          .lr(0.1)
+          .l1(1e-3)
+          .l2(2e-3)
+          .restart(Restart::periodic)
+          .restart_period(4),
+      DASVRDAOptions(1.0).n(60), {"L", "n", "b", "m", "lr", "l1", "l2", "restart", "restart_period"},
+      [&](const DASVRDAOptions& o) { return std::make_unique<DASVRDA>(std::vector<at::Tensor>{w}, o); });
+}
+
+// A checkpoint of an sgdx before Katyusha's lr option (no "lr" key) loads with lr 0 (1/(3L)).
+TEST(AcceleratedVR, KatyushaOptionsWithoutLrLoad) {
+  torch::serialize::OutputArchive out;
+  for (const char* k : {"L", "l1", "l2"}) out.write(k, c10::IValue(0.5));
+  for (const char* k : {"n", "b", "m"}) out.write(k, c10::IValue(int64_t{4}));
+  std::stringstream buf;
+  out.save_to(buf);
+  torch::serialize::InputArchive in;
+  in.load_from(buf);
+  KatyushaOptions o(1.0);
+  o.lr(0.25);
+  o.serialize(in);
+  EXPECT_EQ(o.lr(), 0.25);  // kept: the key is absent
+  EXPECT_EQ(o.L(), 0.5);
+  EXPECT_DOUBLE_EQ(KatyushaOptions(0.5).n(4).get_lr(), 1.0 / 1.5);
+}
+
+// Per-parameter state as the string-keyed VRParamState of earlier versions wrote it
+// (a "keys" list, the tensors under their names, the scratch point "x") loads.
+TEST(AcceleratedVR, EarlierStateLayoutLoads) {
+  torch::serialize::OutputArchive out;
+  const std::vector<std::string> names = {"mu", "x", "xt", "y", "ysum", "z"};
+  for (size_t k = 0; k < names.size(); ++k)
+    out.write(names[k], torch::full({2}, double(k)), /*is_buffer=*/true);
+  out.write("keys", c10::IValue(std::string("mu,x,xt,y,ysum,z")));
+  std::stringstream buf;
+  out.save_to(buf);
+  torch::serialize::InputArchive in;
+  in.load_from(buf);
+  sgdx::optim::KatyushaParamState st;
+  st.serialize(in);
+  EXPECT_TRUE(torch::equal(st.mu(), torch::full({2}, 0.0)));
+  EXPECT_TRUE(torch::equal(st.xt(), torch::full({2}, 2.0)));
+  EXPECT_TRUE(torch::equal(st.y(), torch::full({2}, 3.0)));
+  EXPECT_TRUE(torch::equal(st.ysum(), torch::full({2}, 4.0)));
+  EXPECT_TRUE(torch::equal(st.z(), torch::full({2}, 5.0)));
+}
+
+// What an LR scheduler does (param_groups()[i].options().set_lr) sets Katyusha's step
+// eta: y_{k+1} = prox_{eta R}(x_{k+1} - eta v), z_{k+1} = prox_{(eta/tau1) R}(z_k - (eta/tau1) v)
+// with tau1 from L and sigma, checked against a float64 reference of the rule; with
+// R = 0 halving lr halves the move y_{k+1} - x_{k+1} (up to the rounding of x - eta v).
+TEST(AcceleratedVR, KatyushaSetLrScalesTheStep) {
+  using sgdx::optim::KatyushaParamState;
+  Logistic prob(40, 5, 0, 0, 7);
+  const double L = 0.25;
+  for (double l2 : {0.0, 1e-2}) {
+    std::vector<at::Tensor> moves;
+    for (double scale : {1.0, 0.5}) {
+      auto w = torch::zeros({5}, torch::kDouble).requires_grad_();
+      Katyusha opt({w}, KatyushaOptions(L).n(40).b(2).l2(l2));
+      std::mt19937_64 rng(4);
+      run_vr(opt, prob, w, 7, rng, 2);  // mid-stage (m = 20)
+      auto& group = opt.param_groups()[0].options();
+      ASSERT_DOUBLE_EQ(group.get_lr(), 1.0 / (3.0 * L));
+      group.set_lr(scale * group.get_lr());
+      const double eta = group.get_lr();
+      EXPECT_EQ(eta, scale / (3.0 * L));
+      // The reference: x_{k+1}, v and the updated y and z from the state before the step.
+      const auto& st = static_cast<KatyushaParamState&>(*opt.state().at(w.unsafeGetTensorImpl()));
+      const double m = 20, b = 2, tau2 = 1 / (2 * b);
+      const double tau1 = l2 > 0 ? std::min(std::sqrt(8 * b * m * l2 / (3 * L)) * tau2, 0.5) : 2.0 / (0 + 4);
+      const auto x = tau1 * st.z() + tau2 * st.xt() + (1 - tau1 - tau2) * st.y();
+      const auto z_before = st.z().clone();
+      auto rng_ref = rng;
+      std::uniform_int_distribution<int64_t> pick(0, 39);
+      std::vector<int64_t> idx(2);
+      for (auto& i : idx) i = pick(rng_ref);
+      auto grad_at = [&](const at::Tensor& point) {
+        auto q = point.detach().clone().requires_grad_();
+        return torch::autograd::grad({prob.loss(q, torch::tensor(idx, torch::kLong))}, {q})[0];
+      };
+      const auto v = st.mu() + grad_at(x) - grad_at(st.xt());
+      const auto y_ref = (x - eta * v) / (1 + eta * l2);
+      const auto z_ref = (z_before - (eta / tau1) * v) / (1 + (eta / tau1) * l2);
+      run_vr(opt, prob, w, 1, rng, 2);
+      EXPECT_TRUE(torch::allclose(w.detach(), y_ref, 0, 1e-15)) << w << y_ref;
+      EXPECT_TRUE(torch::allclose(st.z(), z_ref, 0, 1e-14)) << st.z() << z_ref;
+      moves.push_back(w.detach() - x);
+    }
+    if (l2 == 0) EXPECT_TRUE(torch::allclose(moves[1], 0.5 * moves[0], 1e-13, 0)) << moves[0] << moves[1];
+  }
 }

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "logistic_problem.h"
+#include "option_fields.h"
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/svrg.h"
 #include "test_util.h"
@@ -115,6 +116,15 @@ TEST(SVRG, SaveLoadMidStageResumesBitIdentically) {
     ASSERT_TRUE(torch::equal(w, w2)) << "step " << k << "\n" << w << w2;
   }
   EXPECT_EQ(a.gradient_evaluations(), b.gradient_evaluations());
+}
+
+// Every option reaches the checkpoint, under its name.
+TEST(SVRG, EveryOptionFieldIsSaved) {
+  auto w = torch::zeros({3}, torch::requires_grad());
+  sgdx::testing::expect_every_field_round_trips(
+      SVRGOptions(0.3).n(50).b(5).m(7).l1(1e-3).l2(2e-3).snapshot(sgdx::optim::SnapshotRule::random).seed(9),
+      SVRGOptions(1.0).n(60), {"lr", "n", "b", "m", "l1", "l2", "snapshot", "seed"},
+      [&](const SVRGOptions& o) { return std::make_unique<SVRG>(std::vector<at::Tensor>{w}, o); });
 }
 
 TEST(SVRG, ClearErrors) {

@@ -24,9 +24,11 @@
 #include <utility>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::amp {
 
-struct GradScalerOptions {
+struct SGDX_API GradScalerOptions {
   TORCH_ARG(double, init_scale) = 65536.0;  // 2^16
   TORCH_ARG(double, growth_factor) = 2.0;
   TORCH_ARG(double, backoff_factor) = 0.5;
@@ -37,10 +39,10 @@ struct GradScalerOptions {
  public:
   /// Throws c10::Error naming the first invalid option and its value.
   void validate() const;
-  friend bool operator==(const GradScalerOptions& lhs, const GradScalerOptions& rhs);
+  friend SGDX_API bool operator==(const GradScalerOptions& lhs, const GradScalerOptions& rhs);
 };
 
-class GradScaler {
+class SGDX_API GradScaler {
  public:
   explicit GradScaler(GradScalerOptions options = {});
 

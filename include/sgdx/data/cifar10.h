@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "sgdx/data/idx.h"
+#include "sgdx/export.h"
 
 namespace sgdx::data {
 
@@ -17,13 +18,13 @@ struct Cifar10Batch {
   at::Tensor images;
   at::Tensor labels;
 };
-Cifar10Batch read_cifar10_batch(const std::string& path);
+SGDX_API Cifar10Batch read_cifar10_batch(const std::string& path);
 
 /// Parses the bytes of a batch already in memory (after gunzip); `name` is used in error messages.
-Cifar10Batch parse_cifar10_batch(const std::vector<uint8_t>& bytes, const std::string& name);
+SGDX_API Cifar10Batch parse_cifar10_batch(const std::vector<uint8_t>& bytes, const std::string& name);
 
 /// Loads the training (data_batch_1..5.bin) or test (test_batch.bin) split from
 /// `dir` (or its cifar-10-batches-bin subfolder) as float32 images in [0, 1].
-ImageSet load_cifar10(const std::string& dir, bool train);
+SGDX_API ImageSet load_cifar10(const std::string& dir, bool train);
 
 }  // namespace sgdx::data

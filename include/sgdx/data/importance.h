@@ -15,11 +15,13 @@
 #include <optional>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::data {
 
 /// Scores s_i >= 0 of N items in a sum tree: O(log N) update and draw, 2N
 /// doubles (16 bytes per item), 64-bit indices.
-class SumTree {
+class SGDX_API SumTree {
  public:
   explicit SumTree(int64_t n, double initial = 1.0);
   int64_t size() const { return n_; }
@@ -55,7 +57,7 @@ struct ImportanceBatch {
 /// call take() for the weights of each batch the loader yields (batches arrive in
 /// draw order) and update() with fresh scores. Draws are with replacement and a
 /// pure function of (seed, batch sequence number, position, scores at draw time).
-class ImportanceSampler : public torch::data::samplers::Sampler<> {
+class SGDX_API ImportanceSampler : public torch::data::samplers::Sampler<> {
  public:
   ImportanceSampler(int64_t size, ImportanceSamplerOptions options = {});
 
@@ -85,27 +87,27 @@ class ImportanceSampler : public torch::data::samplers::Sampler<> {
 
 /// Per-example scores. upper-bound: K&F's bound for softmax cross-entropy,
 /// ||softmax(z_i) - onehot(y_i)||_2, from the logits (no gradient flows).
-at::Tensor upper_bound_scores(const at::Tensor& logits, const at::Tensor& targets);
+SGDX_API at::Tensor upper_bound_scores(const at::Tensor& logits, const at::Tensor& targets);
 
 /// mean_i(w_i.detach() * l_i): the unbiased importance-weighted loss (not
 /// normalised by sum(w), which would be a different, biased estimator).
-at::Tensor weighted_mean_loss(const at::Tensor& losses, const at::Tensor& weights);
+SGDX_API at::Tensor weighted_mean_loss(const at::Tensor& losses, const at::Tensor& weights);
 
 /// Sampling-quality metric on M examples with exact gradient norms G and
 /// sampling probabilities p (renormalised over the M):
 ///   Q = (V(uniform) - V(p)) / (V(uniform) - V(p*)),  V(q) = (1/M^2) sum G_i^2 / q_i - ||mean grad||^2,
 /// p* proportional to G. 1 optimal, 0 uniform, < 0 worse (sgdx's definition).
-double sampling_quality(const at::Tensor& grad_norms, const at::Tensor& probs);
+SGDX_API double sampling_quality(const at::Tensor& grad_norms, const at::Tensor& probs);
 
 /// K&F's tau (effective batch increase) from the scores of one batch:
 /// [1 - sum (g_i - 1/B)^2 / sum g_i^2]^(-1/2), g = s / sum(s).
-double effective_batch_increase(const at::Tensor& scores);
+SGDX_API double effective_batch_increase(const at::Tensor& scores);
 
 /// K&F presampling: importance steps only when tau exceeds (B + 3b) / (3b)
 /// (the cost model backward = 2 forwards). Draw B = ratio * b examples
 /// uniformly; if importance_step(), score them (forward, no grad) and select();
 /// otherwise train on b of them uniformly. Feed every step's scores to update_tau.
-class Presampler {
+class SGDX_API Presampler {
  public:
   Presampler(int64_t batch_size, int64_t ratio = 3, double mix = 0.0, double tau_ema = 0.9,
              uint64_t seed = 0);

@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "sgdx/export.h"
+
 namespace sgdx::data {
 
 /// A LIBSVM-format data set ("label idx:val idx:val ...", 1-based indices).
@@ -17,12 +19,12 @@ struct LibsvmData {
 /// lines, non-finite values, index overflow, a file with no examples or no features,
 /// and a dense matrix larger than max_dataset_bytes() (sgdx/data/idx.h) give a
 /// c10::Error naming the file, the line number and the problem.
-LibsvmData read_libsvm(const std::string& path, int64_t num_features = 0);
+SGDX_API LibsvmData read_libsvm(const std::string& path, int64_t num_features = 0);
 
 /// Parses LIBSVM text already in memory; `name` is used in error messages.
-LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features = 0);
+SGDX_API LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features = 0);
 
 /// Scales every row to unit Euclidean norm (zero rows stay zero), in place.
-void normalize_rows_(at::Tensor& features);
+SGDX_API void normalize_rows_(at::Tensor& features);
 
 }  // namespace sgdx::data

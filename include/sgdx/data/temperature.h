@@ -16,20 +16,22 @@
 #include <utility>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::data {
 
 /// p(k; tau) for group sizes n_k (all > 0), float64 [K].
-at::Tensor temperature_probs(const std::vector<int64_t>& sizes, double tau);
+SGDX_API at::Tensor temperature_probs(const std::vector<int64_t>& sizes, double tau);
 /// Scalarization loss weights w_k(tau) = p(k; tau) / p(k; 1), float64 [K].
-at::Tensor scalarization_weights(const std::vector<int64_t>& sizes, double tau);
+SGDX_API at::Tensor scalarization_weights(const std::vector<int64_t>& sizes, double tau);
 /// F(tau) = sum_k p(k; tau)^2 / p(k; 1).
-double variance_factor(const std::vector<int64_t>& sizes, double tau);
+SGDX_API double variance_factor(const std::vector<int64_t>& sizes, double tau);
 /// A table of n_k, p(k; 1), p(k; tau), w_k(tau) and F(tau), one group a line.
-std::string temperature_summary(const std::vector<int64_t>& sizes, double tau);
+SGDX_API std::string temperature_summary(const std::vector<int64_t>& sizes, double tau);
 
 /// A piecewise-constant temperature over optimizer steps: (first step, tau)
 /// pairs, the first at step 0, steps strictly increasing, every tau > 0.
-class TemperatureSchedule {
+class SGDX_API TemperatureSchedule {
  public:
   explicit TemperatureSchedule(std::vector<std::pair<int64_t, double>> points);
   static TemperatureSchedule constant(double tau);
@@ -44,7 +46,7 @@ class TemperatureSchedule {
 
 /// Group sizes from a group-id (or label) tensor; ids must be in [0, num_groups).
 /// num_groups <= 0: max id + 1. Every group must be non-empty.
-std::vector<int64_t> group_sizes(const at::Tensor& group_ids, int64_t num_groups = 0);
+SGDX_API std::vector<int64_t> group_sizes(const at::Tensor& group_ids, int64_t num_groups = 0);
 
 /// Temperature sampler for the LibTorch DataLoader: each example of a batch is
 /// drawn with replacement by choosing a group from p(.; tau(step)) and then an
@@ -53,7 +55,7 @@ std::vector<int64_t> group_sizes(const at::Tensor& group_ids, int64_t num_groups
 /// of (seed, s, position in the batch) (Philox4x32-10), which makes the stream
 /// independent of DataLoader prefetching and makes save/load resume it exactly.
 /// Copies share state (the DataLoader keeps its own copy of the sampler).
-class TemperatureSampler : public torch::data::samplers::Sampler<> {
+class SGDX_API TemperatureSampler : public torch::data::samplers::Sampler<> {
  public:
   /// `batches_per_epoch` <= 0: ceil(N / batch_size) batches, computed at the first next().
   TemperatureSampler(const at::Tensor& group_ids, TemperatureSchedule schedule, uint64_t seed = 0,
@@ -80,6 +82,6 @@ class TemperatureSampler : public torch::data::samplers::Sampler<> {
 /// floor(n_max * ratio^(-c / (C - 1))) examples (class 0 the head, class C-1 the
 /// tail, n_max the size of class 0), chosen by a seeded permutation. Throws when a
 /// class has fewer examples than it needs. Sorted int64 indices.
-at::Tensor long_tailed_indices(const at::Tensor& labels, double imbalance_ratio, uint64_t seed = 0);
+SGDX_API at::Tensor long_tailed_indices(const at::Tensor& labels, double imbalance_ratio, uint64_t seed = 0);
 
 }  // namespace sgdx::data

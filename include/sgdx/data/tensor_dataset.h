@@ -6,13 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::data {
 
 /// An in-memory dataset whose batches are gathered with one index_select, so
 /// any index sampler (LibTorch's or sgdx's) feeds torch::data::make_data_loader
 /// without per-example copies or a Stack transform.
-class TensorDataset : public torch::data::datasets::BatchDataset<TensorDataset, torch::data::Example<>,
-                                                                 c10::ArrayRef<size_t>> {
+class SGDX_API TensorDataset
+    : public torch::data::datasets::BatchDataset<TensorDataset, torch::data::Example<>,
+                                                 c10::ArrayRef<size_t>> {
  public:
   TensorDataset(at::Tensor inputs, at::Tensor targets);
   torch::data::Example<> get_batch(c10::ArrayRef<size_t> indices) override;
@@ -33,12 +36,12 @@ struct DatasetSplits {
 };
 
 /// Names accepted by load_dataset.
-const std::vector<std::string>& dataset_names();
+SGDX_API const std::vector<std::string>& dataset_names();
 
 /// Where `name` is looked for when no directory is given: fashion-mnist in
 /// Debian's dataset-fashion-mnist package, mnist and cifar10 under
 /// $SGDX_DATA_DIR/{mnist,cifar10}.
-std::string default_data_dir(const std::string& name);
+SGDX_API std::string default_data_dir(const std::string& name);
 
 /// Loads a dataset by name: fashion-mnist, mnist, cifar10 (files, normalised
 /// with the training set's mean and std) or teacher (a synthetic
@@ -48,6 +51,6 @@ std::string default_data_dir(const std::string& name);
 /// missing or not a directory, a split is empty, the training and test images
 /// differ in shape, or the training images are constant (standard deviation 0:
 /// refused, since standardising would divide by zero).
-DatasetSplits load_dataset(const std::string& name, const std::string& dir = "");
+SGDX_API DatasetSplits load_dataset(const std::string& name, const std::string& dir = "");
 
 }  // namespace sgdx::data

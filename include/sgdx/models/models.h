@@ -11,10 +11,12 @@
 #include <utility>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::models {
 
 /// A classifier: images or feature vectors in, logits [B, classes] out.
-class Classifier : public torch::nn::Module {
+class SGDX_API Classifier : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;
   /// {logits, input of the last Linear layer} (the per-sample features that the
@@ -23,9 +25,9 @@ class Classifier : public torch::nn::Module {
 };
 
 /// Flatten -> (Linear -> ReLU) per hidden width -> Linear.
-class MLP : public Classifier {
+class SGDX_API MLP : public Classifier {
  public:
-  MLP(int64_t in_features, std::vector<int64_t> hidden, int64_t classes);
+  MLP(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes);
   torch::Tensor forward(torch::Tensor x) override;
   std::pair<torch::Tensor, torch::Tensor> forward_features(torch::Tensor x) override;
 
@@ -34,7 +36,7 @@ class MLP : public Classifier {
 };
 
 /// Two 5x5 conv + ReLU + 2x2 max-pool stages (32, 64 channels), then 128 -> classes.
-class SmallCNN : public Classifier {
+class SGDX_API SmallCNN : public Classifier {
  public:
   SmallCNN(int64_t channels, int64_t height, int64_t width, int64_t classes);
   torch::Tensor forward(torch::Tensor x) override;
@@ -47,7 +49,7 @@ class SmallCNN : public Classifier {
 /// ResNet-style net for 32x32 (or 28x28) images: a 3x3 stem and three stages of
 /// basic residual blocks (16, 32, 64 channels, stride 1, 2, 2) with GroupNorm,
 /// global average pooling and a linear head. blocks_per_stage=1 is ResNet-8.
-class ResNetCifar : public Classifier {
+class SGDX_API ResNetCifar : public Classifier {
  public:
   ResNetCifar(int64_t channels, int64_t classes, int64_t blocks_per_stage = 1, int64_t width = 16);
   torch::Tensor forward(torch::Tensor x) override;
@@ -59,10 +61,10 @@ class ResNetCifar : public Classifier {
 };
 
 /// Names accepted by make_model.
-const std::vector<std::string>& model_names();
+SGDX_API const std::vector<std::string>& model_names();
 
 /// Builds "mlp", "cnn" or "resnet" for inputs of `input_shape` (one example).
-std::shared_ptr<Classifier> make_model(const std::string& name, const std::vector<int64_t>& input_shape,
-                                       int64_t classes);
+SGDX_API std::shared_ptr<Classifier> make_model(const std::string& name,
+                                                const std::vector<int64_t>& input_shape, int64_t classes);
 
 }  // namespace sgdx::models

@@ -9,6 +9,8 @@
 #include <array>
 #include <string_view>
 
+#include "sgdx/export.h"
+
 namespace sgdx::ops {
 
 enum class CudaKernel {
@@ -31,11 +33,11 @@ struct CudaKernelRecord {
 };
 
 inline constexpr int kCudaKernelCount = 5;
-const std::array<CudaKernelRecord, kCudaKernelCount>& cuda_kernel_records();
-const CudaKernelRecord& cuda_kernel_record(CudaKernel kernel);
+SGDX_API const std::array<CudaKernelRecord, kCudaKernelCount>& cuda_kernel_records();
+SGDX_API const CudaKernelRecord& cuda_kernel_record(CudaKernel kernel);
 
 /// True when the fused kernel is the default on CUDA: switched on, and these
 /// sources are the verified ones.
-bool fused_cuda_default(CudaKernel kernel);
+SGDX_API bool fused_cuda_default(CudaKernel kernel);
 
 }  // namespace sgdx::ops

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::ops {
 
 struct GradQueueStepConfig {
@@ -40,20 +42,20 @@ struct GradQueueTensor {
 
 /// The dtype of the window statistics (s2, the ema mean) and queue rows for parameters
 /// of `param_dtype`: float32 for half/bfloat16, else the parameters' own.
-at::ScalarType gradqueue_stats_dtype(at::ScalarType param_dtype);
+SGDX_API at::ScalarType gradqueue_stats_dtype(at::ScalarType param_dtype);
 /// The dtype of the window mean s1: float64 for exact storage, else gradqueue_stats_dtype.
-at::ScalarType gradqueue_mean_dtype(at::ScalarType param_dtype, bool exact_storage);
+SGDX_API at::ScalarType gradqueue_mean_dtype(at::ScalarType param_dtype, bool exact_storage);
 
 /// Applies one step in place and returns the sum of Delta-rho over the
 /// tensor's elements (numel * Delta-rho for tensor granularity) as a float64
 /// scalar tensor on the parameter's device (no host read). float32/float64
 /// CPU tensors take the fused kernel; every other device or dtype (CUDA, half,
 /// bfloat16) the ATen composition below (same rule, opmath in float32 or wider).
-at::Tensor gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
+SGDX_API at::Tensor gradqueue_step_(GradQueueTensor& t, const GradQueueStepConfig& config);
 
 /// The same step from ATen ops, for any device and floating dtype (the verified
 /// default on CUDA, and the reference the fused kernels are tested against).
-at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
+SGDX_API at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& config);
 
 /// The fused multi-tensor CUDA kernel: every tensor on one CUDA device, one
 /// floating dtype (float32, float64, float16, bfloat16; opmath float32 or wider).
@@ -64,8 +66,9 @@ at::Tensor gradqueue_step_aten_(GradQueueTensor& t, const GradQueueStepConfig& c
 /// before advancing its counters. Returns the per-tensor sums of Delta-rho as a
 /// float64 device tensor [T] (no host synchronisation). Throws when sgdx was
 /// built without CUDA.
-at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
-                                const at::Tensor& grad_scale = {}, const at::Tensor& found_inf = {});
+SGDX_API at::Tensor gradqueue_step_cuda_(std::vector<GradQueueTensor>& tensors,
+                                         const GradQueueStepConfig& config, const at::Tensor& grad_scale = {},
+                                         const at::Tensor& found_inf = {});
 
 /// One tensor of the clustered step's statistics (GradQueueSGDM::clustered_step).
 struct GradQueueClusterTensor {
@@ -83,22 +86,23 @@ struct GradQueueClusterTensor {
 /// sqrt(dev) / (sqrt(var) + eps) (per tensor, or with dev and var summed over the
 /// tensors for the global scope). inv_size: [K] float64, 1/|C_k| (0 for empty
 /// clusters is allowed). The ATen version computes in float64 on any device.
-at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors,
-                                        const at::Tensor& inv_size);
+SGDX_API at::Tensor gradqueue_cluster_stats_aten(const std::vector<GradQueueClusterTensor>& tensors,
+                                                 const at::Tensor& inv_size);
 /// The fused CUDA version: one launch reads every tensor once (the K rows of its
 /// sums, p, S1, S2; opmath float64), a second sums the per-chunk partials in a
 /// fixed order. All tensors on one CUDA device, one floating dtype; result on the
 /// device (no host synchronisation).
-at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors,
-                                        const at::Tensor& inv_size);
+SGDX_API at::Tensor gradqueue_cluster_stats_cuda(const std::vector<GradQueueClusterTensor>& tensors,
+                                                 const at::Tensor& inv_size);
 
 namespace detail {
-void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors, const at::Tensor& inv_size,
-                         bool cuda);
+SGDX_API void check_cluster_stats(const std::vector<GradQueueClusterTensor>& tensors,
+                                  const at::Tensor& inv_size, bool cuda);
 /// Validation of a tensor list for the multi-tensor paths (device, dtype, layout,
 /// sizes, grad_scale/found_inf), with messages that name the tensor and the value.
-void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors, const GradQueueStepConfig& config,
-                          const at::Tensor& grad_scale, const at::Tensor& found_inf, bool cuda);
+SGDX_API void check_gradqueue_list(const std::vector<GradQueueTensor>& tensors,
+                                   const GradQueueStepConfig& config, const at::Tensor& grad_scale,
+                                   const at::Tensor& found_inf, bool cuda);
 }  // namespace detail
 
 /// z-score reference constant: E|N(0,1)| = sqrt(2/pi).

@@ -10,6 +10,8 @@
 #include <optional>
 #include <tuple>
 
+#include "sgdx/export.h"
+
 namespace sgdx::ops {
 
 /// Which implementation kmeans() runs.
@@ -64,10 +66,10 @@ struct KMeansResult {
 /// assignment zeros [n] (every point ties at distance 0), counts [k] = {n, 0, ...},
 /// centroids [k, d] in x's dtype (the given init, else NaN when n = 0: there is
 /// no point to place them at), iterations 0, inertia 0.
-KMeansResult kmeans(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
+SGDX_API KMeansResult kmeans(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
 
 /// The backend kmeans() runs for these inputs: `backend` unless automatic.
-KMeansBackend resolve_kmeans_backend(const at::Tensor& x, int64_t k, KMeansBackend backend);
+SGDX_API KMeansBackend resolve_kmeans_backend(const at::Tensor& x, int64_t k, KMeansBackend backend);
 
 /// Limits of the single-launch CUDA k-means.
 constexpr int64_t kKMeansCudaMaxRows = 4096, kKMeansCudaMaxClusters = 64, kKMeansCudaMaxFeatures = 1024;
@@ -87,13 +89,13 @@ constexpr int64_t kKMeansCudaMaxRows = 4096, kKMeansCudaMaxClusters = 64, kKMean
 /// checks run in the kernel, so the only host sync is one read of [iterations,
 /// inertia, error flags] after the launch (docs/cuda.md, "Host syncs"); an initial
 /// centroid on the host is uploaded through pinned memory without blocking.
-KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
+SGDX_API KMeansResult kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options = {});
 
 namespace detail {
 /// Validation of kmeans_cuda's arguments that needs no device work (CPU-testable):
 /// device, dtype, layout, shape, the kernel's limits, max_iters, tol, the init's
 /// shape. Finiteness of x and init is checked by the kernel (no host sync).
-void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options);
+SGDX_API void check_kmeans_cuda(const at::Tensor& x, int64_t k, const KMeansOptions& options);
 
 /// stats of kmeans_cuda_launch: float64 [4] on the device.
 enum KMeansCudaStat : int64_t {
@@ -106,38 +108,38 @@ enum KMeansCudaStat : int64_t {
 
 /// Checks the host copy of a deferred result's stats (non-finite input: an error naming
 /// the row) and fills iterations and inertia.
-void finish_kmeans_result(KMeansResult& result, const double* host_stats);
+SGDX_API void finish_kmeans_result(KMeansResult& result, const double* host_stats);
 
 /// The launch alone, without the host reads of kmeans_cuda (for benchmarks and
 /// for callers that keep the results on the device): {centroids, assignment,
 /// counts, stats}, see KMeansCudaStat. No host sync. Arguments must have passed
 /// check_kmeans_cuda. Where the cooperative launch cannot run, runs the ATen path
 /// (which syncs) and fills the same outputs.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(const at::Tensor& x, int64_t k,
-                                                                              const KMeansOptions& options);
+SGDX_API std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_cuda_launch(
+    const at::Tensor& x, int64_t k, const KMeansOptions& options);
 
 /// The cooperative launch, or nothing when the device cannot run it (no
 /// cooperative launch support, no co-resident block, or
 /// cudaErrorCooperativeLaunchTooLarge, which is cleared). Throws on any other error.
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
+SGDX_API std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> kmeans_cuda_try_launch(
     const at::Tensor& x, int64_t k, const KMeansOptions& options);
 
 /// Test hook: launch kmeans_cuda with `blocks` blocks (0: the co-resident count,
 /// the default). A count above what is co-resident makes the launch fail with
 /// cudaErrorCooperativeLaunchTooLarge, which exercises the ATen fallback.
 /// Returns the previous value.
-int set_kmeans_cuda_grid_for_testing(int blocks);
+SGDX_API int set_kmeans_cuda_grid_for_testing(int blocks);
 }  // namespace detail
 
 /// k-means++ seeding: indices [k] (int64) of the rows chosen as initial centroids.
 /// The first is uniform, each next one has probability proportional to its
 /// squared distance to the nearest chosen row (uniform when all are 0).
-at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64_t stream);
+SGDX_API at::Tensor kmeans_plusplus(const at::Tensor& x, int64_t k, uint64_t seed, uint64_t stream);
 
 /// Index of the nearest centroid for every row of x, [n] int64 (lowest index on ties).
-at::Tensor nearest_centroid(const at::Tensor& x, const at::Tensor& centroids);
+SGDX_API at::Tensor nearest_centroid(const at::Tensor& x, const at::Tensor& centroids);
 
 /// The uniform double in [0, 1) that draw `draw` of (seed, stream) uses.
-double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t draw);
+SGDX_API double kmeans_uniform(uint64_t seed, uint64_t stream, uint64_t draw);
 
 }  // namespace sgdx::ops

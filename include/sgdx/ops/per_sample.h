@@ -28,12 +28,17 @@
 // transpose of [T, B, F] to [B, T, F] is accepted, the graph recording the
 // [B, T, F] copy. BatchNorm in training mode (or without running statistics)
 // normalises with the batch's statistics, which couple the samples: refused.
+//
+// Each layer kind is one rule in src/ops/per_sample/, found by the autograd node
+// type the layer's parameters feed; docs/per_sample_layers.md says how to add one.
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "sgdx/export.h"
 
 namespace sgdx::ops {
 
@@ -64,8 +69,17 @@ struct PerSampleOptions {
   PerSampleBackend backend = PerSampleBackend::automatic;
 };
 
-/// One captured layer (see per_sample.cpp for the kinds).
+/// One captured layer (src/ops/per_sample/captured_layer.h).
 class CapturedLayer;
+
+/// One layer rule of the capture: the layer kind and the autograd node types it
+/// reads (a parameter feeding any other node is refused, naming its module).
+struct PerSampleLayerRule {
+  std::string layer;               ///< e.g. "Linear"
+  std::vector<std::string> nodes;  ///< e.g. {"AddmmBackward0", "MmBackward0", "AddBackward0"}
+};
+/// The registered rules, in registration order.
+SGDX_API std::vector<PerSampleLayerRule> per_sample_layer_rules();
 
 /// Captures one forward+backward of `model` and answers per-sample questions
 /// about it. Usage:
@@ -74,7 +88,7 @@ class CapturedLayer;
 ///   cap.attach(loss, x.size(0));                            // before backward
 ///   loss.backward();                                        // ordinary gradients
 ///   at::Tensor n = cap.norms();                             // [B], ||grad l_i||
-class PerSampleGradients {
+class SGDX_API PerSampleGradients {
  public:
   explicit PerSampleGradients(const torch::nn::Module& model, PerSampleOptions options = {});
   ~PerSampleGradients();
@@ -86,7 +100,8 @@ class PerSampleGradients {
   /// Throws c10::Error naming the layer for BatchNorm in training mode, for an
   /// input whose batch dimension cannot be established (see the batch layout
   /// above) and for any layer with trainable parameters that is not supported
-  /// (unless its parameters are ignored). A Linear layer whose weight is left
+  /// (unless its parameters are ignored; a layer whose parameters the loss does
+  /// not use is skipped, whatever its type). A Linear layer whose weight is left
   /// out and whose bias is added after matmul (non-contiguous input) has its
   /// layout checked from the captured output gradient, when results are first read.
   void attach(const at::Tensor& loss, int64_t batch_size);

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "sgdx/export.h"
 #include "sgdx/ops/per_sample.h"
 
 namespace sgdx::ops {
@@ -52,15 +53,27 @@ struct NormLayerOperands {
 /// problem for anything else (and always in a build without CUDA). batch = 0, no
 /// layers, or layers without work (no positions, inputs or outputs) give zeros on
 /// the operands' device (the current CUDA device when there is no layer).
-at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch);
+SGDX_API at::Tensor per_sample_sq_norms_cuda(const std::vector<NormLayerOperands>& layers, int64_t batch);
 
 namespace detail {
+/// How a layer's squared norm is computed, on the CPU and in the kernel alike
+/// (the kernel's descriptor table carries it to the device).
+enum class NormRule : int {
+  outer_product,  ///< Linear with one position per sample: ||a_i||^2 ||d_i||^2
+  ghost,          ///< Gram matrices of inputs and output gradients, sum_{t,s} <a_t,a_s><d_t,d_s>
+  materialize,    ///< the per-sample weight gradient D_i^T A_i, formed and squared
+  bias_only,      ///< no weight: ||sum_t d_t||^2 only
+};
+/// The rule for a weight over T positions per sample, K inputs and P outputs
+/// per group: outer_product for a Linear layer with T = 1, else as `strategy`
+/// says (automatic: ghost when 2 T^2 <= K P, the cheaper of the two).
+SGDX_API NormRule weight_norm_rule(NormLayerOperands::Kind kind, int64_t T, int64_t K, int64_t P,
+                                   NormStrategy strategy);
 /// Shape/device/dtype validation of per_sample_sq_norms_cuda (CPU-testable).
 /// `cuda` = also require CUDA tensors.
-void check_norm_layers(const std::vector<NormLayerOperands>& layers, int64_t batch, bool cuda);
-/// The rule the kernel applies to a layer: 0 = one position (outer product),
-/// 1 = ghost, 2 = per-sample gradient tiles, 3 = bias only.
-int norm_rule(const NormLayerOperands& layer, int64_t batch);
+SGDX_API void check_norm_layers(const std::vector<NormLayerOperands>& layers, int64_t batch, bool cuda);
+/// The rule the kernel applies to a layer (bias_only when its weight is left out).
+SGDX_API NormRule norm_rule(const NormLayerOperands& layer, int64_t batch);
 }  // namespace detail
 
 }  // namespace sgdx::ops

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::ops {
 
 /// Arguments shared by all tensors of one fused R-SGD step.
@@ -28,14 +30,14 @@ struct RSGDStepConfig {
 /// stream (see sgdx/detail/philox.h); `probs[k]` is Gamma_t of tensor k.
 /// CPU tensors take the CPU kernel; CUDA tensors the fused kernel when
 /// config.fused_cuda, else (and on any other device) the ATen composition.
-void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps, c10::ArrayRef<double> probs,
-                const RSGDStepConfig& config);
+SGDX_API void rsgd_step_(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                         c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                         c10::ArrayRef<double> probs, const RSGDStepConfig& config);
 
 /// The CPU reference path (also used for CPU tensors by rsgd_step_).
-void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                    c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                    c10::ArrayRef<double> probs, const RSGDStepConfig& config);
+SGDX_API void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                             c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                             c10::ArrayRef<double> probs, const RSGDStepConfig& config);
 
 /// The device-generic composition of ATen ops, written from the rule above (the
 /// default on CUDA until the fused kernel is verified there). Its per-element
@@ -43,29 +45,29 @@ void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList 
 /// (seed, tensor id, step) through Philox — never torch's global generator — so
 /// a resumed run draws the same; they are not the CPU kernel's stream. One draw
 /// per tensor (granularity tensor) is the CPU kernel's draw exactly.
-void rsgd_step_aten_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                     c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                     c10::ArrayRef<double> probs, const RSGDStepConfig& config);
+SGDX_API void rsgd_step_aten_(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                              c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                              c10::ArrayRef<double> probs, const RSGDStepConfig& config);
 
 /// The fused multi-tensor CUDA kernel (the CPU kernel's draws and values bit for bit). Throws when sgdx was
 /// built without CUDA.
-void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                     c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                     c10::ArrayRef<double> probs, const RSGDStepConfig& config);
+SGDX_API void rsgd_step_cuda_(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                              c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                              c10::ArrayRef<double> probs, const RSGDStepConfig& config);
 
 namespace detail {
 /// The per-element Bernoulli(prob) draws of the ATen path for a tensor shaped
 /// like `like` (bool, on its device); undefined when every draw is the same
 /// (`all` tells which): prob 0 or 1, or tensor granularity.
-at::Tensor rsgd_aten_draws(const at::Tensor& like, int64_t tensor_id, int64_t step, double prob,
-                           const RSGDStepConfig& config, bool* all);
+SGDX_API at::Tensor rsgd_aten_draws(const at::Tensor& like, int64_t tensor_id, int64_t step, double prob,
+                                    const RSGDStepConfig& config, bool* all);
 /// The 64-bit generator seed of (seed, tensor id, step) for the ATen path.
-uint64_t rsgd_aten_seed(uint64_t seed, uint32_t tensor_id, uint32_t step);
+SGDX_API uint64_t rsgd_aten_seed(uint64_t seed, uint32_t tensor_id, uint32_t step);
 /// Validation shared by both paths: equal list lengths, matching shapes,
 /// dtypes and devices, dense and contiguous tensors. Returns the device type.
-c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList memory,
-                                  c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
-                                  c10::ArrayRef<double> probs);
+SGDX_API c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads, at::TensorList memory,
+                                           c10::ArrayRef<int64_t> tensor_ids, c10::ArrayRef<int64_t> steps,
+                                           c10::ArrayRef<double> probs);
 }  // namespace detail
 
 }  // namespace sgdx::ops

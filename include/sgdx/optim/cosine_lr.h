@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "sgdx/export.h"
+
 namespace sgdx::optim {
 
 /// Cosine annealing over `total_steps` optimizer steps in the closed form of PyTorch's
@@ -14,7 +16,7 @@ namespace sgdx::optim {
 /// lr_0 being each parameter group's lr when the scheduler is made. Call step() after
 /// every optimizer step (LibTorch's convention): it sets the lr of the next one. Past
 /// total_steps the cosine continues, as PyTorch's closed form does.
-class CosineLR : public torch::optim::LRScheduler {
+class SGDX_API CosineLR : public torch::optim::LRScheduler {
  public:
   CosineLR(torch::optim::Optimizer& optimizer, int64_t total_steps, double eta_min = 0.0);
 

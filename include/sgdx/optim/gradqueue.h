@@ -19,10 +19,12 @@
 //
 // The clustered variant (clustered_step) clusters the batch on per-sample
 // features (k-means), weights each cluster's mean gradient by its own scarcity
-// and steps on G* = sum_k |C_k|/B Delta-rho_k G_k.
+// and steps on G* = sum_k |C_k|/B Delta-rho_k G_k (stages: sgdx/optim/detail/gradqueue_stages.h).
+// The window's state machine (warm-up, filling, full) is described in src/optim/gradqueue_window.h.
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "sgdx/export.h"
 #include "sgdx/ops/cuda_kernels.h"
 #include "sgdx/ops/gradqueue_step.h"
 #include "sgdx/optim/amp_step.h"
@@ -30,6 +32,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <ostream>
+#include <utility>
 #include <vector>
 
 namespace sgdx::ops {
@@ -48,53 +52,75 @@ enum class GradQueueStorage : int64_t { exact = 0, ema = 1 };
 /// cluster from whole-model norms.
 enum class GradQueueScope : int64_t { per_tensor = 0, global = 1 };
 
-struct GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<GradQueueSGDMOptions> {
+/// Where an option applies. group: per parameter group. optimizer: optimizer-wide,
+/// read from defaults() only (a group may not set another value: GradQueueSGDM refuses
+/// one at add_param_group and at the next step); saved with the optimizer. process:
+/// optimizer-wide and, like a backend, how this process computes: not saved.
+enum class GradQueueOptionScope { group, optimizer, process };
+
+// Every option, listed once: X(type, name, default, scope). The declarations below,
+// serialisation, equality, printing and the optimizer-wide check all expand it.
+//   resync_every: exact storage: recompute S1/S2 from the queue every this many pushes
+//     (0: never), bounding the rounding drift of the running sums.
+//   loss_beta: the loss EMA that moves the window length.
+//   clusters, kmeans_iters, kmeans_tol, scope, seed: the clustered step.
+//   fused_cuda: CUDA parameters: the plain step through one multi-tensor
+//     gradqueue_step_cuda_ launch per group (instead of the ATen composition per tensor,
+//     with one host read per step instead of one per tensor), the clustered step's k-means
+//     through kmeans_cuda (CUDA float32 features within its limits) and its statistics
+//     through gradqueue_cluster_stats_cuda. Off by default until the kernels have passed
+//     their tests on a GPU: the default comes from sgdx/ops/cuda_kernels.h.
+// clang-format off
+#define SGDX_GRADQUEUE_OPTIONS(X)                                                         \
+  X(double, lr, 0.0, group)                                                               \
+  X(double, momentum, 0.9, group)                                                         \
+  X(double, dampening, 0.0, group)                                                        \
+  X(bool, nesterov, false, group)                                                         \
+  X(double, weight_decay, 0.0, group)                                                     \
+  X(int64_t, q_min, 4, group)                                                             \
+  X(int64_t, q_init, 8, group)                                                            \
+  X(int64_t, q_max, 32, group)                                                            \
+  X(double, rho_min, 0.5, group)                                                          \
+  X(double, rho_max, 2.0, group)                                                          \
+  X(double, kappa, 1.0, group)                                                            \
+  X(double, eps, 1e-8, group)                                                             \
+  X(GradQueueGranularity, granularity, GradQueueGranularity::element, group)              \
+  X(GradQueueStorage, storage, GradQueueStorage::exact, group)                            \
+  X(int64_t, resync_every, 256, group)                                                    \
+  X(double, loss_beta, 0.9, optimizer)                                                    \
+  X(int64_t, clusters, 1, optimizer)                                                      \
+  X(int64_t, kmeans_iters, 10, optimizer)                                                 \
+  X(double, kmeans_tol, 1e-4, optimizer)                                                  \
+  X(GradQueueScope, scope, GradQueueScope::per_tensor, optimizer)                         \
+  X(uint64_t, seed, 0, optimizer)                                                         \
+  X(bool, fused_cuda, (ops::fused_cuda_default(ops::CudaKernel::gradqueue_step) &&        \
+                       ops::fused_cuda_default(ops::CudaKernel::gradqueue_cluster_stats) && \
+                       ops::fused_cuda_default(ops::CudaKernel::kmeans)), process)
+// clang-format on
+
+struct SGDX_API GradQueueSGDMOptions : public torch::optim::OptimizerCloneableOptions<GradQueueSGDMOptions> {
   GradQueueSGDMOptions(double lr);  // NOLINT(google-explicit-constructor): LibTorch pattern
-  TORCH_ARG(double, lr);
-  TORCH_ARG(double, momentum) = 0.9;
-  TORCH_ARG(double, dampening) = 0.0;
-  TORCH_ARG(bool, nesterov) = false;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(int64_t, q_min) = 4;
-  TORCH_ARG(int64_t, q_init) = 8;
-  TORCH_ARG(int64_t, q_max) = 32;
-  TORCH_ARG(double, rho_min) = 0.5;
-  TORCH_ARG(double, rho_max) = 2.0;
-  TORCH_ARG(double, kappa) = 1.0;
-  TORCH_ARG(double, eps) = 1e-8;
-  TORCH_ARG(GradQueueGranularity, granularity) = GradQueueGranularity::element;
-  TORCH_ARG(GradQueueStorage, storage) = GradQueueStorage::exact;
-  /// Exact storage: recompute S1/S2 from the queue every this many pushes (0: never),
-  /// bounding the rounding drift of the running sums.
-  TORCH_ARG(int64_t, resync_every) = 256;
-  // Optimizer-wide (read from the defaults, not per group):
-  TORCH_ARG(double, loss_beta) = 0.9;
-  TORCH_ARG(int64_t, clusters) = 1;
-  TORCH_ARG(int64_t, kmeans_iters) = 10;
-  TORCH_ARG(double, kmeans_tol) = 1e-4;
-  TORCH_ARG(GradQueueScope, scope) = GradQueueScope::per_tensor;
-  TORCH_ARG(uint64_t, seed) = 0;
-  /// CUDA parameters: the plain step through one multi-tensor gradqueue_step_cuda_
-  /// launch per group (instead of the ATen composition per tensor, with one host
-  /// read per step instead of one per tensor), the clustered step's k-means through
-  /// kmeans_cuda (CUDA float32 features within its limits) and its statistics
-  /// through gradqueue_cluster_stats_cuda. Off by default until the kernels have
-  /// passed their tests on a GPU: the default comes from sgdx/ops/cuda_kernels.h.
-  TORCH_ARG(bool, fused_cuda) = ops::fused_cuda_default(ops::CudaKernel::gradqueue_step) &&
-                                ops::fused_cuda_default(ops::CudaKernel::gradqueue_cluster_stats) &&
-                                ops::fused_cuda_default(ops::CudaKernel::kmeans);
+#define SGDX_GQ_DECLARE(T, name, init, where) TORCH_ARG(T, name) = init;
+  SGDX_GRADQUEUE_OPTIONS(SGDX_GQ_DECLARE)
+#undef SGDX_GQ_DECLARE
 
  public:
   /// Throws c10::Error naming the first invalid option and its value.
   void validate() const;
+  /// The options' names in declaration order, and where each applies.
+  static const std::vector<std::pair<const char*, GradQueueOptionScope>>& fields();
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
   double get_lr() const override;
   void set_lr(const double lr) override;
-  friend bool operator==(const GradQueueSGDMOptions& lhs, const GradQueueSGDMOptions& rhs);
+  friend SGDX_API bool operator==(const GradQueueSGDMOptions& lhs, const GradQueueSGDMOptions& rhs);
 };
 
-struct GradQueueSGDMParamState : public torch::optim::OptimizerCloneableParamState<GradQueueSGDMParamState> {
+/// "GradQueueSGDMOptions(lr=0.1, momentum=0.9, ...)", every option in declaration order.
+SGDX_API std::ostream& operator<<(std::ostream& out, const GradQueueSGDMOptions& o);
+
+struct SGDX_API GradQueueSGDMParamState
+    : public torch::optim::OptimizerCloneableParamState<GradQueueSGDMParamState> {
   TORCH_ARG(int64_t, step) = 0;
   TORCH_ARG(torch::Tensor, momentum_buffer);  ///< undefined before the first step
   TORCH_ARG(torch::Tensor, queue);            ///< [q_max, numel] (exact storage)
@@ -108,18 +134,18 @@ struct GradQueueSGDMParamState : public torch::optim::OptimizerCloneableParamSta
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  friend bool operator==(const GradQueueSGDMParamState& lhs, const GradQueueSGDMParamState& rhs);
+  friend SGDX_API bool operator==(const GradQueueSGDMParamState& lhs, const GradQueueSGDMParamState& rhs);
 };
 
 /// What the last step did (for logs).
-struct GradQueueStepInfo {
+struct SGDX_API GradQueueStepInfo {
   double mean_rho = 1.0;               ///< mean Delta-rho over all updated elements
   int64_t window = 0;                  ///< L of the first updated tensor
   std::vector<int64_t> cluster_sizes;  ///< clustered step: |C_k|
   int64_t kmeans_iterations = 0;
 };
 
-class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
+class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                          GradQueueSGDMOptions defaults);
@@ -161,9 +187,10 @@ class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
 
  private:
   const GradQueueSGDMOptions& defaults_options() const;
+  /// The optimizer-wide options live in defaults(): refuses a group that set another
+  /// value since the last call, then copies the defaults' into every group.
+  void sync_optimizer_wide();
   GradQueueSGDMParamState& state_for(const torch::Tensor& p, const GradQueueSGDMOptions& o);
-  void apply_trend(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
-  void after_push(GradQueueSGDMParamState& st, const GradQueueSGDMOptions& o) const;
   /// Pushes `grad` (+ weight decay unless `direction` is given) into the window and
   /// takes the momentum step on Delta-rho * d, or on `direction` when defined
   /// (the clustered step's G*). Returns the sum of Delta-rho (float64, on the device).
@@ -182,8 +209,9 @@ class GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
   int64_t pending_trend_ = 0;  // +1 grow, -1 shrink, 0 none
   uint64_t kmeans_calls_ = 0;
   mutable GradQueueStepInfo info_;
-  at::Tensor rho_total_;       // sum of Delta-rho of the last step (device)
-  double rho_elements_ = 0.0;  // elements it covers
+  at::Tensor rho_total_;              // sum of Delta-rho of the last step (device)
+  double rho_elements_ = 0.0;         // elements it covers
+  GradQueueSGDMOptions synced_{0.0};  // the optimizer-wide values last copied into the groups
 };
 
 }  // namespace sgdx::optim

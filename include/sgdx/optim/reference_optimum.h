@@ -14,6 +14,9 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <utility>
+
+#include "sgdx/export.h"
 
 namespace sgdx::optim {
 
@@ -38,18 +41,18 @@ struct ReferenceOptimum {
   double objective;  ///< P(w)
   double gap;        ///< duality gap at w: P(w) - P* <= gap (inf where no dual bound exists)
   int64_t newton_iterations = 0, inner_iterations = 0;  ///< inner: CG, CD sweeps or FISTA steps
-  bool certified() const;                               ///< gap <= 1e-12 |P(w)|
+  SGDX_API bool certified() const;                      ///< gap <= 1e-12 |P(w)|
 };
 
 /// Minimises P over float64 w from `w0` (undefined: zero). `a` is float64 [n, d] (dense or
 /// sparse COO), `y` float64 [n] (+1/-1 for the logistic loss).
-ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y, const ReferenceOptimumOptions& o,
-                                   const at::Tensor& w0 = {});
+SGDX_API ReferenceOptimum reference_optimum(const at::Tensor& a, const at::Tensor& y,
+                                            const ReferenceOptimumOptions& o, const at::Tensor& w0 = {});
 
 /// P(w) and the duality gap at w (an upper bound on P(w) - P*): the Fenchel dual point is
 /// u = grad of the loss at Aw, rescaled into the dual's domain where l2 = 0. The gap is
 /// infinite only for unregularised least squares with a nonzero gradient.
-std::pair<double, double> objective_and_gap(const at::Tensor& a, const at::Tensor& y, const at::Tensor& w,
-                                            const ReferenceOptimumOptions& o);
+SGDX_API std::pair<double, double> objective_and_gap(const at::Tensor& a, const at::Tensor& y,
+                                                     const at::Tensor& w, const ReferenceOptimumOptions& o);
 
 }  // namespace sgdx::optim

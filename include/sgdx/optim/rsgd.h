@@ -13,11 +13,14 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "sgdx/export.h"
 #include "sgdx/ops/cuda_kernels.h"
 #include "sgdx/optim/amp_step.h"
+#include "sgdx/optim/detail/fields.h"
 
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <vector>
 
 namespace sgdx::optim {
@@ -25,21 +28,26 @@ namespace sgdx::optim {
 enum class RSGDGranularity : int64_t { element = 0, tensor = 1 };
 enum class RSGDMemory : int64_t { accumulated = 0, previous = 1 };
 
-struct RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions> {
+// The fields of RSGDOptions (type, name, default), listed once: declaration, archive
+// keys, == and <<. max_prob is 0.9, not the literal 1: with accumulated memory and
+// Gamma -> 1 the memory sums every past gradient and a constant lr degrades late
+// (docs/rsgd.md, "Defaults"). lr is the constructor's argument.
+#define SGDX_RSGD_OPTIONS(X)                                \
+  X(double, lr, 0.0)                                        \
+  X(double, gamma, 0.999)                                   \
+  X(double, gamma0, 1.0)                                    \
+  X(double, max_prob, 0.9)                                  \
+  X(RSGDGranularity, granularity, RSGDGranularity::element) \
+  X(RSGDMemory, memory, RSGDMemory::accumulated)            \
+  X(double, weight_decay, 0.0)                              \
+  X(uint64_t, seed, 0)
+
+struct SGDX_API RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions> {
   RSGDOptions(double lr);  // NOLINT(google-explicit-constructor): LibTorch pattern
-  TORCH_ARG(double, lr);
-  TORCH_ARG(double, gamma) = 0.999;
-  TORCH_ARG(double, gamma0) = 1.0;
-  /// 0.9, not the literal 1: with accumulated memory and Gamma -> 1 the memory sums every
-  /// past gradient and a constant lr degrades late (docs/rsgd.md, "Defaults").
-  TORCH_ARG(double, max_prob) = 0.9;
-  TORCH_ARG(RSGDGranularity, granularity) = RSGDGranularity::element;
-  TORCH_ARG(RSGDMemory, memory) = RSGDMemory::accumulated;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(uint64_t, seed) = 0;
+  SGDX_FIELDS(SGDX_RSGD_OPTIONS)
   /// CUDA parameters: the fused kernel instead of the ATen composition. Defaults
-  /// to what a GPU run verified (sgdx/ops/cuda_kernels.h); not read from
-  /// checkpoints (it chooses how this process computes, like a backend).
+  /// to what a GPU run verified (sgdx/ops/cuda_kernels.h); not in checkpoints (it
+  /// chooses how this process computes, like a backend), hence not in the list.
   TORCH_ARG(bool, fused_cuda) = ops::fused_cuda_default(ops::CudaKernel::rsgd_step);
 
  public:
@@ -52,21 +60,30 @@ struct RSGDOptions : public torch::optim::OptimizerCloneableOptions<RSGDOptions>
   void serialize(torch::serialize::OutputArchive& archive) const override;
   double get_lr() const override;
   void set_lr(const double lr) override;
-  friend bool operator==(const RSGDOptions& lhs, const RSGDOptions& rhs);
+  friend bool operator==(const RSGDOptions& a, const RSGDOptions& b) {
+    return detail::fields_equal(a, b) && a.fused_cuda() == b.fused_cuda();
+  }
+  friend std::ostream& operator<<(std::ostream& os, const RSGDOptions& o) {
+    return detail::print_fields(os, "RSGDOptions", o) << " fused_cuda=" << o.fused_cuda();
+  }
 };
+#undef SGDX_RSGD_OPTIONS
 
-struct RSGDParamState : public torch::optim::OptimizerCloneableParamState<RSGDParamState> {
-  TORCH_ARG(int64_t, step) = 0;
-  /// h_{t-1} (memory=accumulated) or g_{t-1} (memory=previous).
-  TORCH_ARG(torch::Tensor, memory);
+#define SGDX_RSGD_STATE(X) \
+  X(int64_t, step, 0)      \
+  X(torch::Tensor, memory, {}) /* h_{t-1} (memory=accumulated) or g_{t-1} (memory=previous) */
 
- public:
+struct SGDX_API RSGDParamState : public torch::optim::OptimizerCloneableParamState<RSGDParamState> {
+  SGDX_FIELDS(SGDX_RSGD_STATE)
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  friend bool operator==(const RSGDParamState& lhs, const RSGDParamState& rhs);
+  friend bool operator==(const RSGDParamState& a, const RSGDParamState& b) {
+    return detail::fields_equal(a, b);
+  }
 };
+#undef SGDX_RSGD_STATE
 
-class RSGD : public torch::optim::Optimizer, public AmpScaledStep {
+class SGDX_API RSGD : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults);
   explicit RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults);

@@ -10,33 +10,38 @@
 // (set_full_gradient_closure: grad F at the current parameters into .grad) and,
 // in step(), a closure for the current minibatch that it evaluates at x~ and at x.
 #include <torch/optim/optimizer.h>
-
 #include <torch/serialize/archive.h>
-#include "sgdx/optim/amp_step.h"
+
+#include "sgdx/export.h"
+#include "sgdx/optim/detail/fields.h"
+#include "sgdx/optim/vr_base.h"
 
 #include <cstdint>
-#include <functional>
+#include <ostream>
 #include <vector>
 
 namespace sgdx::optim {
 
-/// prox_{c R}(v) for R = l1 |x|_1 + (l2/2) |x|^2: sign(v) max(|v| - c l1, 0) / (1 + c l2), in place.
-void elastic_net_prox_(at::Tensor& v, double c, double l1, double l2);
-
 enum class SnapshotRule : int64_t { last = 0, random = 1 };
+
+// The fields of SVRGOptions (type, name, default), listed once: declaration, archive
+// keys, == and <<. n: the number of components f_i (required); b: the minibatch size;
+// m: inner steps per stage, 0: ceil(2n / b). lr is the constructor's argument.
+#define SGDX_SVRG_OPTIONS(X)                    \
+  X(double, lr, 0.0)                            \
+  X(int64_t, n, 0)                              \
+  X(int64_t, b, 1)                              \
+  X(int64_t, m, 0)                              \
+  X(double, l1, 0.0)                            \
+  X(double, l2, 0.0)                            \
+  X(SnapshotRule, snapshot, SnapshotRule::last) \
+  X(uint64_t, seed, 0)
 
 /// n, b, m, snapshot and seed are read from the first parameter group; lr, l1
 /// and l2 may differ per group (e.g. no regularisation on biases).
-struct SVRGOptions : public torch::optim::OptimizerCloneableOptions<SVRGOptions> {
+struct SGDX_API SVRGOptions : public torch::optim::OptimizerCloneableOptions<SVRGOptions> {
   SVRGOptions(double lr);  // NOLINT(google-explicit-constructor): LibTorch pattern
-  TORCH_ARG(double, lr);
-  TORCH_ARG(int64_t, n) = 0;  ///< number of components f_i (required)
-  TORCH_ARG(int64_t, b) = 1;  ///< minibatch size
-  TORCH_ARG(int64_t, m) = 0;  ///< inner steps per stage; 0: ceil(2n / b)
-  TORCH_ARG(double, l1) = 0.0;
-  TORCH_ARG(double, l2) = 0.0;
-  TORCH_ARG(SnapshotRule, snapshot) = SnapshotRule::last;
-  TORCH_ARG(uint64_t, seed) = 0;
+  SGDX_FIELDS(SGDX_SVRG_OPTIONS)
 
  public:
   int64_t inner_steps() const { return m() > 0 ? m() : (2 * n() + b() - 1) / b(); }
@@ -45,53 +50,49 @@ struct SVRGOptions : public torch::optim::OptimizerCloneableOptions<SVRGOptions>
   void serialize(torch::serialize::OutputArchive& archive) const override;
   double get_lr() const override;
   void set_lr(const double lr) override;
-  friend bool operator==(const SVRGOptions& a, const SVRGOptions& b);
+  friend bool operator==(const SVRGOptions& a, const SVRGOptions& b) { return detail::fields_equal(a, b); }
+  friend std::ostream& operator<<(std::ostream& os, const SVRGOptions& o) {
+    return detail::print_fields(os, "SVRGOptions", o);
+  }
 };
+#undef SGDX_SVRG_OPTIONS
 
-struct SVRGParamState : public torch::optim::OptimizerCloneableParamState<SVRGParamState> {
-  TORCH_ARG(torch::Tensor, snapshot);   ///< x~
-  TORCH_ARG(torch::Tensor, full_grad);  ///< mu = grad F(x~)
-  TORCH_ARG(torch::Tensor, candidate);  ///< the random inner iterate (SnapshotRule::random)
+// x~, mu = grad F(x~), and the random inner iterate (SnapshotRule::random).
+#define SGDX_SVRG_STATE(X)        \
+  X(torch::Tensor, snapshot, {})  \
+  X(torch::Tensor, full_grad, {}) \
+  X(torch::Tensor, candidate, {})
 
- public:
+struct SGDX_API SVRGParamState : public torch::optim::OptimizerCloneableParamState<SVRGParamState> {
+  SGDX_FIELDS(SGDX_SVRG_STATE)
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
+#undef SGDX_SVRG_STATE
 
-class SVRG : public torch::optim::Optimizer, public AmpScaledStep {
+class SGDX_API SVRG : public VROptimizerBase {
  public:
   explicit SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, SVRGOptions defaults);
   explicit SVRG(std::vector<torch::Tensor> params, SVRGOptions defaults);
 
-  /// The closure that puts grad F(x) (the mean over all n components) into
-  /// the parameters' .grad at the current parameters and returns F(x).
-  void set_full_gradient_closure(LossClosure full_gradient);
-
   /// One inner step. `batch` must put the mean gradient of the *same* minibatch
   /// into .grad each time it is called (it is called at x~ and at x) and return
-  /// its loss; the loss at x is returned.
+  /// its loss; the loss at x is returned. (step_scaled: see VROptimizerBase.)
   torch::Tensor step(LossClosure batch) override;
-  /// A skipped step (found_inf) evaluates no closure and changes nothing;
-  /// grad_scale divides the gradients every closure leaves (the batch and the full-gradient one).
-  torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
-                            LossClosure batch) override {
-    return detail::closure_step_scaled(*this, "SVRG", grad_scale, found_inf, std::move(batch),
-                                       &full_gradient_);
-  }
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
-  /// Component-gradient evaluations so far (n per full pass, 2b per step).
-  int64_t gradient_evaluations() const { return evaluations_; }
+  /// Component-gradient evaluations so far: n per full pass, 2b per step.
+  using VROptimizerBase::gradient_evaluations;
   int64_t stage() const { return stage_; }
 
   /// Adds a group and keeps its own options (see RSGD::add_param_group).
   void add_param_group(const torch::optim::OptimizerParamGroup& param_group);
 
  private:
-  LossClosure full_gradient_;
-  int64_t inner_ = 0, stage_ = 0, chosen_ = 0, evaluations_ = 0;
-  const SVRGOptions& options_of(size_t group) const;
+  int64_t inner_ = 0, stage_ = 0, chosen_ = 0;
+  void start_stage(const std::vector<torch::Tensor>& params);
+  void finish_inner_step(const std::vector<torch::Tensor>& params);
 };
 
 }  // namespace sgdx::optim

@@ -1,0 +1,138 @@
+#include "methods.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+
+#include "sgdx/optim/accelerated_vr.h"
+#include "sgdx/optim/svrg.h"
+
+namespace sgdx_erm {
+namespace {
+
+using Closure = std::function<at::Tensor()>;
+
+// An optimizer and its count of per-example gradient evaluations (what a pass is);
+// none for proximal SGD, whose loop counts them itself.
+struct Stepper {
+  std::unique_ptr<torch::optim::Optimizer> opt;
+  std::function<int64_t()> evaluations;
+};
+
+template <typename VrOptimizer>
+Stepper with_full_gradient(std::unique_ptr<VrOptimizer> o, const Closure& full) {
+  o->set_full_gradient_closure(full);
+  auto* raw = o.get();
+  return {std::move(o), [raw] { return raw->gradient_evaluations(); }};
+}
+
+Stepper make_stepper(const Problem& p, const std::string& method, double lr, int64_t b, const at::Tensor& w,
+                     const Closure& full) {
+  namespace so = sgdx::optim;
+  const std::vector<at::Tensor> params{w};
+  const int64_t n = p.n();
+  if (method == "svrg")
+    return with_full_gradient(
+        std::make_unique<so::SVRG>(params, so::SVRGOptions(lr).n(n).b(b).l1(p.l1).l2(p.l2)), full);
+  if (method == "katyusha")
+    return with_full_gradient(std::make_unique<so::Katyusha>(
+                                  params, so::KatyushaOptions(1.0 / (3.0 * lr)).n(n).b(b).l1(p.l1).l2(p.l2)),
+                              full);
+  if (method == "dasvrda")
+    return with_full_gradient(std::make_unique<so::DASVRDA>(params, so::DASVRDAOptions(p.mean_smoothness())
+                                                                        .n(n)
+                                                                        .b(b)
+                                                                        .lr(lr)
+                                                                        .l1(p.l1)
+                                                                        .l2(p.l2)
+                                                                        .restart(so::Restart::adaptive)),
+                              full);
+  return {};
+}
+
+// One proximal SGD step on the minibatch loss that `mini` evaluates.
+void proximal_sgd_step(const Problem& p, at::Tensor& w, const Closure& mini, double lr) {
+  w.mutable_grad().reset();
+  mini();
+  torch::NoGradGuard g;
+  auto wd = w.detach();
+  wd.sub_(lr * w.grad());
+  sgdx::optim::elastic_net_prox_(wd, lr, p.l1, p.l2);
+}
+
+}  // namespace
+
+double default_lr(const Problem& p, const std::string& method, int64_t b) {
+  const double L = p.mean_smoothness();
+  if (method == "dasvrda") return sgdx::optim::DASVRDAOptions(L).n(p.n()).b(b).eta();
+  if (method == "katyusha") return 1.0 / (3.0 * L);
+  return 1.0 / (4.0 * L);  // svrg, sgd
+}
+
+Curve run_method(const Problem& p, const std::string& method, double lr, int64_t b, double passes,
+                 double p_star, uint64_t seed) {
+  Curve c{method, lr, {}, {}};
+  auto w = torch::zeros({p.a.size(1)}, torch::kDouble).requires_grad_();
+  const int64_t n = p.n();
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> pick(0, n - 1);
+  at::Tensor batch;
+  const Closure full = [&] {
+    auto l = p.data_loss(w, torch::arange(n));
+    l.backward();
+    return l;
+  };
+  const Closure mini = [&] {
+    auto l = p.data_loss(w, batch);
+    l.backward();
+    return l;
+  };
+  auto s = make_stepper(p, method, lr, b, w, full);
+  int64_t sgd_evals = 0;
+  auto evaluations = [&] { return s.opt ? s.evaluations() : sgd_evals; };
+  const auto start = std::chrono::steady_clock::now();
+  double next = 1.0;
+  while (double(evaluations()) < passes * double(n)) {
+    std::vector<int64_t> idx(b);
+    for (auto& i : idx) i = pick(rng);
+    batch = torch::tensor(idx, torch::kLong);
+    if (s.opt) {
+      s.opt->step(mini);
+    } else {
+      proximal_sgd_step(p, w, mini, lr);
+      sgd_evals += b;
+    }
+    for (; double(evaluations()) >= next * double(n); next += 1.0) {  // a pass completed
+      const double obj = p.objective(w.detach());
+      TORCH_CHECK(std::isfinite(obj), method, " diverged with lr ", lr);
+      const double gap = (obj - p_star) / std::abs(p_star);
+      c.points.emplace_back(next, std::max(gap, 1e-16));
+      c.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  return c;
+}
+
+Curve best_curve(const Problem& p, const std::string& method, int64_t b, double passes, double p_star,
+                 uint64_t seed, bool tune) {
+  const double base = default_lr(p, method, b);
+  Curve best;
+  double best_gap = std::numeric_limits<double>::infinity();
+  for (double f : tune ? std::vector<double>{0.25, 0.5, 1, 2, 4, 8, 16} : std::vector<double>{1}) {
+    try {
+      auto c = run_method(p, method, base * f, b, passes, p_star, seed);
+      const double g = c.points.empty() ? 1.0 : c.points.back().second;
+      if (g < best_gap) best_gap = g, best = c;
+    } catch (const c10::Error&) {  // diverged at this step size
+    }
+  }
+  TORCH_CHECK(!best.points.empty(), method, " diverged at every step size tried");
+  return best;
+}
+
+}  // namespace sgdx_erm

@@ -1,0 +1,196 @@
+#include "invocation.h"
+
+#include <fmt/core.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <stdexcept>
+
+#include "../common/cli_checks.h"
+#include "sgdx/data/temperature.h"
+
+namespace sgdx_train {
+namespace {
+
+[[noreturn]] void refuse(const std::string& why) {
+  throw std::runtime_error(why);
+}
+
+// A comma-separated list; an empty list or an empty item is an error naming the option.
+std::vector<std::string> split_list(const std::string& s, const std::string& option) {
+  TORCH_CHECK(!s.empty(), option, ": the list is empty");
+  std::vector<std::string> out;
+  size_t begin = 0;
+  while (true) {
+    const size_t end = s.find(',', begin);
+    out.push_back(s.substr(begin, end == std::string::npos ? std::string::npos : end - begin));
+    TORCH_CHECK(!out.back().empty(), option, ": item ", out.size(), " of '", s, "' is empty");
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  return out;
+}
+
+// --out as given; a resumed run writes into the directory it resumes.
+std::string given_out_dir(const CLI::App& app, const CliOptions& o) {
+  if (app.count("--out") > 0 && o.out_dir.empty()) refuse("--out: the output directory must not be empty");
+  if (app.count("--resume") == 0) return o.out_dir;
+  if (o.resume_dir.empty()) refuse("--resume: the directory must not be empty");
+  if (!o.out_dir.empty() && std::filesystem::path(o.out_dir).lexically_normal() !=
+                                std::filesystem::path(o.resume_dir).lexically_normal())
+    refuse("--out '" + o.out_dir + "' and --resume '" + o.resume_dir +
+           "' differ: a resumed run writes into the directory it resumes");
+  return o.resume_dir;
+}
+
+// Every setting is validated here, before any data is read or file written: each
+// spec's optimizer is built once on a probe parameter.
+void add_run_specs(const CLI::App& app, const CliOptions& o, Invocation& inv) {
+  inv.optimizers =
+      app.count("--compare") > 0 ? split_list(o.compare, "--compare") : std::vector<std::string>{o.optimizer};
+  for (const auto& item : inv.optimizers) {
+    inv.specs.push_back(parse_run_spec(item, o.cfg));
+    auto probe = torch::zeros({1}, torch::requires_grad());
+    make_optimizer(inv.specs.back().optimizer, {probe}, o.cfg);
+  }
+}
+
+torch::Device training_device(const std::string& device) {
+  if (device == "cuda" || (device == "auto" && torch::cuda::is_available())) {
+    if (!torch::cuda::is_available()) refuse("--device cuda: no CUDA device is available");
+    return torch::Device(torch::kCUDA);
+  }
+  return torch::Device(torch::kCPU);
+}
+
+// The header of the checkpoint to resume; a fresh run refuses a directory that holds one.
+void open_checkpoint(const CliOptions& o, Invocation& inv) {
+  inv.checkpoint = (std::filesystem::path(inv.out_dir) / "checkpoint.pt").string();
+  if (!o.resume_dir.empty()) {
+    inv.resumed = read_header(inv.checkpoint);
+  } else if (std::filesystem::exists(inv.checkpoint)) {
+    refuse("'" + inv.out_dir + "' holds the checkpoint of an unfinished run: continue it with --resume " +
+           inv.out_dir + ", or remove " + inv.checkpoint);
+  }
+}
+
+std::string data_fingerprint(const sgdx::data::TensorDataset& split) {
+  return content_hash(split.inputs()) + "-" + content_hash(split.targets());
+}
+
+}  // namespace
+
+Invocation resolve_invocation(const CLI::App& app, CliOptions& o) {
+  Invocation inv;
+  inv.out_dir = given_out_dir(app, o);
+  if (o.lr >= 0) o.cfg.lr = o.lr;
+  o.cfg.progress = !o.no_progress;
+  add_run_specs(app, o, inv);
+  if (o.threads > 0) torch::set_num_threads(o.threads);
+  inv.device = training_device(o.cfg.device);
+  if (inv.out_dir.empty()) inv.out_dir = fmt::format("runs/{}-{}", o.cfg.dataset, o.cfg.model);
+  if (const auto problem = sgdx_examples::output_directory_problem(inv.out_dir); !problem.empty())
+    refuse("output directory: " + problem);
+  open_checkpoint(o, inv);
+  return inv;
+}
+
+sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg) {
+  auto data = sgdx::data::load_dataset(cfg.dataset, cfg.data_dir);
+  if (cfg.imbalance > 1) {
+    // The same long-tailed subset for every run (its own seed, 0).
+    auto idx = sgdx::data::long_tailed_indices(data.train.targets(), cfg.imbalance, 0);
+    data.train = sgdx::data::TensorDataset(data.train.inputs().index_select(0, idx),
+                                           data.train.targets().index_select(0, idx));
+  }
+  return data;
+}
+
+nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx::data::DatasetSplits& data) {
+  const auto& cfg = o.cfg;
+  const int64_t n = data.train.inputs().size(0);
+  nlohmann::json config = {
+      {"dataset", cfg.dataset},
+      {"model", cfg.model},
+      {"device", inv.device.str()},
+      {"batch_size", cfg.batch_size},
+      {"epochs", cfg.epochs},
+      {"seed", o.seed},
+      {"seeds", o.seeds},
+      {"optimizers", inv.optimizers},
+      {"momentum", cfg.momentum},
+      {"weight_decay", cfg.weight_decay},
+      {"schedule", cfg.schedule},
+      {"imbalance", cfg.imbalance},
+      {"balance", cfg.balance},
+      {"tau", cfg.tau},
+      {"sampling", cfg.sampling},
+      {"presample", cfg.presample},
+      {"mix", cfg.mix},
+      {"score_beta", cfg.score_beta},
+      {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, n) : n},
+      {"threads", torch::get_num_threads()},
+      {"fused_cuda", cfg.fused_cuda},
+      {"amp", cfg.amp},
+      {"rsgd",
+       {{"gamma", cfg.rsgd_gamma},
+        {"gamma0", cfg.rsgd_gamma0},
+        {"max_prob", cfg.rsgd_max_prob},
+        {"granularity", cfg.rsgd_granularity},
+        {"memory", cfg.rsgd_memory}}},
+      {"gradqueue",
+       {{"clusters", cfg.clusters},
+        {"granularity", cfg.gq_granularity},
+        {"scope", cfg.gq_scope},
+        {"path", cfg.gq_path},
+        {"storage", cfg.gq_storage}}},
+      {"data", {{"train", data_fingerprint(data.train)}, {"test", data_fingerprint(data.test)}}}};
+  nlohmann::json lrs;
+  for (const auto& spec : inv.specs) lrs[spec.label] = cfg.lr.value_or(default_lr(spec.optimizer));
+  config["lr"] = lrs;
+  return config;
+}
+
+StartPoint start_point(const Invocation& inv, const nlohmann::json& config, int seeds) {
+  if (!inv.resumed) return {};
+  // Anything but the run that wrote the checkpoint is refused here, before a file
+  // changes. The thread count only changes the bits.
+  const auto& saved = inv.resumed->config;
+  const auto diff = config_differences(saved, config, {"threads"});
+  if (!diff.empty()) refuse("checkpoint '" + inv.checkpoint + "' is from a different run: " + diff);
+  if (saved.value("threads", 0) != torch::get_num_threads()) {
+    std::fprintf(stderr,
+                 "sgdx-train: note: resuming with %d threads where the checkpoint used %d: the results "
+                 "are valid but not bit-identical to an uninterrupted run\n",
+                 torch::get_num_threads(), saved.value("threads", 0));
+  }
+  StartPoint start{inv.resumed->finished, inv.resumed->next_run};
+  const auto runs = inv.specs.size() * seeds;
+  if (start.first_run < 0 || start.first_run >= static_cast<int64_t>(runs))
+    refuse(fmt::format("checkpoint '{}' names run {} of {}", inv.checkpoint, start.first_run, runs));
+  return start;
+}
+
+void announce(const Invocation& inv, const CliOptions& o, const sgdx::data::DatasetSplits& data,
+              const nlohmann::json& config, const StartPoint& start) {
+  const auto& cfg = o.cfg;
+  std::filesystem::create_directories(inv.out_dir);
+  remove_stale_temporaries(inv.out_dir);
+  const auto runs = inv.specs.size() * o.seeds;
+  fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s){}\n",
+             cfg.dataset, cfg.model, inv.device.str(), config["train_examples"].get<int64_t>(),
+             data.test.inputs().size(0), cfg.batch_size, cfg.epochs, o.seeds,
+             inv.resumed ? fmt::format(", resumed at run {} of {}", start.first_run + 1, runs) : "");
+  std::vector<double> summarised;  // once per temperature
+  for (const auto& spec : inv.specs) {
+    if (spec.balance == "none" || std::count(summarised.begin(), summarised.end(), spec.tau)) continue;
+    summarised.push_back(spec.tau);
+    fmt::print("training class sizes and temperature-{} sampling\n{}", spec.tau,
+               sgdx::data::temperature_summary(
+                   sgdx::data::group_sizes(data.train.targets(), data.num_classes), spec.tau));
+  }
+}
+
+}  // namespace sgdx_train

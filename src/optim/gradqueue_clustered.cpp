@@ -1,0 +1,117 @@
+// GradQueueSGDM::clustered_step: the stages of sgdx/optim/detail/gradqueue_stages.h
+// around the windows (gradqueue_window.h) and the momentum step.
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/utils.h>
+
+#include "gradqueue_internal.h"
+#include "gradqueue_window.h"
+#include "sgdx/ops/per_sample.h"
+#include "sgdx/optim/detail/gradqueue_stages.h"
+#include "sgdx/optim/gradqueue.h"
+
+namespace sgdx::optim {
+using detail::as_gq;
+
+namespace {
+void check_clustered_inputs(const torch::Tensor& losses, const torch::Tensor& features, int64_t K,
+                            const ops::PerSampleGradients* capture) {
+  TORCH_CHECK(
+      losses.defined() && losses.dim() == 1 && losses.numel() >= 1,
+      "GradQueueSGDM::clustered_step: losses must be a non-empty 1-D tensor of per-sample losses, got shape ",
+      losses.defined() ? losses.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(losses.requires_grad() && losses.grad_fn(),
+              "GradQueueSGDM::clustered_step: the per-sample losses have no autograd graph");
+  TORCH_CHECK(features.defined() && features.dim() == 2,
+              "GradQueueSGDM::clustered_step: features must be 2-D [B, d], got shape ",
+              features.defined() ? features.sizes() : c10::IntArrayRef{});
+  const int64_t B = losses.size(0);
+  TORCH_CHECK(features.size(0) == B, "GradQueueSGDM::clustered_step: features have ", features.size(0),
+              " rows but there are ", B, " per-sample losses");
+  TORCH_CHECK(K <= B, "GradQueueSGDM::clustered_step: clusters = ", K, " exceeds the batch size ", B);
+  if (capture) {
+    TORCH_CHECK(capture->options().reduction == ops::LossReduction::mean,
+                "GradQueueSGDM::clustered_step: the capture must use LossReduction::mean");
+  }
+}
+}  // namespace
+
+torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
+                                            ops::PerSampleGradients* capture) {
+  sync_optimizer_wide();
+  const auto& dflt = defaults_options();
+  const int64_t K = dflt.clusters();
+  check_clustered_inputs(losses, features, K, capture);
+  // Parameters that take part (in group order).
+  std::vector<at::Tensor> params;
+  std::vector<size_t> group_of;
+  for (const auto gi : c10::irange(param_groups_.size())) {
+    for (auto& p : param_groups_[gi].params()) {
+      if (!p.requires_grad()) continue;
+      params.push_back(p);
+      group_of.push_back(gi);
+    }
+  }
+  TORCH_CHECK(!params.empty(), "GradQueueSGDM::clustered_step: no parameter requires grad");
+
+  const auto clusters = detail::cluster_batch(
+      losses, features,
+      {K, dflt.kmeans_iters(), dflt.kmeans_tol(), dflt.seed(), kmeans_calls_++, dflt.fused_cuda()});
+  observe_loss(clusters.mean_loss);
+  take_pending_loss();
+  const auto sums = detail::cluster_gradient_sums(losses, params, clusters, capture);
+  const auto inv = clusters.counts.clamp_min(1).reciprocal();  // empty clusters stay 0, weight 0
+  const auto w = clusters.counts / static_cast<double>(losses.size(0));
+
+  torch::NoGradGuard no_grad;
+  // The windows move with the loss trend; the means and the scarcity inputs of every tensor.
+  std::vector<GradQueueSGDMParamState*> states(params.size());
+  std::vector<at::Tensor> means(params.size());
+  std::vector<detail::ScarcityTensor> scarcity(params.size());
+  for (const auto j : c10::irange(params.size())) {
+    const auto& p = params[j];
+    const auto& o = as_gq(param_groups_[group_of[j]].options(), group_of[j]);
+    auto& st = state_for(p, o);
+    detail::window_resize(st, o, pending_trend_);
+    st.step(st.step() + 1);
+    states[j] = &st;
+    means[j] = detail::cluster_means(sums[j], inv, p, o.weight_decay());
+    auto& s = scarcity[j];
+    s.rule = detail::scarcity_rule(o);
+    s.warm_up = !detail::window_has_scarcity(st, o);
+    if (s.warm_up) continue;
+    s.stats = {sums[j], p.detach(), st.s1(), st.s2(), detail::window_inv_n(st, o), o.weight_decay()};
+  }
+  const auto rho =
+      detail::cluster_scarcity(scarcity, inv, dflt.scope(), detail::scarcity_rule(dflt), dflt.fused_cuda());
+
+  // Push the plain mean, momentum step on G* (torch::optim::SGD's rule).
+  info_ = {};
+  info_.cluster_sizes = clusters.sizes;
+  info_.kmeans_iterations = clusters.iterations;
+  at::Tensor rho_sum;
+  double elements = 0.0;
+  for (const auto j : c10::irange(params.size())) {
+    auto& p = params[j];
+    const auto& o = as_gq(param_groups_[group_of[j]].options(), group_of[j]);
+    const auto dir = detail::combine_clusters(means[j], w, rho[j], p);
+    // Plain batch-mean gradient (without weight decay) into .grad, as a backward would leave it.
+    auto plain = o.weight_decay() != 0 ? dir.g_mean - o.weight_decay() * p.detach() : dir.g_mean;
+    if (p.grad().defined()) {
+      p.mutable_grad().copy_(plain);
+    } else {
+      p.mutable_grad() = plain.clone();
+    }
+    push_and_step(p, *states[j], o, dir.g_mean, dir.g_star);
+    detail::add_rho(rho_sum,
+                    (w.to(p.device()) * rho[j].to(p.device())).sum() * static_cast<double>(p.numel()));
+    elements += static_cast<double>(p.numel());
+    if (j == 0) info_.window = states[j]->window();
+  }
+  pending_trend_ = 0;
+  rho_total_ = rho_sum;
+  rho_elements_ = elements;
+  return losses.detach().mean();
+}
+
+}  // namespace sgdx::optim
