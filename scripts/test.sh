@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$root/scripts/build.sh"  # runs scripts/setup.sh first: every tool below is installed
 "$root/scripts/format_check.sh"
+"$root/scripts/tidy.sh"  # clang-tidy on src/ and examples/ (~20 min on 2 cores; see the script)
 cd "$build"
 ctest --output-on-failure -j"$(nproc)" --timeout 900
 if command -v clang++ >/dev/null; then

@@ -88,7 +88,7 @@ void add_options(CLI::App& app, ErmOptions& o) {
 }
 
 std::vector<std::string> check_options(const CLI::App& app, const ErmOptions& o) {
-  const auto list = parse_methods(o.methods);
+  auto list = parse_methods(o.methods);
   check_directories(app, o);
   if (o.liblinear) {
     TORCH_CHECK(o.loss == "logistic" && ((o.l1 > 0) != (o.l2 > 0)),

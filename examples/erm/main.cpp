@@ -18,34 +18,41 @@ int fail(const std::string& msg) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   namespace se = sgdx_erm;
   se::ErmOptions o;
   CLI::App app{"sgdx-erm: regularised ERM with SGD, SVRG, Katyusha and DASVRDA (log gap vs passes)"};
   se::add_options(app, o);
   CLI11_PARSE(app, argc, argv);
+  const auto methods = se::check_options(app, o);
+  const auto p = se::load_problem(o);
+  const int64_t b = se::batch_size(o, p);
+  const auto p_star = se::certified_p_star(p, o.pstar_cache == "off" ? "" : o.pstar_cache);
+  fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", o.data,
+             p.n(), p.a.size(1), o.loss, o.l1, o.l2, b, p_star.value, p_star.source);
+  std::vector<se::Curve> curves;
+  curves.reserve(methods.size());
+  for (const auto& m : methods)
+    curves.push_back(se::best_curve(p, m, b, o.passes, p_star.value, o.seed, o.tune));
+  se::write_curves(o.out, curves);
+  se::print_table(curves);
+  if (o.liblinear) se::compare_liblinear(p, o, p_star.value);
+  se::plot_curves(o, b, curves);
+  fmt::print("curves: {}/gap.csv\n", o.out);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
   try {
-    const auto methods = se::check_options(app, o);
-    const auto p = se::load_problem(o);
-    const int64_t b = se::batch_size(o, p);
-    const auto p_star = se::certified_p_star(p, o.pstar_cache == "off" ? "" : o.pstar_cache);
-    fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", o.data,
-               p.n(), p.a.size(1), o.loss, o.l1, o.l2, b, p_star.value, p_star.source);
-    std::vector<se::Curve> curves;
-    for (const auto& m : methods)
-      curves.push_back(se::best_curve(p, m, b, o.passes, p_star.value, o.seed, o.tune));
-    se::write_curves(o.out, curves);
-    se::print_table(curves);
-    if (o.liblinear) se::compare_liblinear(p, o, p_star.value);
-    se::plot_curves(o, b, curves);
-    fmt::print("curves: {}/gap.csv\n", o.out);
+    return run(argc, argv);
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     return fail(what.substr(0, what.find('\n')));
   } catch (const std::exception& e) {  // e.g. std::filesystem errors on --out: one line, not an abort
     return fail(e.what());
+  } catch (...) {
+    return fail("unknown exception");
   }
-  return 0;
 }

@@ -20,24 +20,30 @@ int fail(const std::string& msg) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   namespace st = sgdx_train;
   st::CliOptions o;
   CLI::App app{"sgdx-train: train an example model and compare optimizers (sgdx " SGDX_VERSION ")"};
   st::add_options(app, o);
   CLI11_PARSE(app, argc, argv);
+  const auto inv = st::resolve_invocation(app, o);
+  const auto data = st::load_training_data(o.cfg);
+  const auto config = st::run_config(o, inv, data);
+  auto start = st::start_point(inv, config, o.seeds);
+  st::announce(inv, o, data, config, start);
+  return st::train_runs(inv, o, data, config, std::move(start));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
   try {
-    const auto inv = st::resolve_invocation(app, o);
-    const auto data = st::load_training_data(o.cfg);
-    const auto config = st::run_config(o, inv, data);
-    auto start = st::start_point(inv, config, o.seeds);
-    st::announce(inv, o, data, config, start);
-    return st::train_runs(inv, o, data, config, std::move(start));
+    return run(argc, argv);
   } catch (const c10::Error& e) {
     return fail(e.what_without_backtrace());
   } catch (const std::exception& e) {
     return fail(e.what());
+  } catch (...) {
+    return fail("unknown exception");
   }
 }

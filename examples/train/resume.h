@@ -39,9 +39,10 @@ int stop_signal();
 
 /// What the header of a checkpoint holds besides the run in progress.
 struct CheckpointHeader {
-  nlohmann::json config;            ///< compared with the resuming run's
-  std::vector<RunResult> finished;  ///< runs of a --compare / --seeds invocation that ended
-  int64_t next_run = 0;             ///< index of the run in progress, over (spec, seed) pairs
+  // An object, not json's default null: its noexcept default constructor has a throwing branch.
+  nlohmann::json config = nlohmann::json::object();  ///< compared with the resuming run's
+  std::vector<RunResult> finished;                   ///< runs of a --compare / --seeds invocation that ended
+  int64_t next_run = 0;  ///< index of the run in progress, over (spec, seed) pairs
 };
 
 void write_header(torch::serialize::OutputArchive& archive, const CheckpointHeader& header);

@@ -94,7 +94,7 @@ class RunSeries {
   }
 
   std::string write_summary(const std::vector<RunResult>& runs) const {
-    const auto table = summary_table(runs);
+    auto table = summary_table(runs);
     write_atomically(inv_.out_dir + "/summary.md", table);
     return table;
   }

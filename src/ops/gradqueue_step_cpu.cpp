@@ -261,7 +261,7 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const bool stats = t.scarcity;
   const int64_t n_after = t.old.defined() ? t.count : t.count + 1;
-  Scalars<T> s;
+  Scalars<T> s{};
   s.wd = static_cast<T>(c.weight_decay);
   s.lr = static_cast<T>(c.lr);
   s.mom = static_cast<T>(c.momentum);
@@ -287,7 +287,7 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
     rho_tensor = sgdx::detail::tensor_rho(sd, sv, c.eps, c.kappa, c.rho_min, c.rho_max);
     s.rho_fixed = static_cast<T>(rho_tensor);
   }
-  Flags f;
+  Flags f{};
   f.elem = c.per_element;
   f.exact = exact;
   f.old = !exact || !t.old.defined() ? OldRow::none : (P.old != nullptr ? OldRow::separate : OldRow::in_slot);

@@ -168,7 +168,7 @@ std::vector<at::Tensor> fused_rows(const std::vector<std::unique_ptr<CapturedLay
   }
   if (!ops.empty()) {
     auto norms = per_sample_sq_norms_cuda(ops, batch);
-    for (const auto j : c10::irange(fused.size())) rows[fused[j]] = norms[j];
+    for (const auto j : c10::irange(fused.size())) rows[fused[j]] = norms[static_cast<int64_t>(j)];
   }
   return rows;
 }

@@ -60,15 +60,15 @@ void DASVRDAParamState::serialize(torch::serialize::InputArchive& archive) {
   detail::read_fields(*this, archive, "DASVRDAParamState");
 }
 
-DASVRDA::DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults)
+DASVRDA::DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, const DASVRDAOptions& defaults)
     : VROptimizerBase(std::make_unique<DASVRDAOptions>(defaults), "DASVRDA") {
   defaults.validate();
   add_groups<DASVRDAOptions>(groups);
   counters_["restarts"] = 0;
 }
 
-DASVRDA::DASVRDA(std::vector<torch::Tensor> params, DASVRDAOptions options)
-    : DASVRDA({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(options)) {}
+DASVRDA::DASVRDA(std::vector<torch::Tensor> params, const DASVRDAOptions& options)
+    : DASVRDA({torch::optim::OptimizerParamGroup(std::move(params))}, options) {}
 
 // x~_{-1} = x~_0 = z~_0 = x_0, theta~_0 = 1 - 1/gamma.
 void DASVRDA::start_outer_loop(const std::vector<torch::Tensor>& params) {

@@ -20,14 +20,10 @@ namespace sgdx::optim {
 
 namespace detail {
 const GradQueueSGDMOptions& as_gq(const torch::optim::OptimizerOptions& o, size_t group) {
-  const auto* r = dynamic_cast<const GradQueueSGDMOptions*>(&o);
-  TORCH_CHECK(r != nullptr, "GradQueueSGDM: parameter group ", group,
-              " has options of another optimizer; pass sgdx::optim::GradQueueSGDMOptions");
-  return *r;
+  return options_as<GradQueueSGDMOptions>(o, group, "GradQueueSGDM");
 }
 GradQueueSGDMOptions& as_gq(torch::optim::OptimizerOptions& o, size_t group) {
-  return const_cast<GradQueueSGDMOptions&>(
-      as_gq(static_cast<const torch::optim::OptimizerOptions&>(o), group));
+  return options_as<GradQueueSGDMOptions>(o, group, "GradQueueSGDM");
 }
 
 void add_rho(at::Tensor& total, const at::Tensor& part) {
@@ -60,7 +56,7 @@ ops::GradQueueStepConfig step_config(const GradQueueSGDMOptions& o) {
 using detail::as_gq;
 
 GradQueueSGDM::GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
-                             GradQueueSGDMOptions defaults)
+                             const GradQueueSGDMOptions& defaults)
     : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},
                 std::make_unique<GradQueueSGDMOptions>(defaults)),
       synced_(defaults) {
@@ -68,8 +64,8 @@ GradQueueSGDM::GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup
   for (const auto& g : param_groups) add_param_group(g);
 }
 
-GradQueueSGDM::GradQueueSGDM(std::vector<torch::Tensor> params, GradQueueSGDMOptions defaults)
-    : GradQueueSGDM({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+GradQueueSGDM::GradQueueSGDM(std::vector<torch::Tensor> params, const GradQueueSGDMOptions& defaults)
+    : GradQueueSGDM({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
 
 void GradQueueSGDM::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
   sync_optimizer_wide();
@@ -188,12 +184,10 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
     const auto& o = as_gq(group.options(), gi);
     // Contiguous CUDA tensors, one multi-tensor launch per (device, dtype).
     struct Bucket {
-      c10::Device device;
-      at::ScalarType dtype;
       std::vector<ops::GradQueueTensor> tensors;
       std::vector<GradQueueSGDMParamState*> states;
     };
-    std::vector<Bucket> buckets;
+    detail::DeviceDtypeBuckets<Bucket> buckets;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) {
         // No gradient this step: no push, but the window length follows the loss like the others'.
@@ -211,18 +205,15 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
       if (first_info) info_.window = st.window(), first_info = false;
       elements += static_cast<double>(p.numel());
       if (fused && p.is_cuda() && p.is_contiguous() && p.grad().device() == p.device()) {
-        auto it = std::find_if(buckets.begin(), buckets.end(), [&](const Bucket& b) {
-          return b.device == p.device() && b.dtype == p.scalar_type();
-        });
-        if (it == buckets.end())
-          it = buckets.insert(buckets.end(), Bucket{p.device(), p.scalar_type(), {}, {}});
-        it->tensors.push_back(step_operands(p, st, o, p.grad(), at::Tensor()));
-        it->states.push_back(&st);
+        auto& bucket = buckets[p];
+        bucket.tensors.push_back(step_operands(p, st, o, p.grad(), at::Tensor()));
+        bucket.states.push_back(&st);
       } else {
         detail::add_rho(rho_sum, push_and_step(p, st, o, p.grad(), at::Tensor()));
       }
     }
-    for (auto& b : buckets) {
+    for (auto& entry : buckets) {
+      auto& b = entry.bucket;
       detail::add_rho(rho_sum, ops::gradqueue_step_cuda_(b.tensors, detail::step_config(o)).sum());
       for (auto* st : b.states)
         detail::window_after_push(*st, o);  // resync reads the rows the kernel wrote (stream order)

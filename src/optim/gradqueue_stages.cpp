@@ -146,7 +146,10 @@ std::vector<Moments> cluster_moments(const std::vector<ScarcityTensor>& tensors,
     (fits ? fused_index : aten_index).push_back(j);
   }
   auto take = [&](const at::Tensor& stats, const std::vector<size_t>& index) {
-    for (const auto r : c10::irange(index.size())) out[index[r]] = {stats[r].slice(0, 0, K), stats[r][K]};
+    for (const auto r : c10::irange(index.size())) {
+      const auto row = stats[static_cast<int64_t>(r)];
+      out[index[r]] = {row.slice(0, 0, K), row[K]};
+    }
   };
   if (!fused_stats.empty())
     take(ops::gradqueue_cluster_stats_cuda(fused_stats, inv_size.to(fused_stats[0].s1.device())),

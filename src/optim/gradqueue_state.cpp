@@ -9,6 +9,7 @@
 
 #include "gradqueue_internal.h"
 #include "gradqueue_window.h"
+#include "sgdx/optim/detail/param_groups.h"
 #include "sgdx/optim/gradqueue.h"
 
 namespace sgdx::optim {
@@ -127,11 +128,10 @@ void adopt_loaded_state(GradQueueSGDMParamState& st, const at::Tensor& p, const 
               "GradQueueSGDM::load: saved window statistics have dtypes ", st.s1().scalar_type(), " and ",
               st.s2().scalar_type(), " but a ", p.scalar_type(), " parameter needs ", mean_dtype, " and ",
               stats_dtype);
-  auto to_dev = [&](const at::Tensor& t) { return t.defined() ? t.to(p.device()).contiguous() : t; };
-  st.s1(to_dev(st.s1()));
-  st.s2(to_dev(st.s2()));
-  st.queue(to_dev(st.queue()));
-  st.momentum_buffer(to_dev(st.momentum_buffer()));
+  st.s1(detail::to_device_of(st.s1(), p));
+  st.s2(detail::to_device_of(st.s2(), p));
+  st.queue(detail::to_device_of(st.queue(), p));
+  st.momentum_buffer(detail::to_device_of(st.momentum_buffer(), p));
 }
 }  // namespace
 

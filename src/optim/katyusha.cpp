@@ -47,14 +47,15 @@ void KatyushaParamState::serialize(torch::serialize::InputArchive& archive) {
   detail::read_fields(*this, archive, "KatyushaParamState");
 }
 
-Katyusha::Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults)
+Katyusha::Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups,
+                   const KatyushaOptions& defaults)
     : VROptimizerBase(std::make_unique<KatyushaOptions>(defaults), "Katyusha") {
   defaults.validate();
   add_groups<KatyushaOptions>(groups);
 }
 
-Katyusha::Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options)
-    : Katyusha({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(options)) {}
+Katyusha::Katyusha(std::vector<torch::Tensor> params, const KatyushaOptions& options)
+    : Katyusha({torch::optim::OptimizerParamGroup(std::move(params))}, options) {}
 
 // A stage starts: the full gradient at x~, and a fresh weighted sum of y's.
 void Katyusha::start_stage(const std::vector<torch::Tensor>& params) {

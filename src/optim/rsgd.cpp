@@ -56,14 +56,14 @@ void RSGDParamState::serialize(torch::serialize::InputArchive& archive) {
   detail::read_fields(*this, archive, "RSGDParamState");
 }
 
-RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults)
+RSGD::RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, const RSGDOptions& defaults)
     : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<RSGDOptions>(defaults)) {
   defaults.validate();
   for (const auto& g : param_groups) add_param_group(g);
 }
 
-RSGD::RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults)
-    : RSGD({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+RSGD::RSGD(std::vector<torch::Tensor> params, const RSGDOptions& defaults)
+    : RSGD({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
 
 void RSGD::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
   detail::add_param_group_keeping_options<RSGDOptions>(*this, param_group, "RSGD");

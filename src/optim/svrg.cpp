@@ -45,14 +45,14 @@ void SVRGParamState::serialize(torch::serialize::InputArchive& archive) {
   detail::read_fields(*this, archive, "SVRGParamState");
 }
 
-SVRG::SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, SVRGOptions defaults)
+SVRG::SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, const SVRGOptions& defaults)
     : VROptimizerBase(std::make_unique<SVRGOptions>(defaults), "SVRG") {
   defaults.validate();
   add_groups<SVRGOptions>(param_groups);
 }
 
-SVRG::SVRG(std::vector<torch::Tensor> params, SVRGOptions defaults)
-    : SVRG({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+SVRG::SVRG(std::vector<torch::Tensor> params, const SVRGOptions& defaults)
+    : SVRG({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
 
 void SVRG::add_param_group(const torch::optim::OptimizerParamGroup& param_group) {
   add_groups<SVRGOptions>({param_group});
@@ -100,6 +100,7 @@ torch::Tensor SVRG::step(LossClosure batch) {
   if (inner_ == 0) start_stage(params);
   // The minibatch gradient at x~, then at x.
   std::vector<torch::Tensor> current;
+  current.reserve(params.size());
   for (const auto& p : params) current.push_back(p.detach().clone());
   const auto snapshot = point<SVRGParamState>([](const SVRGParamState& st) { return st.snapshot(); });
   const auto g_snap = grads_at(&snapshot, batch);

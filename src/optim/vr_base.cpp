@@ -63,6 +63,7 @@ std::vector<torch::Tensor> VROptimizerBase::grads_at(const std::vector<torch::Te
   }
   if (loss != nullptr) *loss = l;
   std::vector<torch::Tensor> g;
+  g.reserve(ps.size());
   for (auto& p : ps) g.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
   return g;
 }

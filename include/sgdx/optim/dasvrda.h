@@ -89,8 +89,9 @@ struct SGDX_API DASVRDAParamState : public torch::optim::OptimizerCloneableParam
 /// prox are per group (e.g. none on biases).
 class SGDX_API DASVRDA : public VROptimizerBase {
  public:
-  explicit DASVRDA(std::vector<torch::Tensor> params, DASVRDAOptions options);
-  explicit DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups, DASVRDAOptions defaults);
+  explicit DASVRDA(std::vector<torch::Tensor> params, const DASVRDAOptions& options);
+  explicit DASVRDA(const std::vector<torch::optim::OptimizerParamGroup>& groups,
+                   const DASVRDAOptions& defaults);
   torch::Tensor step(LossClosure batch) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;

@@ -148,8 +148,8 @@ struct SGDX_API GradQueueStepInfo {
 class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
  public:
   explicit GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
-                         GradQueueSGDMOptions defaults);
-  explicit GradQueueSGDM(std::vector<torch::Tensor> params, GradQueueSGDMOptions defaults);
+                         const GradQueueSGDMOptions& defaults);
+  explicit GradQueueSGDM(std::vector<torch::Tensor> params, const GradQueueSGDMOptions& defaults);
 
   /// Plain variant on the parameters' .grad. A closure's return value (the
   /// batch loss) drives the window length.

@@ -76,8 +76,9 @@ struct SGDX_API KatyushaParamState : public torch::optim::OptimizerCloneablePara
 /// the prox are per group (e.g. none on biases).
 class SGDX_API Katyusha : public VROptimizerBase {
  public:
-  explicit Katyusha(std::vector<torch::Tensor> params, KatyushaOptions options);
-  explicit Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups, KatyushaOptions defaults);
+  explicit Katyusha(std::vector<torch::Tensor> params, const KatyushaOptions& options);
+  explicit Katyusha(const std::vector<torch::optim::OptimizerParamGroup>& groups,
+                    const KatyushaOptions& defaults);
   torch::Tensor step(LossClosure batch) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;

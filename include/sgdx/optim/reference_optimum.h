@@ -37,9 +37,9 @@ struct ReferenceOptimumOptions {
 };
 
 struct ReferenceOptimum {
-  at::Tensor w;      ///< the minimiser, float64 [d]
-  double objective;  ///< P(w)
-  double gap;        ///< duality gap at w: P(w) - P* <= gap (inf where no dual bound exists)
+  at::Tensor w;          ///< the minimiser, float64 [d]
+  double objective = 0;  ///< P(w)
+  double gap = 0;        ///< duality gap at w: P(w) - P* <= gap (inf where no dual bound exists)
   int64_t newton_iterations = 0, inner_iterations = 0;  ///< inner: CG, CD sweeps or FISTA steps
   SGDX_API bool certified() const;                      ///< gap <= 1e-12 |P(w)|
 };

@@ -85,8 +85,9 @@ struct SGDX_API RSGDParamState : public torch::optim::OptimizerCloneableParamSta
 
 class SGDX_API RSGD : public torch::optim::Optimizer, public AmpScaledStep {
  public:
-  explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, RSGDOptions defaults);
-  explicit RSGD(std::vector<torch::Tensor> params, RSGDOptions defaults);
+  explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                const RSGDOptions& defaults);
+  explicit RSGD(std::vector<torch::Tensor> params, const RSGDOptions& defaults);
 
   torch::Tensor step(LossClosure closure = nullptr) override;
   torch::Tensor step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,

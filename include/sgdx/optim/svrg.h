@@ -72,8 +72,9 @@ struct SGDX_API SVRGParamState : public torch::optim::OptimizerCloneableParamSta
 
 class SGDX_API SVRG : public VROptimizerBase {
  public:
-  explicit SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, SVRGOptions defaults);
-  explicit SVRG(std::vector<torch::Tensor> params, SVRGOptions defaults);
+  explicit SVRG(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                const SVRGOptions& defaults);
+  explicit SVRG(std::vector<torch::Tensor> params, const SVRGOptions& defaults);
 
   /// One inner step. `batch` must put the mean gradient of the *same* minibatch
   /// into .grad each time it is called (it is called at x~ and at x) and return

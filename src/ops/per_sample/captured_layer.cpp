@@ -48,6 +48,7 @@ at::Tensor all_samples(int64_t batch, const at::Device& device) {
 
 std::vector<int64_t> as_ints(const std::vector<c10::SymInt>& v) {
   std::vector<int64_t> out;
+  out.reserve(v.size());
   for (const auto& s : v) out.push_back(s.expect_int());
   return out;
 }

@@ -90,7 +90,7 @@ class Conv2dLayer : public CapturedLayer {
         if (sizes[k] == 0) continue;
         auto g = at::convolution_backward(ds[k], xs[k], proto, std::nullopt, stride, padding, dilation,
                                           /*transposed=*/false, {0, 0}, groups, {false, true, false});
-        w[k].copy_(std::get<1>(g));
+        w[static_cast<int64_t>(k)].copy_(std::get<1>(g));
       }
       out.push_back(w);
     }

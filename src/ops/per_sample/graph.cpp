@@ -123,7 +123,7 @@ std::vector<int64_t> origin_of_view_base(const at::Tensor& saved, int64_t featur
         "non-contiguous input copied inside matmul)";
     return {};
   }
-  const auto base = saved._base();
+  const auto& base = saved._base();
   how = "a view of a tensor of shape " + c10::str(base.sizes());
   const auto offset = static_cast<int64_t>(static_cast<const char*>(saved.data_ptr()) -
                                            static_cast<const char*>(base.data_ptr())) /

@@ -86,7 +86,7 @@ class LinearLayer : public CapturedLayer {
       auto w = at::empty({static_cast<int64_t>(sizes.size()), d.size(2), a.size(-1)}, d.options());
       for (const auto k : c10::irange(sizes.size())) {
         auto dk = ds[k].reshape({-1, d.size(2)}), xk = xs[k].reshape({-1, a.size(-1)});
-        auto wk = w[k];
+        auto wk = w[static_cast<int64_t>(k)];
         at::mm_out(wk, dk.t(), xk);
       }
       out.push_back(w);

@@ -79,7 +79,7 @@ class DeviceDtypeBuckets {
  public:
   struct Entry {
     c10::Device device;
-    at::ScalarType dtype;
+    at::ScalarType dtype = at::ScalarType::Undefined;
     Bucket bucket;
   };
   /// The bucket of `t`'s device and dtype, appended on first use.
