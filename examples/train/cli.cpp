@@ -46,7 +46,9 @@ void add_run_options(CLI::App& app, CliOptions& o) {
   app.add_option("--lr", o.lr,
                  "Learning rate (default per optimizer: sgd 0.1, sgdm/nesterov/rsgd/gqsgdm 0.01, adam 0.001)")
       ->check(finite_number(0));
-  app.add_option("--batch-size", o.cfg.batch_size, "Minibatch size")
+  app.add_option("--batch-size", o.cfg.batch_size,
+                 "Minibatch size; across processes (torchrun) the global batch, split evenly over the ranks "
+                 "(it must divide by WORLD_SIZE)")
       ->check(integer(1))
       ->capture_default_str();
   app.add_option("--epochs", o.cfg.epochs, "Training epochs")
@@ -58,7 +60,8 @@ void add_run_options(CLI::App& app, CliOptions& o) {
   app.add_option("--seeds", o.seeds, "Number of seeds per optimizer (seed, seed+1, ...)")
       ->check(integer(1, 1 << 20))
       ->capture_default_str();
-  app.add_option("--device", o.cfg.device, "auto (cuda when available), cpu or cuda")
+  app.add_option("--device", o.cfg.device,
+                 "auto (cuda when available; the CPU across processes), cpu or cuda (one process only)")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
 }
@@ -213,6 +216,11 @@ void add_output_options(CLI::App& app, CliOptions& o) {
 
 // --help lists the groups, and the options in each, in the order they are added here.
 void add_options(CLI::App& app, CliOptions& o) {
+  app.footer(
+      "Across processes: torchrun --standalone --nproc-per-node N "
+      "--no-python sgdx-train ... trains one model data-parallel (or set MASTER_ADDR, MASTER_PORT, RANK and "
+      "WORLD_SIZE for each rank yourself); --batch-size is the global batch and rank 0 alone prints and "
+      "writes. The c10d store is unauthenticated: trusted networks only (docs/distributed.md).");
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return std::string("sgdx-train: error: ") + e.what() + " (see --help)\n";
   });

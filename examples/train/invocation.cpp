@@ -2,13 +2,17 @@
 
 #include <fmt/core.h>
 #include <torch/cuda.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 
 #include "../common/cli_checks.h"
+#include "../common/fnv1a.h"
 #include "sgdx/data/temperature.h"
 
 namespace sgdx_train {
@@ -57,6 +61,17 @@ void add_run_specs(const CLI::App& app, const CliOptions& o, Invocation& inv) {
   }
 }
 
+// Across processes: --batch-size is the global batch, split evenly over the ranks.
+void check_world(const CliOptions& o, const Invocation& inv) {
+  const int w = inv.world.size();
+  if (w == 1) return;
+  if (o.cfg.batch_size % w != 0)
+    refuse(fmt::format(
+        "--batch-size {} is the global batch and must divide by the {} processes (WORLD_SIZE={}): "
+        "use a multiple of {}",
+        o.cfg.batch_size, w, w, w));
+}
+
 torch::Device training_device(const std::string& device) {
   if (device == "cuda" || (device == "auto" && torch::cuda::is_available())) {
     if (!torch::cuda::is_available()) refuse("--device cuda: no CUDA device is available");
@@ -66,11 +81,12 @@ torch::Device training_device(const std::string& device) {
 }
 
 // The header of the checkpoint to resume; a fresh run refuses a directory that holds one.
-void open_checkpoint(const CliOptions& o, Invocation& inv) {
+void open_checkpoint(const CliOptions& o, Invocation& inv, const std::string& checkpoint_copy) {
   inv.checkpoint = (std::filesystem::path(inv.out_dir) / "checkpoint.pt").string();
   if (!o.resume_dir.empty()) {
-    inv.resumed = read_header(inv.checkpoint);
-  } else if (std::filesystem::exists(inv.checkpoint)) {
+    inv.resume_from = checkpoint_copy.empty() ? inv.checkpoint : checkpoint_copy;
+    inv.resumed = read_header(inv.resume_from);
+  } else if (inv.world.root() && std::filesystem::exists(inv.checkpoint)) {
     refuse("'" + inv.out_dir + "' holds the checkpoint of an unfinished run: continue it with --resume " +
            inv.out_dir + ", or remove " + inv.checkpoint);
   }
@@ -82,18 +98,60 @@ std::string data_fingerprint(const sgdx::data::TensorDataset& split) {
 
 }  // namespace
 
-Invocation resolve_invocation(const CLI::App& app, CliOptions& o) {
+TempFile::~TempFile() {
+  std::error_code ec;
+  if (!path.empty()) std::filesystem::remove(path, ec);
+}
+
+std::shared_ptr<TempFile> share_checkpoint(const World& world, const std::string& resume_dir) {
+  if (!world.multi()) return nullptr;
+  std::string bytes;
+  int64_t size = -1;  // -1: nothing to send (no --resume, or no readable checkpoint: the checks say why)
+  if (world.root() && !resume_dir.empty()) {
+    std::ifstream in(std::filesystem::path(resume_dir) / "checkpoint.pt", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (in && !bytes.empty()) size = static_cast<int64_t>(bytes.size());
+  }
+  std::vector<at::Tensor> header = {at::full({1}, size, at::kLong)};
+  world.comm().broadcast(header, 0);
+  size = header[0].item<int64_t>();
+  if (size < 0) return nullptr;
+  std::vector<at::Tensor> data = {world.root() ? at::from_blob(bytes.data(), {size}, at::kByte).clone()
+                                               : at::empty({size}, at::kByte)};
+  world.comm().broadcast(data, 0);
+  if (world.root()) return nullptr;
+  auto copy = std::make_shared<TempFile>();
+  copy->path = (std::filesystem::temp_directory_path() /
+                fmt::format("sgdx-train-resume-{}-rank{}.pt", ::getpid(), world.rank()))
+                   .string();
+  const auto received = data[0].contiguous();
+  write_atomically(copy->path, std::string(static_cast<const char*>(received.data_ptr()), size));
+  return copy;
+}
+
+Invocation resolve_invocation(const CLI::App& app, CliOptions& o, const World& world,
+                              const std::string& checkpoint_copy) {
   Invocation inv;
+  inv.world = world;
   inv.out_dir = given_out_dir(app, o);
   if (o.lr >= 0) o.cfg.lr = o.lr;
-  o.cfg.progress = !o.no_progress;
+  o.cfg.progress = !o.no_progress && world.root();
   add_run_specs(app, o, inv);
+  check_world(o, inv);
   if (o.threads > 0) torch::set_num_threads(o.threads);
-  inv.device = training_device(o.cfg.device);
+  // Across processes the collectives run on Gloo, over CPU tensors: auto means the CPU there.
+  inv.device = training_device(world.multi() && o.cfg.device == "auto" ? "cpu" : o.cfg.device);
+  if (world.multi() && inv.device.is_cuda())
+    refuse(
+        fmt::format("--device cuda: sgdx-train trains on the CPU across processes (WORLD_SIZE={}; its "
+                    "collectives run on Gloo): use --device cpu or auto, or one process",
+                    world.size()));
   if (inv.out_dir.empty()) inv.out_dir = fmt::format("runs/{}-{}", o.cfg.dataset, o.cfg.model);
-  if (const auto problem = sgdx_examples::output_directory_problem(inv.out_dir); !problem.empty())
+  // Rank 0 alone writes: the other ranks need no output directory (a resume reads its checkpoint).
+  if (const auto problem = sgdx_examples::output_directory_problem(inv.out_dir);
+      world.root() && !problem.empty())
     refuse("output directory: " + problem);
-  open_checkpoint(o, inv);
+  open_checkpoint(o, inv, checkpoint_copy);
   return inv;
 }
 
@@ -150,7 +208,26 @@ nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx
   nlohmann::json lrs;
   for (const auto& spec : inv.specs) lrs[spec.label] = cfg.lr.value_or(default_lr(spec.optimizer));
   config["lr"] = lrs;
+  if (inv.world.multi()) config["world_size"] = inv.world.size();  // one process's files stay as they were
   return config;
+}
+
+void check_same_config(const World& world, const nlohmann::json& config) {
+  if (!world.multi()) return;
+  // The thread count may differ between ranks; anything else would train different runs.
+  auto mine = config;
+  mine.erase("threads");
+  const auto text = mine.dump();
+  const auto hash = static_cast<int64_t>(sgdx_examples::fnv1a(text.data(), text.size()) >> 1);
+  std::vector<at::Tensor> root = {at::full({1}, hash, at::kLong)};
+  world.comm().broadcast(root, 0);
+  world.together([&] {
+    if (root[0].item<int64_t>() != hash)
+      refuse(
+          fmt::format("rank {}'s options or data differ from rank 0's (the config of metrics.json): start "
+                      "every rank with the same command line and the same dataset",
+                      world.rank()));
+  });
 }
 
 StartPoint start_point(const Invocation& inv, const nlohmann::json& config, int seeds) {
@@ -158,9 +235,17 @@ StartPoint start_point(const Invocation& inv, const nlohmann::json& config, int 
   // Anything but the run that wrote the checkpoint is refused here, before a file
   // changes. The thread count only changes the bits.
   const auto& saved = inv.resumed->config;
-  const auto diff = config_differences(saved, config, {"threads"});
+  const auto diff = config_differences(saved, config, {"threads", "world_size"});
   if (!diff.empty()) refuse("checkpoint '" + inv.checkpoint + "' is from a different run: " + diff);
-  if (saved.value("threads", 0) != torch::get_num_threads()) {
+  const int saved_world = saved.value("world_size", 1);
+  if (saved_world != inv.world.size() && inv.world.root()) {
+    // Every rank's state is one process's state (world.h): any world size continues it.
+    std::fprintf(stderr,
+                 "sgdx-train: note: resuming with %d process(es) where the checkpoint was written by %d: the "
+                 "results are valid but not bit-identical to an uninterrupted run\n",
+                 inv.world.size(), saved_world);
+  }
+  if (saved.value("threads", 0) != torch::get_num_threads() && inv.world.root()) {
     std::fprintf(stderr,
                  "sgdx-train: note: resuming with %d threads where the checkpoint used %d: the results "
                  "are valid but not bit-identical to an uninterrupted run\n",
@@ -176,12 +261,17 @@ StartPoint start_point(const Invocation& inv, const nlohmann::json& config, int 
 void announce(const Invocation& inv, const CliOptions& o, const sgdx::data::DatasetSplits& data,
               const nlohmann::json& config, const StartPoint& start) {
   const auto& cfg = o.cfg;
+  if (!inv.world.root()) return;
   std::filesystem::create_directories(inv.out_dir);
   remove_stale_temporaries(inv.out_dir);
   const auto runs = inv.specs.size() * o.seeds;
-  fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s){}\n",
+  const auto& w = inv.world;
+  fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s){}{}\n",
              cfg.dataset, cfg.model, inv.device.str(), config["train_examples"].get<int64_t>(),
              data.test.inputs().size(0), cfg.batch_size, cfg.epochs, o.seeds,
+             w.multi() ? fmt::format(", {} processes ({} examples each per batch)", w.size(),
+                                     cfg.batch_size / w.size())
+                       : "",
              inv.resumed ? fmt::format(", resumed at run {} of {}", start.first_run + 1, runs) : "");
   std::vector<double> summarised;  // once per temperature
   for (const auto& spec : inv.specs) {

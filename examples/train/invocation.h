@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -16,6 +17,7 @@
 #include "resume.h"
 #include "sgdx/data/tensor_dataset.h"
 #include "trainer.h"
+#include "world.h"
 
 namespace sgdx_train {
 
@@ -25,11 +27,31 @@ struct Invocation {
   torch::Device device{torch::kCPU};
   std::string out_dir, checkpoint;
   std::optional<CheckpointHeader> resumed;  ///< --resume: the checkpoint's header
+  World world;                              ///< the ranks (one without torchrun)
+  std::string resume_from;                  ///< --resume: the file to load (ranks > 0: rank 0's copy)
 };
 
+/// A file removed when the last owner lets go.
+struct TempFile {
+  std::string path;
+  TempFile() = default;
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile();
+};
+
+/// Across processes with --resume: rank 0 sends its checkpoint's bytes to every rank, which
+/// keeps them in a temporary file (returned; null on rank 0, in one process or without
+/// --resume), so the ranks of several machines need no shared filesystem. Every rank calls
+/// it, with any arguments: rank 0 decides.
+std::shared_ptr<TempFile> share_checkpoint(const World& world, const std::string& resume_dir);
+
 /// The checks that need several options, the run specifications, the thread count and the
-/// device; sets `o.cfg`'s lr and progress from the command line.
-Invocation resolve_invocation(const CLI::App& app, CliOptions& o);
+/// device; sets `o.cfg`'s lr and progress from the command line. Across processes
+/// --batch-size is the global batch: it must divide by the world size.
+/// `checkpoint_copy`: share_checkpoint's file (empty: the checkpoint itself).
+Invocation resolve_invocation(const CLI::App& app, CliOptions& o, const World& world,
+                              const std::string& checkpoint_copy = "");
 
 /// The dataset, made long-tailed by --imbalance.
 sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg);
@@ -37,16 +59,21 @@ sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg);
 /// What a resumed run must repeat: the settings, learning rates and data fingerprints.
 nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx::data::DatasetSplits& data);
 
+/// Across processes: every rank's config (options and data fingerprints) must be rank 0's;
+/// a rank that differs is refused by name on every rank.
+void check_same_config(const World& world, const nlohmann::json& config);
+
 /// The runs already finished and the next one, over (spec, seed) pairs.
 struct StartPoint {
   std::vector<RunResult> finished;
   int64_t first_run = 0;
 };
 
-/// Zero for a fresh invocation; a resumed one continues only the run that wrote the checkpoint.
+/// Zero for a fresh invocation; a resumed one continues only the run that wrote the checkpoint
+/// (with any world size: every rank's state is one process's, see world.h).
 StartPoint start_point(const Invocation& inv, const nlohmann::json& config, int seeds);
 
-/// Creates the output directory and prints what is about to be trained.
+/// Creates the output directory and prints what is about to be trained (rank 0).
 void announce(const Invocation& inv, const CliOptions& o, const sgdx::data::DatasetSplits& data,
               const nlohmann::json& config, const StartPoint& start);
 

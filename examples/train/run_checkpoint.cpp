@@ -52,7 +52,8 @@ void RunTrainer::save(Archive& a) {
 }
 
 void RunTrainer::load() {
-  sgdx::load_checkpoint(hooks_.checkpoint_path, *model_, optimizer_.get(), [this](InArchive& a) {
+  const auto& path = hooks_.resume_path.empty() ? hooks_.checkpoint_path : hooks_.resume_path;
+  sgdx::load_checkpoint(path, *model_, optimizer_.get(), [this](InArchive& a) {
     load_state(a, c_, e_);
     result_.epochs = read_epochs(a, "run/epochs");
     read_rng_state(a, device_.is_cuda());
@@ -66,16 +67,23 @@ void RunTrainer::load() {
 }
 
 // After every step: a checkpoint when one is due, a stop when one was asked for.
+// Across processes the ranks stop at the same step (a signal to any rank counts, agreed
+// in finish_step); rank 0 writes the checkpoint, which holds every rank's state, and
+// the others wait for it before they exit.
 void RunTrainer::at_step_boundary() {
   const int sig = stop_signal();
   const bool budget_spent = hooks_.steps_left != nullptr && --*hooks_.steps_left <= 0;
-  const bool stop = sig != 0 || budget_spent;
+  const bool signalled = world_.multi() ? stop_agreed_ : sig != 0;
+  const bool stop = signalled || budget_spent;
   const bool due = hooks_.checkpoint_every > 0 && c_.step % hooks_.checkpoint_every == 0;
   if (hooks_.checkpoint_path.empty() || !(stop || due)) return;
-  sgdx::save_checkpoint(hooks_.checkpoint_path, *model_, optimizer_.get(), [this](Archive& a) { save(a); });
+  if (world_.root())
+    sgdx::save_checkpoint(hooks_.checkpoint_path, *model_, optimizer_.get(), [this](Archive& a) { save(a); });
   if (!stop) return;
+  if (world_.multi()) world_.comm().barrier();
   const std::string why = sig == SIGINT    ? "interrupted by SIGINT"
                           : sig == SIGTERM ? "terminated by SIGTERM"
+                          : signalled      ? "stopped with the other processes (one was signalled)"
                                            : "stopped after the --stop-after steps";
   throw Stopped(fmt::format("{} at step {} of {} seed {}", why, c_.step, spec_.label, seed_), sig);
 }

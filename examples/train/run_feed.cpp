@@ -24,22 +24,30 @@ void RunTrainer::feed_presampled() {
   importance_sampler_.emplace(n_, so);
   feed_.sampler = &*importance_sampler_;
   feed_.batch_size = static_cast<size_t>(presampler_->presample_size());
-  feed_.on_batch = [this](const torch::data::Example<>& batch) -> std::pair<double, int64_t> {
+  // Across processes every rank holds the whole presample (the selection may take any
+  // of it), scores its share, and all select from the gathered scores alike.
+  feed_.on_batch = [this](const std::vector<size_t>& indices) -> std::pair<double, int64_t> {
     importance_sampler_->take();
+    const auto batch = train_.get_batch(indices);
     auto x = batch.data.to(device_), y = batch.target.to(device_);
     at::Tensor scores;
     double l;
+    global_count_ = cfg_.batch_size;
+    local_count_ = world_.share(cfg_.batch_size).second;
     if (presampler_->importance_step()) {
       {
         torch::NoGradGuard no_grad;
-        scores = forward_scores(spec_.sampling, model_->forward(x), y);
+        scores = world_.gather(forward_scores(spec_.sampling, model_->forward(local_rows(x)), local_rows(y)),
+                               x.size(0));
       }
       auto [pos, w] = presampler_->select(scores);
-      pos = pos.to(device_);
-      l = train_step(x.index_select(0, pos), y.index_select(0, pos), w.to(device_), nullptr);
+      pos = local_rows(pos).to(device_);
+      l = train_step(x.index_select(0, pos), y.index_select(0, pos), local_rows(w).to(device_), nullptr);
       ++c_.importance_steps;
     } else {
-      l = train_step(x.narrow(0, 0, cfg_.batch_size), y.narrow(0, 0, cfg_.batch_size), {}, &scores);
+      l = train_step(local_rows(x.narrow(0, 0, cfg_.batch_size)), local_rows(y.narrow(0, 0, cfg_.batch_size)),
+                     {}, &scores);
+      scores = world_.gather(scores, cfg_.batch_size);
     }
     presampler_->update_tau(scores);
     c_.tau = presampler_->tau();
@@ -64,15 +72,19 @@ void RunTrainer::feed_importance() {
   so.mix = cfg_.mix;
   importance_sampler_.emplace(n_, so);
   feed_.sampler = &*importance_sampler_;
-  feed_.on_batch = [this](const torch::data::Example<>& batch) -> std::pair<double, int64_t> {
+  // Across processes every rank keeps the same sampler: it updates it with the whole
+  // batch's scores, gathered from the shares.
+  feed_.on_batch = [this](const std::vector<size_t>& indices) -> std::pair<double, int64_t> {
     auto ib = importance_sampler_->take();
+    const auto batch = local_batch(indices);
     auto x = batch.data.to(device_), y = batch.target.to(device_);
     at::Tensor scores;
-    const double l = train_step(x, y, ib.weights.to(device_), &scores);
+    const double l = train_step(x, y, local_rows(ib.weights).to(device_), &scores);
+    scores = world_.gather(scores, global_count_);
     importance_sampler_->update(torch::tensor(ib.indices, torch::kLong), scores, cfg_.score_beta);
     c_.tau = 0.9 * c_.tau + 0.1 * sgdx::data::effective_batch_increase(scores);
     ++c_.importance_steps;
-    return {l, x.size(0)};
+    return {l, global_count_};
   };
   feed_.quality_probs = [this]() { return importance_sampler_->probabilities(torch::arange(quality_m_)); };
 }
@@ -80,6 +92,11 @@ void RunTrainer::feed_importance() {
 // Uniform epochs (a permutation per epoch), or temperature sampling / Cooldown.
 void RunTrainer::feed_plain() {
   if (spec_.balance == "none") {
+    const int64_t last = n_ % cfg_.batch_size;
+    TORCH_CHECK(!world_.multi() || last == 0 || last >= world_.size(), "the last batch of each epoch has ",
+                last, " examples, fewer than the ", world_.size(),
+                " processes: choose --batch-size and --train-subset so that it has none or at least one per "
+                "process");
     random_sampler_.emplace(n_);
     feed_.sampler = &*random_sampler_;
   } else {
@@ -91,8 +108,9 @@ void RunTrainer::feed_plain() {
                                  data_.num_classes);
     feed_.sampler = &*temperature_sampler_;
   }
-  feed_.on_batch = [this](const torch::data::Example<>& batch) -> std::pair<double, int64_t> {
-    return {train_step(batch.data.to(device_), batch.target.to(device_), {}, nullptr), batch.data.size(0)};
+  feed_.on_batch = [this](const std::vector<size_t>& indices) -> std::pair<double, int64_t> {
+    const auto batch = local_batch(indices);
+    return {train_step(batch.data.to(device_), batch.target.to(device_), {}, nullptr), global_count_};
   };
 }
 

@@ -13,6 +13,7 @@
 #include "sgdx/checkpoint.h"
 #include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
+#include "sgdx/dist/data_parallel.h"
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/optim/cosine_lr.h"
 #include "sgdx/optim/gradqueue.h"
@@ -46,10 +47,13 @@ struct EpochSums {
 // drives it with workers(0) (reset at the epoch's start, next(batch) until it is
 // exhausted, get_batch), which lets a resumed run continue inside an epoch where
 // the DataLoader's begin() would reset the sampler.
+//
+// The sampler draws the global batch (the same on every rank); on_batch trains this
+// rank's share of it and returns the batch's mean loss over every rank and its size.
 struct Feed {
   torch::data::samplers::Sampler<>* sampler = nullptr;
   size_t batch_size = 0;
-  std::function<std::pair<double, int64_t>(const torch::data::Example<>&)> on_batch;
+  std::function<std::pair<double, int64_t>(const std::vector<size_t>&)> on_batch;
   std::function<at::Tensor()> quality_probs;  // undefined: no quality metric
   std::function<void(Archive&)> save_extra = [](Archive&) {};
   std::function<void(InArchive&)> load_extra = [](InArchive&) {};
@@ -72,6 +76,11 @@ class RunTrainer {
   void feed_presampled();
   void feed_importance();
   void feed_plain();
+  torch::data::Example<> local_batch(const std::vector<size_t>& global);
+  at::Tensor local_rows(const at::Tensor& global_rows) const;
+  at::Tensor share_loss(const at::Tensor& loss) const;
+  void average_gradients();
+  at::Tensor full_gradient();
   double train_step(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weights, at::Tensor* scores);
   at::Tensor backward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& logits,
                       const at::Tensor& features, at::Tensor loss, sgdx::ops::PerSampleGradients* cap);
@@ -89,6 +98,10 @@ class RunTrainer {
   const TrainConfig& cfg_;
   const torch::Device device_;
   const RunHooks& hooks_;
+  const World world_;
+  std::optional<sgdx::dist::DataParallel> data_parallel_;  // across processes only
+  int64_t global_count_ = 0, local_count_ = 0;             // the batch in progress: all ranks', this rank's
+  bool stop_agreed_ = false;  // across processes: some rank was asked to stop (agreed at the step's loss)
   sgdx::data::TensorDataset train_;
   int64_t n_, batches_, total_steps_;
   double base_lr_;

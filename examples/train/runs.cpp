@@ -31,16 +31,19 @@ class RunSeries {
       const int64_t runs = static_cast<int64_t>(inv_.specs.size()) * o_.seeds;
       for (int64_t r = first_run_; r < runs; ++r) train_run(r);
     } catch (const Stopped& stopped) {
-      std::fprintf(stderr,
-                   "sgdx-train: %s: checkpoint %s written; continue with the same options and --resume %s\n",
-                   stopped.what(), inv_.checkpoint.c_str(), inv_.out_dir.c_str());
+      if (root()) {
+        std::fprintf(
+            stderr, "sgdx-train: %s: checkpoint %s written; continue with the same options and --resume %s\n",
+            stopped.what(), inv_.checkpoint.c_str(), inv_.out_dir.c_str());
+      }
       return kExitStopped;
     } catch (const Diverged& diverged) {
       // The finished runs and epochs stay in the metrics; the summary says what finished.
       if (current_) current_->status = fmt::format("diverged at step {}", diverged.step());
       write_metrics();
       write_summary(all_runs());
-      throw std::runtime_error(diverged.what());  // main reports it
+      throw SharedError(
+          diverged.what());  // every rank diverged at this step (the loss is global); main reports it
     }
     finish();
     return 0;
@@ -70,7 +73,9 @@ class RunSeries {
       write_header(a, CheckpointHeader{config_, runs_, r});
     };
     hooks.resume = inv_.resumed.has_value() && r == first_run_;
-    if (o_.save_models) {
+    hooks.world = inv_.world;
+    hooks.resume_path = inv_.resume_from;
+    if (o_.save_models && root()) {
       hooks.model_path =
           (std::filesystem::path(inv_.out_dir) / "models" / fmt::format("{}-seed{}.pt", spec.label, run_seed))
               .string();
@@ -86,14 +91,19 @@ class RunSeries {
     return all;
   }
 
+  // Rank 0 alone prints and writes; every rank keeps the same results.
+  bool root() const { return inv_.world.root(); }
+
   // Rewritten after every epoch.
   void write_metrics() const {
+    if (!root()) return;
     const auto all = all_runs();
     write_atomically(csv_, metrics_csv(all));
     write_atomically(json_, metrics_json(config_, all).dump(2));
   }
 
   std::string write_summary(const std::vector<RunResult>& runs) const {
+    if (!root()) return {};
     auto table = summary_table(runs);
     write_atomically(inv_.out_dir + "/summary.md", table);
     return table;
@@ -101,6 +111,7 @@ class RunSeries {
 
   // Every run is complete: the metrics are final and the checkpoint goes.
   void finish() const {
+    if (!root()) return;
     std::error_code ec;
     std::filesystem::remove(inv_.checkpoint, ec);
     const auto table = write_summary(runs_);

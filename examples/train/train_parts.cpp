@@ -6,16 +6,18 @@
 namespace sgdx_train {
 
 void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& test, int64_t classes,
-              const std::vector<int64_t>& train_counts, const torch::Device& device, EpochMetrics& m) {
+              const std::vector<int64_t>& train_counts, const torch::Device& device, EpochMetrics& m,
+              const World& world) {
   torch::NoGradGuard no_grad;
   model.eval();
   const int64_t n = test.inputs().size(0);
+  const auto [offset, share] = world.share(n);
   auto loss_sum = torch::zeros({classes}, torch::kDouble), correct = torch::zeros({classes}, torch::kDouble);
   auto count = torch::zeros({classes}, torch::kDouble);
-  for (int64_t i = 0; i < n; i += 1000) {
-    const int64_t len = std::min<int64_t>(1000, n - i);
-    auto x = test.inputs().narrow(0, i, len).to(device);
-    auto y = test.targets().narrow(0, i, len).to(device);
+  for (int64_t i = 0; i < share; i += 1000) {
+    const int64_t len = std::min<int64_t>(1000, share - i);
+    auto x = test.inputs().narrow(0, offset + i, len).to(device);
+    auto y = test.targets().narrow(0, offset + i, len).to(device);
     auto logits = model.forward(x);
     auto losses = torch::nn::functional::cross_entropy(
         logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
@@ -25,6 +27,11 @@ void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& 
     count.index_add_(0, yc, torch::ones({len}, torch::kDouble));
   }
   model.train();
+  if (world.multi()) {
+    std::vector<at::Tensor> sums = {loss_sum, correct, count};
+    world.comm().all_reduce_sum(sums);
+    loss_sum = sums[0], correct = sums[1], count = sums[2];
+  }
   m.test_loss = loss_sum.sum().item<double>() / double(n);
   m.test_accuracy = correct.sum().item<double>() / double(n);
   auto acc = correct / count.clamp_min(1), cls_loss = loss_sum / count.clamp_min(1);

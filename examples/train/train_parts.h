@@ -14,6 +14,7 @@
 #include "report.h"
 #include "sgdx/data/tensor_dataset.h"
 #include "sgdx/models/models.h"
+#include "world.h"
 
 namespace sgdx_train {
 
@@ -78,9 +79,11 @@ class AutocastRegion {
 };
 
 /// Test loss and accuracy overall and per class; head/tail accuracy by the
-/// classes' training counts.
+/// classes' training counts. Across processes each rank evaluates its share of the
+/// test set and the per-class sums are added up (every rank gets the same metrics).
 void evaluate(sgdx::models::Classifier& model, const sgdx::data::TensorDataset& test, int64_t classes,
-              const std::vector<int64_t>& train_counts, const torch::Device& device, EpochMetrics& m);
+              const std::vector<int64_t>& train_counts, const torch::Device& device, EpochMetrics& m,
+              const World& world = World());
 /// The autocast dtype of --amp (none: no autocast).
 std::optional<at::ScalarType> amp_dtype(const std::string& amp);
 /// Unreduced cross-entropy.

@@ -27,6 +27,7 @@ RunTrainer::RunTrainer(const sgdx::data::DatasetSplits& data, const RunSpec& spe
       cfg_(cfg),
       device_(device),
       hooks_(hooks),
+      world_(hooks.world),
       train_(training_subset(data.train, cfg.train_subset)),
       n_(train_.inputs().size(0)),
       batches_(n_ == 0 ? 0 : (n_ - 1) / cfg.batch_size + 1),  // no overflow for any batch size
@@ -40,6 +41,13 @@ RunTrainer::RunTrainer(const sgdx::data::DatasetSplits& data, const RunSpec& spe
   torch::manual_seed(static_cast<uint64_t>(seed));
   model_ = sgdx::models::make_model(cfg.model, data.input_shape, data.num_classes);
   model_->to(device);
+  if (world_.multi()) {
+    // Every rank drew the same weights from the seed; rank 0's are broadcast all the same.
+    data_parallel_.emplace(model_->parameters(), world_.comm_ptr());
+    auto tensors = model_->parameters();
+    for (const auto& b : model_->buffers()) tensors.push_back(b);
+    data_parallel_->broadcast_from_root(tensors);
+  }
   optimizer_ = make_optimizer(spec.optimizer, model_->parameters(), cfg);
   configure_optimizer();
   if (cfg.schedule == "cosine") schedule_.emplace(*optimizer_, total_steps_);  // per step, to 0
@@ -66,6 +74,9 @@ void RunTrainer::configure_optimizer() {
         .fused_cuda(cfg_.fused_cuda);
   }
   clustered_ = gq_ != nullptr && spec_.clusters > 1;
+  // The clustered step runs its own backward: it gathers the ranks' features and
+  // losses, clusters the global batch and sums the ranks' cluster gradients itself.
+  if (clustered_ && world_.multi()) gq_->set_communicator(world_.comm_ptr());
   if (cfg_.fused_cuda && device_.is_cuda())
     capture_options_.backend = sgdx::ops::PerSampleBackend::fused_cuda;
   if (clustered_ && cfg_.gq_path == "fast") gq_capture_.emplace(*model_, capture_options_);
@@ -75,21 +86,62 @@ void RunTrainer::configure_optimizer() {
   // minibatch closure is evaluated at the snapshot and at the current point.
   auto& o = static_cast<sgdx::optim::SVRGOptions&>(svrg_->param_groups()[0].options());
   o.n(n_).b(std::min<int64_t>(cfg_.batch_size, n_));
-  svrg_->set_full_gradient_closure([this] {
-    at::Tensor total = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble));
-    for (int64_t i = 0; i < n_; i += 2000) {
-      const int64_t len = std::min<int64_t>(2000, n_ - i);
-      auto x = train_.inputs().narrow(0, i, len).to(device_);
-      auto y = train_.targets().narrow(0, i, len).to(device_);
-      auto l = torch::nn::functional::cross_entropy(
-                   model_->forward(x), y,
-                   torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
-               double(n_);
-      l.backward();
-      total += l.detach().to(torch::kDouble).cpu();
-    }
-    return total;
-  });
+  svrg_->set_full_gradient_closure([this] { return full_gradient(); });
+}
+
+// grad F into .grad, F returned. Across processes each rank sums its share of the
+// training set and the shares' gradients are summed (average_gradients divides by
+// the world size, so each share's loss is scaled by it).
+at::Tensor RunTrainer::full_gradient() {
+  const auto [offset, count] = world_.share(n_);
+  at::Tensor total = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble));
+  for (int64_t i = 0; i < count; i += 2000) {
+    const int64_t len = std::min<int64_t>(2000, count - i);
+    auto x = train_.inputs().narrow(0, offset + i, len).to(device_);
+    auto y = train_.targets().narrow(0, offset + i, len).to(device_);
+    auto l =
+        torch::nn::functional::cross_entropy(
+            model_->forward(x), y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum)) /
+        double(n_);
+    (world_.multi() ? l * double(world_.size()) : l).backward();
+    total += l.detach().to(torch::kDouble).cpu();
+  }
+  if (!world_.multi()) return total;
+  average_gradients();
+  return torch::full({}, world_.sum({total.item<double>()})[0], torch::TensorOptions().dtype(torch::kDouble));
+}
+
+// This rank's share of a global batch drawn by the sampler.
+torch::data::Example<> RunTrainer::local_batch(const std::vector<size_t>& global) {
+  global_count_ = static_cast<int64_t>(global.size());
+  local_count_ = global_count_;
+  if (!world_.multi()) return train_.get_batch(global);
+  TORCH_CHECK(global_count_ >= world_.size(), "a batch of ", global_count_, " examples cannot be shared by ",
+              world_.size(),
+              " processes: choose --batch-size and --train-subset so that every batch, the "
+              "last of an epoch too, has at least one example per process");
+  const auto [offset, count] = world_.share(global_count_);
+  local_count_ = count;
+  return train_.get_batch(std::vector<size_t>(global.begin() + offset, global.begin() + offset + count));
+}
+
+// This rank's rows of a tensor over the global batch (weights, positions).
+at::Tensor RunTrainer::local_rows(const at::Tensor& global_rows) const {
+  if (!world_.multi()) return global_rows;
+  const auto [offset, count] = world_.share(global_rows.size(0));
+  return global_rows.narrow(0, offset, count);
+}
+
+// A share's mean loss, weighted so that the mean over ranks of the shares'
+// gradients is the gradient of the whole batch's mean loss (a last batch of an
+// epoch may split unevenly; even shares keep the loss as it is).
+at::Tensor RunTrainer::share_loss(const at::Tensor& loss) const {
+  if (!world_.multi() || local_count_ * world_.size() == global_count_) return loss;
+  return loss * (double(local_count_ * world_.size()) / double(global_count_));
+}
+
+void RunTrainer::average_gradients() {
+  if (data_parallel_) data_parallel_->average_gradients();
 }
 
 // Optimizer step on (x, y) with optional per-example weights; returns the loss
@@ -118,6 +170,7 @@ double RunTrainer::train_step(const at::Tensor& x, const at::Tensor& y, const at
     }
   }
   if (amp_) logits = logits.to(torch::kFloat);  // the sampling scores below are float32
+  if (loss.defined()) loss = share_loss(loss);
   loss = backward(x, y, logits, features, loss, cap ? &*cap : nullptr);
   if (scores != nullptr) {
     if (cap) {
@@ -140,7 +193,7 @@ at::Tensor RunTrainer::backward(const at::Tensor& x, const at::Tensor& y, const 
     // (clustered_step runs the backward and the step). A last batch smaller than K is split
     // into one cluster per example.
     auto& gq_opts = static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq_->defaults());
-    gq_opts.clusters(std::min<int64_t>(spec_.clusters, x.size(0)));
+    gq_opts.clusters(std::min<int64_t>(spec_.clusters, global_count_));
     auto losses = per_example_ce(logits, y);
     check_finite(losses.detach().mean().item<double>());
     loss = gq_->clustered_step(losses, features.detach(), gq_capture_ ? &*gq_capture_ : nullptr);
@@ -151,12 +204,14 @@ at::Tensor RunTrainer::backward(const at::Tensor& x, const at::Tensor& y, const 
   if (svrg_ != nullptr) {
     // The same minibatch at the snapshot and at the current point.
     return svrg_->step([&] {
-      auto l = torch::nn::functional::cross_entropy(model_->forward(x), y);
+      auto l = share_loss(torch::nn::functional::cross_entropy(model_->forward(x), y));
       l.backward();
+      average_gradients();
       return l;
     });
   }
   scaler_.scale(loss).backward();
+  average_gradients();  // before the unscale: every rank then finds the same inf/nan
   // The gradient norm below is the true gradient's (inf/nan when the step is skipped).
   scaler_.unscale_(*optimizer_);
   return loss;
@@ -172,8 +227,15 @@ double RunTrainer::finish_step(const at::Tensor& loss) {
       grads.empty() ? torch::zeros({}, loss.options()) : at::stack(at::_foreach_norm(grads)).pow(2).sum();
   const auto host =
       at::stack({gsq.detach().to(torch::kDouble), loss.detach().to(torch::kDouble).reshape({})}).cpu();
-  last_grad_sq_ = host[0].item<double>();
-  const double l = host[1].item<double>();
+  last_grad_sq_ = host[0].item<double>();  // of the averaged gradient: the same on every rank
+  double l = host[1].item<double>();
+  if (world_.multi()) {
+    // The whole batch's loss (share_loss weighted the shares), and whether any rank
+    // was asked to stop: every rank diverges, steps and stops together.
+    const auto sums = world_.sum({l, stop_signal() != 0 ? 1.0 : 0.0});
+    l = sums[0] / double(world_.size());
+    stop_agreed_ = sums[1] > 0;
+  }
   check_finite(l);  // before the step: a diverged loss never reaches the optimizer
   if (gq_ != nullptr && !clustered_) gq_->observe_loss(l);  // drives the queue length (not when skipped)
   if (svrg_ == nullptr && !clustered_) {
@@ -203,7 +265,7 @@ void RunTrainer::train_epoch() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   while (auto indices = feed_.sampler->next(feed_.batch_size)) {
-    const auto [l, count] = feed_.on_batch(train_.get_batch(*indices));
+    const auto [l, count] = feed_.on_batch(*indices);
     if (std::isfinite(last_grad_sq_)) {  // not the steps a loss scaler skipped
       e_.gn_sum += std::sqrt(last_grad_sq_);
       e_.gn_sq += last_grad_sq_;
@@ -235,7 +297,7 @@ EpochMetrics RunTrainer::epoch_metrics() {
   if (feed_.quality_probs)
     m.quality =
         sgdx::data::sampling_quality(exact_norms(*model_, quality_x_, quality_y_), feed_.quality_probs());
-  evaluate(*model_, data_.test, data_.num_classes, train_counts_, device_, m);
+  evaluate(*model_, data_.test, data_.num_classes, train_counts_, device_, m, world_);
   return m;
 }
 
@@ -246,7 +308,7 @@ RunResult RunTrainer::run() {
     progress_.epoch_done(result_.epochs.back(), cfg_.epochs);
     if (hooks_.epoch_done) hooks_.epoch_done(result_);
   }
-  if (scaler_.is_enabled()) {
+  if (scaler_.is_enabled() && world_.root()) {
     fmt::print("[{} seed {}] fp16: {} of {} steps skipped (inf/nan gradients), final loss scale {}\n",
                spec_.label, seed_, c_.amp_skipped, c_.step, scaler_.get_scale());
   }

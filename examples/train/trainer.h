@@ -11,6 +11,7 @@
 
 #include "report.h"
 #include "sgdx/data/tensor_dataset.h"
+#include "world.h"
 
 namespace sgdx_train {
 
@@ -87,10 +88,14 @@ struct RunHooks {
   int64_t* steps_left = nullptr;  ///< steps this process may still train (nullptr: no limit)
   /// Writes the caller's part of a checkpoint (the header) into its archive.
   std::function<void(torch::serialize::OutputArchive&)> write_header;
-  /// Restore the run from `checkpoint_path` before training.
+  /// Restore the run before training, from `resume_path` (empty: `checkpoint_path`).
   bool resume = false;
+  std::string resume_path;
   /// Where to write the final parameters (sgdx::save_checkpoint; empty: nowhere).
   std::string model_path;
+  /// The ranks that train this run together (world.h); rank 0 alone writes the
+  /// checkpoint, every rank loads it.
+  World world;
 };
 
 /// Trains a fresh model (initialised from `seed`) with one optimizer and

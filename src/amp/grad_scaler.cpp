@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "sgdx/optim/amp_step.h"
+#include "sgdx/optim/distributed.h"
 
 namespace sgdx::amp {
 
@@ -132,6 +133,7 @@ torch::Tensor GradScaler::step(torch::optim::Optimizer& optimizer,
     // adds what the closure's gradients show (checked as it unscales them) in place, so
     // update() sees both that and what .grad held when step() was called.
     auto found = found_inf_sum(state);
+    sgdx::optim::detail::agree_found_inf_(comm_.get(), found);
     state.found_inf_per_device.assign(1, {found.device(), found});
     auto loss = amp->step_scaled(unscaled ? at::Tensor() : scale_, found, std::move(closure));
     state.stage = Stage::stepped;
@@ -144,8 +146,11 @@ torch::Tensor GradScaler::step(torch::optim::Optimizer& optimizer,
   if (state.stage == Stage::ready) unscale_(optimizer);
   TORCH_CHECK(!state.found_inf_per_device.empty(),
               "GradScaler::step: the optimizer has no gradients: no inf checks were recorded");
+  auto found = found_inf_sum(state);
+  sgdx::optim::detail::agree_found_inf_(comm_.get(), found);
+  state.found_inf_per_device.assign(1, {found.device(), found});
   torch::Tensor loss;
-  if (found_inf_sum(state).item<float>() == 0.0f) loss = optimizer.step();  // the one host read
+  if (found.item<float>() == 0.0f) loss = optimizer.step();  // the one host read
   state.stage = Stage::stepped;
   return loss;
 }
@@ -163,6 +168,7 @@ void GradScaler::update() {
   }
   TORCH_CHECK(any,
               "GradScaler::update: no inf checks were recorded; call step() (or unscale_()) before update()");
+  sgdx::optim::detail::agree_found_inf_(comm_.get(), found_inf);  // S moves alike on every rank
   at::_amp_update_scale_(scale_, growth_tracker_, found_inf, options_.growth_factor(),
                          options_.backoff_factor(), options_.growth_interval());
   per_optimizer_.clear();

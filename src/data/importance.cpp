@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "sgdx/detail/philox.h"
+#include "sgdx/dist/communicator.h"
 
 #include <vector>
 
@@ -71,6 +72,53 @@ int64_t SumTree::find(double u) const {
   return k - n_;
 }
 
+uint64_t rank_stream_seed(uint64_t seed, int64_t rank) {
+  TORCH_CHECK(rank >= 0, "rank_stream_seed: rank must be >= 0, got ", rank);
+  return seed ^ (static_cast<uint64_t>(rank) * 0x9E3779B97F4A7C15ull);
+}
+
+double importance_probability(const SumTree& tree, double mix, int64_t index) {
+  const double n = double(tree.size()), total = tree.total();
+  if (!(total > 0)) return 1.0 / n;
+  return (1.0 - mix) * tree.get(index) / total + mix / n;
+}
+
+ImportanceDraw importance_draw(const SumTree& tree, double mix, uint64_t seed, int64_t sequence,
+                               int64_t position) {
+  const auto seq = static_cast<uint64_t>(sequence);
+  const auto r = sgdx::detail::philox4x32_10(static_cast<uint32_t>(position), static_cast<uint32_t>(seq),
+                                             static_cast<uint32_t>(seq >> 32), 0x15A3C001u,
+                                             static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const double u_mix = unit(r.v[0], r.v[1]), u = unit(r.v[2], r.v[3]);
+  const int64_t n = tree.size();
+  const double total = tree.total();
+  const int64_t i = u_mix < mix || !(total > 0)
+                        ? std::min<int64_t>(static_cast<int64_t>(u * double(n)), n - 1)
+                        : tree.find(u * total);
+  return {i, importance_probability(tree, mix, i)};
+}
+
+void check_score_update(int64_t table_size, const int64_t* indices, const double* scores, int64_t count,
+                        double beta, const char* who) {
+  TORCH_CHECK(beta >= 0 && beta < 1, who, ": beta must be in [0, 1), got ", beta);
+  for (const auto k : c10::irange(count)) {
+    TORCH_CHECK(indices[k] >= 0 && indices[k] < table_size, who, ": index ", indices[k], " out of range [0, ",
+                table_size, ")");
+    check_score(scores[k], indices[k]);
+  }
+}
+
+void apply_score_update(SumTree& tree, const int64_t* indices, const double* scores, int64_t count,
+                        double beta, const char* who) {
+  check_score_update(tree.size(), indices, scores, count, beta, who);
+  // Every new value is computed from the table before any is written.
+  std::vector<double> next(static_cast<size_t>(count));
+  for (const auto k : c10::irange(count)) {
+    next[k] = beta == 0 ? scores[k] : beta * tree.get(indices[k]) + (1 - beta) * scores[k];
+  }
+  for (const auto k : c10::irange(count)) tree.set(indices[k], next[k]);
+}
+
 struct ImportanceSampler::State {
   std::mutex mutex;
   SumTree tree;
@@ -82,11 +130,7 @@ struct ImportanceSampler::State {
   std::deque<ImportanceBatch> pending;
   State(int64_t n, ImportanceSamplerOptions o) : tree(n, o.initial_score), options(o) {}
 
-  double prob(int64_t i) const {
-    const double n = double(tree.size()), total = tree.total();
-    if (!(total > 0)) return 1.0 / n;
-    return (1.0 - options.mix) * tree.get(i) / total + options.mix / n;
-  }
+  double prob(int64_t i) const { return importance_probability(tree, options.mix, i); }
 };
 
 ImportanceSampler::ImportanceSampler(int64_t size, ImportanceSamplerOptions options) {
@@ -123,23 +167,12 @@ std::optional<std::vector<size_t>> ImportanceSampler::next(size_t batch_size) {
   batch.indices.resize(batch_size);
   batch.weights = at::empty({static_cast<int64_t>(batch_size)}, at::kFloat);
   auto* w = batch.weights.data_ptr<float>();
-  const double total = s.tree.total();
-  const auto seq = static_cast<uint64_t>(s.drawn);
   std::vector<size_t> out(batch_size);
   for (const auto j : c10::irange(batch_size)) {
-    const auto r = sgdx::detail::philox4x32_10(
-        static_cast<uint32_t>(j), static_cast<uint32_t>(seq), static_cast<uint32_t>(seq >> 32), 0x15A3C001u,
-        static_cast<uint32_t>(s.options.seed), static_cast<uint32_t>(s.options.seed >> 32));
-    const double u_mix = unit(r.v[0], r.v[1]), u = unit(r.v[2], r.v[3]);
-    int64_t i;
-    if (u_mix < s.options.mix || !(total > 0)) {
-      i = std::min<int64_t>(static_cast<int64_t>(u * double(n)), n - 1);
-    } else {
-      i = s.tree.find(u * total);
-    }
-    batch.indices[j] = i;
-    out[j] = static_cast<size_t>(i);
-    w[j] = static_cast<float>(1.0 / (double(n) * s.prob(i)));
+    const auto d = importance_draw(s.tree, s.options.mix, s.options.seed, s.drawn, static_cast<int64_t>(j));
+    batch.indices[j] = d.index;
+    out[j] = static_cast<size_t>(d.index);
+    w[j] = static_cast<float>(1.0 / (double(n) * d.probability));
   }
   s.pending.push_back(std::move(batch));
   ++s.drawn;
@@ -159,24 +192,13 @@ ImportanceBatch ImportanceSampler::take() {
 }
 
 void ImportanceSampler::update(const at::Tensor& indices, const at::Tensor& scores, double beta) {
-  TORCH_CHECK(beta >= 0 && beta < 1, "ImportanceSampler::update: beta must be in [0, 1), got ", beta);
   auto idx = indices.to(at::kLong).cpu().contiguous().reshape(-1);
   auto sc = scores.detach().to(at::kDouble).cpu().contiguous().reshape(-1);
   TORCH_CHECK(idx.numel() == sc.numel(), "ImportanceSampler::update: ", idx.numel(), " indices but ",
               sc.numel(), " scores");
   std::lock_guard<std::mutex> lock(state_->mutex);
-  auto& tree = state_->tree;
-  const auto* ip = idx.data_ptr<int64_t>();
-  const auto* sp = sc.data_ptr<double>();
-  // Every entry is checked before any is applied: a rejected update leaves the table as it was.
-  std::vector<double> next(static_cast<size_t>(idx.numel()));
-  for (const auto k : c10::irange(idx.numel())) {
-    TORCH_CHECK(ip[k] >= 0 && ip[k] < tree.size(), "ImportanceSampler::update: index ", ip[k],
-                " out of range [0, ", tree.size(), ")");
-    check_score(sp[k], ip[k]);
-    next[k] = beta == 0 ? sp[k] : beta * tree.get(ip[k]) + (1 - beta) * sp[k];
-  }
-  for (const auto k : c10::irange(idx.numel())) tree.set(ip[k], next[k]);
+  apply_score_update(state_->tree, idx.data_ptr<int64_t>(), sc.data_ptr<double>(), idx.numel(), beta,
+                     "ImportanceSampler::update");
 }
 
 at::Tensor ImportanceSampler::probabilities(const at::Tensor& indices) const {
@@ -311,10 +333,11 @@ std::pair<at::Tensor, at::Tensor> Presampler::select(const at::Tensor& scores) {
   auto* pos = positions.data_ptr<int64_t>();
   auto* wt = weights.data_ptr<float>();
   const uint64_t call = calls_++;
+  const uint64_t seed = comm_ ? rank_stream_seed(seed_, comm_->rank()) : seed_;
   for (int64_t j = 0; j < batch_size_; ++j) {
     const auto r = sgdx::detail::philox4x32_10(
         static_cast<uint32_t>(j), static_cast<uint32_t>(call), static_cast<uint32_t>(call >> 32), 0x9E5A0001u,
-        static_cast<uint32_t>(seed_), static_cast<uint32_t>(seed_ >> 32));
+        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     const double u = unit(r.v[0], r.v[1]) * c[B - 1];
     int64_t k = std::upper_bound(c, c + B, u) - c;
     k = std::min(k, B - 1);
@@ -326,7 +349,20 @@ std::pair<at::Tensor, at::Tensor> Presampler::select(const at::Tensor& scores) {
 }
 
 void Presampler::update_tau(const at::Tensor& scores) {
-  tau_ = tau_ema_ * tau_ + (1 - tau_ema_) * effective_batch_increase(scores);
+  double increase = effective_batch_increase(scores);
+  if (comm_ && comm_->world_size() > 1) {
+    // Summed here in rank order rather than all-reduced: the same bits on every rank.
+    const auto all = comm_->all_gather(at::full({1}, increase, at::kDouble)).contiguous();
+    const double* v = all.data_ptr<double>();
+    double sum = 0;
+    for (const auto r : c10::irange(all.numel())) sum += v[r];
+    increase = sum / double(all.numel());
+  }
+  tau_ = tau_ema_ * tau_ + (1 - tau_ema_) * increase;
+}
+
+void Presampler::set_communicator(std::shared_ptr<sgdx::dist::Communicator> comm) {
+  comm_ = std::move(comm);
 }
 
 void Presampler::save(torch::serialize::OutputArchive& archive) const {

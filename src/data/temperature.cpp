@@ -10,6 +10,7 @@
 #include <limits>
 #include <numeric>
 
+#include "sgdx/data/importance.h"
 #include "sgdx/detail/philox.h"
 
 namespace sgdx::data {
@@ -127,7 +128,8 @@ struct TemperatureSampler::State {
   at::Tensor group_ids;
   std::vector<int64_t> sizes, offsets, members;  // members grouped: group k at [offsets[k], offsets[k+1])
   TemperatureSchedule schedule = TemperatureSchedule::constant(1.0);
-  uint64_t seed = 0;
+  uint64_t seed = 0, stream_seed = 0;
+  int64_t stream = 0;
   int64_t requested_batches_per_epoch = 0, batches_per_epoch = 0;
   int64_t step = 0, epoch_batch = 0;
   double cached_tau = std::numeric_limits<double>::quiet_NaN();
@@ -145,13 +147,17 @@ struct TemperatureSampler::State {
 };
 
 TemperatureSampler::TemperatureSampler(const at::Tensor& group_ids, TemperatureSchedule schedule,
-                                       uint64_t seed, int64_t batches_per_epoch, int64_t num_groups)
+                                       uint64_t seed, int64_t batches_per_epoch, int64_t num_groups,
+                                       int64_t stream)
     : state_(std::make_shared<State>()) {
+  TORCH_CHECK(stream >= 0, "TemperatureSampler: stream must be >= 0, got ", stream);
   auto& s = *state_;
   s.sizes = group_sizes(group_ids, num_groups);
   s.group_ids = group_ids.to(at::kLong).cpu().contiguous();
   s.schedule = std::move(schedule);
   s.seed = seed;
+  s.stream = stream;
+  s.stream_seed = rank_stream_seed(seed, stream);
   s.requested_batches_per_epoch = batches_per_epoch;
   s.offsets.assign(s.sizes.size() + 1, 0);
   std::partial_sum(s.sizes.begin(), s.sizes.end(), s.offsets.begin() + 1);
@@ -184,7 +190,7 @@ std::optional<std::vector<size_t>> TemperatureSampler::next(size_t batch_size) {
   for (const auto j : c10::irange(batch_size)) {
     const auto r = sgdx::detail::philox4x32_10(
         static_cast<uint32_t>(j), static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0x7E3D0001u,
-        static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
+        static_cast<uint32_t>(s.stream_seed), static_cast<uint32_t>(s.stream_seed >> 32));
     const double u_group = unit(r.v[0], r.v[1]), u_member = unit(r.v[2], r.v[3]);
     const auto k = std::min<size_t>(
         static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u_group) - cdf.begin()), cdf.size() - 1);
@@ -234,6 +240,7 @@ void TemperatureSampler::load(torch::serialize::InputArchive& archive) {
   s.batches_per_epoch = v.toInt();
   archive.read("seed", v);
   s.seed = static_cast<uint64_t>(v.toInt());
+  s.stream_seed = rank_stream_seed(s.seed, s.stream);
   s.cached_tau = std::numeric_limits<double>::quiet_NaN();
 }
 

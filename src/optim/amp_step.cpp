@@ -1,6 +1,7 @@
 #include "sgdx/optim/amp_step.h"
 
 #include "sgdx/optim/detail/param_groups.h"
+#include "sgdx/optim/distributed.h"
 
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
@@ -54,9 +55,11 @@ void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const at::Tens
 }
 
 bool amp_begin_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
-                    const at::Tensor& found_inf, bool closure_ran, const char* who) {
+                    const at::Tensor& found_inf, bool closure_ran, const char* who,
+                    dist::Communicator* comm) {
   const bool checked = closure_ran && grad_scale.defined();
   if (checked) amp_check_and_unscale_(defined_grads(optimizer), grad_scale, found_inf, who);
+  agree_found_inf_(comm, found_inf);
   if (amp_skip(found_inf, who)) return true;
   if (grad_scale.defined() && !checked) amp_unscale_(defined_grads(optimizer), grad_scale, who);
   return false;
@@ -78,7 +81,8 @@ torch::optim::Optimizer::LossClosure checked(torch::optim::Optimizer& optimizer,
 torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who,
                                   const at::Tensor& grad_scale, const at::Tensor& found_inf,
                                   torch::optim::Optimizer::LossClosure closure,
-                                  torch::optim::Optimizer::LossClosure* full) {
+                                  torch::optim::Optimizer::LossClosure* full, dist::Communicator* comm) {
+  agree_found_inf_(comm, found_inf);
   if (amp_skip(found_inf, who)) return {};
   if (!grad_scale.defined() || closure == nullptr) return optimizer.step(std::move(closure));
   // The snapshot that an overflow inside the closures restores.
@@ -104,6 +108,7 @@ torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char
   } restore{full, full != nullptr ? *full : nullptr};
   if (full != nullptr && *full != nullptr) *full = checked(optimizer, *full, grad_scale, found_inf, who);
   auto loss = optimizer.step(checked(optimizer, std::move(closure), grad_scale, found_inf, who));
+  agree_found_inf_(comm, found_inf);  // a closure overflowed on some rank: every rank restores
   if (!amp_skip(found_inf, who)) return loss;
   at::NoGradGuard no_grad;
   size_t k = 0;

@@ -92,7 +92,20 @@ void GradQueueSGDM::observe_loss(double loss) {
   pending_loss_ = loss;  // enters the EMA when the step is taken (a skipped step leaves it out)
 }
 
-void GradQueueSGDM::take_pending_loss() {
+void GradQueueSGDM::take_pending_loss(bool reduce) {
+  if (auto* comm = reduce ? group() : nullptr) {
+    // One loss per rank or none at all: the trend (and so L) must agree on every rank.
+    const int world = comm->world_size();
+    std::vector<at::Tensor> t = {
+        at::tensor({pending_loss_ ? 1.0 : 0.0, pending_loss_.value_or(0.0)}, at::kDouble)};
+    comm->all_reduce_sum(t);
+    const double ranks = t[0][0].item<double>(), sum = t[0][1].item<double>();
+    TORCH_CHECK(ranks == 0 || ranks == world, "GradQueueSGDM: ", ranks, " of ", world,
+                " ranks observed a loss for this step; give one on every rank (a closure or observe_loss()) "
+                "or on none");
+    pending_loss_.reset();
+    if (ranks > 0) pending_loss_ = sum / world;
+  }
   if (!pending_loss_) return;
   const double loss = *pending_loss_;
   pending_loss_.reset();
@@ -168,12 +181,12 @@ torch::Tensor GradQueueSGDM::step_scaled(const at::Tensor& grad_scale, const at:
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "GradQueueSGDM")) {
+  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "GradQueueSGDM", group())) {
     pending_loss_.reset();  // the skipped batch's loss does not enter the window's trend either
     return loss;
   }
   if (loss.defined() && loss.numel() == 1) observe_loss(loss.item<double>());
-  take_pending_loss();
+  take_pending_loss(/*reduce=*/true);
   info_ = {};
   at::Tensor rho_sum;  // device sums of Delta-rho, read only when last_step_info() is asked for
   double elements = 0.0;

@@ -4,6 +4,8 @@
 #include <c10/util/irange.h>
 #include <torch/utils.h>
 
+#include <algorithm>
+
 #include "gradqueue_internal.h"
 #include "gradqueue_window.h"
 #include "sgdx/ops/per_sample.h"
@@ -14,7 +16,7 @@ namespace sgdx::optim {
 using detail::as_gq;
 
 namespace {
-void check_clustered_inputs(const torch::Tensor& losses, const torch::Tensor& features, int64_t K,
+void check_clustered_inputs(const torch::Tensor& losses, const torch::Tensor& features,
                             const ops::PerSampleGradients* capture) {
   TORCH_CHECK(
       losses.defined() && losses.dim() == 1 && losses.numel() >= 1,
@@ -28,11 +30,56 @@ void check_clustered_inputs(const torch::Tensor& losses, const torch::Tensor& fe
   const int64_t B = losses.size(0);
   TORCH_CHECK(features.size(0) == B, "GradQueueSGDM::clustered_step: features have ", features.size(0),
               " rows but there are ", B, " per-sample losses");
-  TORCH_CHECK(K <= B, "GradQueueSGDM::clustered_step: clusters = ", K, " exceeds the batch size ", B);
   if (capture) {
     TORCH_CHECK(capture->options().reduction == ops::LossReduction::mean,
                 "GradQueueSGDM::clustered_step: the capture must use LossReduction::mean");
   }
+}
+
+// The batch every rank clusters: its own rows, or (data-parallel) every rank's in rank order.
+struct GlobalBatch {
+  at::Tensor losses;    // [B_total] detached
+  at::Tensor features;  // [B_total, d] detached
+  int64_t offset = 0;   // this rank's first row
+};
+
+// One rank's rows of `x` [B_r, ...] gathered in rank order; ranks may hold different counts.
+at::Tensor gather_rows(dist::Communicator& comm, const at::Tensor& x, const std::vector<int64_t>& rows) {
+  const int64_t most = *std::max_element(rows.begin(), rows.end());
+  auto padded = x.contiguous();
+  if (x.size(0) < most) {
+    auto shape = x.sizes().vec();
+    shape[0] = most - x.size(0);
+    padded = at::cat({padded, at::zeros(shape, x.options())});
+  }
+  const auto all = comm.all_gather(padded);  // [world, most, ...]
+  std::vector<at::Tensor> parts;
+  for (const auto r : c10::irange(rows.size()))
+    parts.push_back(all[static_cast<int64_t>(r)].narrow(0, 0, rows[r]));
+  return at::cat(parts);
+}
+
+GlobalBatch global_batch(dist::Communicator* comm, const at::Tensor& losses, const at::Tensor& features) {
+  if (comm == nullptr) return {losses.detach(), features.detach(), 0};
+  const auto counts = comm->all_gather(at::full({1}, losses.size(0), at::kLong)).flatten();
+  std::vector<int64_t> rows(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+  GlobalBatch g;
+  for (int r = 0; r < comm->rank(); ++r) g.offset += rows[r];
+  g.losses = gather_rows(*comm, losses.detach(), rows);
+  g.features = gather_rows(*comm, features.detach(), rows);
+  return g;
+}
+
+// This rank's rows of the global clustering: what its backward sums over.
+detail::ClusterAssignment local_share(const detail::ClusterAssignment& global, int64_t offset, int64_t rows) {
+  detail::ClusterAssignment c;
+  const auto K = static_cast<int64_t>(global.sizes.size());
+  c.assignment = global.assignment.narrow(0, offset, rows);
+  c.counts = at::bincount(c.assignment, {}, K).to(at::kDouble);
+  const auto host = c.counts.cpu();
+  for (int64_t k = 0; k < K; ++k) c.sizes.push_back(static_cast<int64_t>(host[k].item<double>()));
+  c.iterations = global.iterations;
+  return c;
 }
 }  // namespace
 
@@ -41,7 +88,11 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   sync_optimizer_wide();
   const auto& dflt = defaults_options();
   const int64_t K = dflt.clusters();
-  check_clustered_inputs(losses, features, K, capture);
+  check_clustered_inputs(losses, features, capture);
+  auto* comm = group();
+  const auto batch = global_batch(comm, losses, features);
+  const int64_t B = batch.losses.size(0);
+  TORCH_CHECK(K <= B, "GradQueueSGDM::clustered_step: clusters = ", K, " exceeds the batch size ", B);
   // Parameters that take part (in group order).
   std::vector<at::Tensor> params;
   std::vector<size_t> group_of;
@@ -55,13 +106,16 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   TORCH_CHECK(!params.empty(), "GradQueueSGDM::clustered_step: no parameter requires grad");
 
   const auto clusters = detail::cluster_batch(
-      losses, features,
+      batch.losses, batch.features,
       {K, dflt.kmeans_iters(), dflt.kmeans_tol(), dflt.seed(), kmeans_calls_++, dflt.fused_cuda()});
   observe_loss(clusters.mean_loss);
-  take_pending_loss();
-  const auto sums = detail::cluster_gradient_sums(losses, params, clusters, capture);
+  take_pending_loss(/*reduce=*/false);  // the gathered batch's mean already
+  // Each rank backprops its own rows; the per-cluster sums add up to the global batch's.
+  auto sums = detail::cluster_gradient_sums(
+      losses, params, comm ? local_share(clusters, batch.offset, losses.size(0)) : clusters, capture);
+  detail::sum_over_ranks_(comm, sums);
   const auto inv = clusters.counts.clamp_min(1).reciprocal();  // empty clusters stay 0, weight 0
-  const auto w = clusters.counts / static_cast<double>(losses.size(0));
+  const auto w = clusters.counts / static_cast<double>(B);
 
   torch::NoGradGuard no_grad;
   // The windows move with the loss trend; the means and the scarcity inputs of every tensor.
@@ -111,7 +165,7 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   pending_trend_ = 0;
   rho_total_ = rho_sum;
   rho_elements_ = elements;
-  return losses.detach().mean();
+  return batch.losses.mean();
 }
 
 }  // namespace sgdx::optim

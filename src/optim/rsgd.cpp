@@ -81,7 +81,7 @@ torch::Tensor RSGD::step_scaled(const at::Tensor& grad_scale, const at::Tensor& 
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "RSGD"))
+  if (detail::amp_begin_step(*this, grad_scale, found_inf, closure != nullptr, "RSGD", group()))
     return loss;  // skipped
   int64_t tensor_id = 0;
   for (const auto gi : c10::irange(param_groups_.size())) {

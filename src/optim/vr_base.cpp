@@ -20,7 +20,8 @@ VROptimizerBase::VROptimizerBase(std::unique_ptr<torch::optim::OptimizerOptions>
 
 torch::Tensor VROptimizerBase::step_scaled(const at::Tensor& grad_scale, const at::Tensor& found_inf,
                                            LossClosure batch) {
-  return detail::closure_step_scaled(*this, name_, grad_scale, found_inf, std::move(batch), &full_gradient_);
+  return detail::closure_step_scaled(*this, name_, grad_scale, found_inf, std::move(batch), &full_gradient_,
+                                     group());
 }
 
 void VROptimizerBase::check_closures(const LossClosure& batch) const {
@@ -51,8 +52,14 @@ void VROptimizerBase::set_params(const std::vector<torch::Tensor>& values) {
   for (const auto k : c10::irange(ps.size())) ps[k].copy_(values[k]);
 }
 
+void VROptimizerBase::set_local_components(int64_t components) {
+  TORCH_CHECK(components >= 0, name_, ": the local component count must be >= 0 (0: equal shards), got ",
+              components);
+  local_components_ = components;
+}
+
 std::vector<torch::Tensor> VROptimizerBase::grads_at(const std::vector<torch::Tensor>* at,
-                                                     const LossClosure& f, torch::Tensor* loss) {
+                                                     const LossClosure& f, torch::Tensor* loss, bool reduce) {
   if (at != nullptr) set_params(*at);
   auto ps = params();
   for (auto& p : ps) p.mutable_grad().reset();
@@ -61,16 +68,29 @@ std::vector<torch::Tensor> VROptimizerBase::grads_at(const std::vector<torch::Te
     at::AutoGradMode enable_grad(true);
     l = f();
   }
-  if (loss != nullptr) *loss = l;
   std::vector<torch::Tensor> g;
   g.reserve(ps.size());
   for (auto& p : ps) g.push_back(p.grad().defined() ? p.grad().detach().clone() : torch::zeros_like(p));
+  if (reduce && group() != nullptr) {
+    // The loss travels with the gradients (same all-reduce when the dtypes match).
+    auto reduced = g;
+    if (loss != nullptr && l.defined()) reduced.push_back(l = l.detach().clone());
+    detail::average_over_ranks_(group(), reduced);
+  }
+  if (loss != nullptr) *loss = l;
   return g;
 }
 
 std::vector<torch::Tensor> VROptimizerBase::full_gradient_at(const std::vector<torch::Tensor>* at,
                                                              int64_t n) {
-  auto g = grads_at(at, full_gradient_);
+  auto* comm = group();
+  auto g = grads_at(at, full_gradient_, nullptr, /*reduce=*/local_components_ == 0);
+  if (comm != nullptr && local_components_ > 0) {
+    const double total = dist::global_sum(comm, static_cast<double>(local_components_));
+    TORCH_CHECK(total > 0, name_, ": the ranks' component counts sum to ", total);
+    for (auto& x : g) x.mul_(static_cast<double>(local_components_) / total);
+    detail::sum_over_ranks_(comm, g);
+  }
   evaluations_ += n;
   return g;
 }

@@ -21,10 +21,15 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "sgdx/export.h"
+
+namespace sgdx::dist {
+class Communicator;
+}
 
 namespace sgdx::amp {
 
@@ -75,6 +80,9 @@ class SGDX_API GradScaler {
   int64_t get_growth_tracker() const;
   bool is_enabled() const { return options_.enabled(); }
   const GradScalerOptions& options() const { return options_; }
+  /// The group the inf/nan flags are agreed over; null (the default): one process.
+  void set_communicator(std::shared_ptr<dist::Communicator> comm) { comm_ = std::move(comm); }
+  const std::shared_ptr<dist::Communicator>& communicator() const { return comm_; }
 
   /// S, the growth tracker and the options. load() keeps this scaler's `enabled`
   /// (it says how this run trains) and S's device when S exists; otherwise S is
@@ -103,6 +111,7 @@ class SGDX_API GradScaler {
   double pending_scale_;       // what scale_ starts from: init_scale, or a loaded value
   int64_t pending_tracker_ = 0;
   std::map<const torch::optim::Optimizer*, OptimizerState> per_optimizer_;
+  std::shared_ptr<dist::Communicator> comm_;
 };
 
 }  // namespace sgdx::amp

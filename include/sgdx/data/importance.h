@@ -17,6 +17,10 @@
 
 #include "sgdx/export.h"
 
+namespace sgdx::dist {
+class Communicator;
+}  // namespace sgdx::dist
+
 namespace sgdx::data {
 
 /// Scores s_i >= 0 of N items in a sum tree: O(log N) update and draw, 2N
@@ -37,6 +41,33 @@ class SGDX_API SumTree {
   int64_t n_;
   std::vector<double> tree_;  // node 1 is the root; node k < n has children 2k, 2k+1; leaves n..2n-1
 };
+
+/// The seed of rank `rank`'s independent stream: `seed` itself for rank 0 (so a
+/// world of one draws exactly what the one-process samplers draw), otherwise the
+/// seed xor rank * 0x9E3779B97F4A7C15 (distinct Philox keys give independent streams).
+SGDX_API uint64_t rank_stream_seed(uint64_t seed, int64_t rank);
+
+/// One draw of the importance rule: p_i = (1 - mix) s_i / sum(s) + mix / N (1/N
+/// when every score is 0), as a pure function of (seed, batch sequence, position
+/// in the batch) through Philox4x32-10. ImportanceSampler and
+/// DistributedImportanceSampler both draw with it.
+struct ImportanceDraw {
+  int64_t index;
+  double probability;  ///< p_index under `tree` at draw time
+};
+SGDX_API ImportanceDraw importance_draw(const SumTree& tree, double mix, uint64_t seed, int64_t sequence,
+                                        int64_t position);
+SGDX_API double importance_probability(const SumTree& tree, double mix, int64_t index);
+
+/// The update rule s_i <- beta * s_i + (1 - beta) * score_i for `count` entries in
+/// order. check_score_update() throws (messages prefixed by `who`) when beta is not
+/// in [0, 1), an index is out of range or a score is not finite and >= 0;
+/// apply_score_update() checks every entry before it applies any, so a rejected
+/// update leaves the table as it was.
+SGDX_API void check_score_update(int64_t table_size, const int64_t* indices, const double* scores,
+                                 int64_t count, double beta, const char* who);
+SGDX_API void apply_score_update(SumTree& tree, const int64_t* indices, const double* scores, int64_t count,
+                                 double beta, const char* who);
 
 struct ImportanceSamplerOptions {
   double mix = 0.1;  ///< eps: weight of the uniform component, in (0, 1]
@@ -118,7 +149,17 @@ class SGDX_API Presampler {
   /// From the B presampled scores, draws b positions with probabilities
   /// (1 - mix) s/sum(s) + mix/B; weights 1/(B p). Returns {positions (int64), weights (float32)}.
   std::pair<at::Tensor, at::Tensor> select(const at::Tensor& scores);
+  /// Without a communicator, tau is the EMA of effective_batch_increase(scores).
+  /// With one (collective: every rank calls it once per step), the EMA is fed the
+  /// mean over ranks of each rank's effective batch increase, summed in rank order
+  /// from an all-gather, so every rank holds the same tau bits and takes the same
+  /// importance_step() decision. The mean of per-rank values (not tau of the
+  /// concatenated scores) because each rank selects its b from its own B.
   void update_tau(const at::Tensor& scores);
+  /// Joins a data-parallel group: update_tau() agrees across ranks, and select()
+  /// draws rank r's independent stream rank_stream_seed(seed, r) (rank 0 draws what
+  /// a one-process Presampler draws). Null leaves the group.
+  void set_communicator(std::shared_ptr<sgdx::dist::Communicator> comm);
   /// Saves tau and the draw counter (the settings are checked on load, not restored).
   void save(torch::serialize::OutputArchive& archive) const;
   void load(torch::serialize::InputArchive& archive);
@@ -127,6 +168,7 @@ class SGDX_API Presampler {
   int64_t batch_size_, ratio_;
   double mix_, tau_ema_, tau_ = 0;
   uint64_t seed_, calls_ = 0;
+  std::shared_ptr<sgdx::dist::Communicator> comm_;
 };
 
 }  // namespace sgdx::data

@@ -58,8 +58,11 @@ SGDX_API std::vector<int64_t> group_sizes(const at::Tensor& group_ids, int64_t n
 class SGDX_API TemperatureSampler : public torch::data::samplers::Sampler<> {
  public:
   /// `batches_per_epoch` <= 0: ceil(N / batch_size) batches, computed at the first next().
+  /// `stream`: an independent draw stream for the same seed (a data-parallel rank,
+  /// Philox key rank_stream_seed(seed, stream)); stream 0 draws with the seed itself.
+  /// A saved state loads into any stream and keeps the loader's stream.
   TemperatureSampler(const at::Tensor& group_ids, TemperatureSchedule schedule, uint64_t seed = 0,
-                     int64_t batches_per_epoch = 0, int64_t num_groups = 0);
+                     int64_t batches_per_epoch = 0, int64_t num_groups = 0, int64_t stream = 0);
 
   void reset(std::optional<size_t> new_size = std::nullopt) override;
   std::optional<std::vector<size_t>> next(size_t batch_size) override;

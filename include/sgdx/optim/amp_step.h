@@ -9,6 +9,10 @@
 
 #include <vector>
 
+namespace sgdx::dist {
+class Communicator;
+}
+
 namespace sgdx::optim {
 
 class SGDX_API AmpScaledStep {
@@ -43,19 +47,23 @@ SGDX_API void amp_check_and_unscale_(const std::vector<at::Tensor>& grads, const
 /// grad_scale the closure's gradients are checked as they are unscaled (into found_inf,
 /// which the scaler then sees); otherwise found_inf was formed from .grad before the step
 /// and grad_scale divides the gradients after the skip test. True: skip the step.
+/// With `comm` (more than one rank) found_inf is first made its maximum over ranks.
 SGDX_API bool amp_begin_step(torch::optim::Optimizer& optimizer, const at::Tensor& grad_scale,
-                             const at::Tensor& found_inf, bool closure_ran, const char* who);
+                             const at::Tensor& found_inf, bool closure_ran, const char* who,
+                             dist::Communicator* comm = nullptr);
 /// The .grad of every parameter of `optimizer` that has one.
 SGDX_API std::vector<at::Tensor> defined_grads(torch::optim::Optimizer& optimizer);
 /// step_scaled of the closure-driven optimizers: skip without evaluating any closure, or
 /// step with closures whose gradients are checked and divided by grad_scale after they run
 /// (the batch closure and, for the step's duration, the full-gradient closure `*full`).
 /// Their overflow is known only after the step, so the step runs on a snapshot of the
-/// parameters and the optimizer's state, restored when found_inf turned non-zero.
+/// parameters and the optimizer's state, restored when found_inf turned non-zero (on
+/// any rank of `comm`: found_inf is made its maximum over ranks before each test).
 SGDX_API torch::Tensor closure_step_scaled(torch::optim::Optimizer& optimizer, const char* who,
                                            const at::Tensor& grad_scale, const at::Tensor& found_inf,
                                            torch::optim::Optimizer::LossClosure closure,
-                                           torch::optim::Optimizer::LossClosure* full);
+                                           torch::optim::Optimizer::LossClosure* full,
+                                           dist::Communicator* comm = nullptr);
 }  // namespace detail
 
 }  // namespace sgdx::optim

@@ -21,6 +21,13 @@
 // features (k-means), weights each cluster's mean gradient by its own scarcity
 // and steps on G* = sum_k |C_k|/B Delta-rho_k G_k (stages: sgdx/optim/detail/gradqueue_stages.h).
 // The window's state machine (warm-up, filling, full) is described in src/optim/gradqueue_window.h.
+//
+// Data-parallel (set_communicator): the plain step works on .grad averaged by the user
+// (sgdx::dist::DataParallel); the loss that moves L is the mean over ranks of each
+// rank's loss (a closure's or observe_loss()'s; every rank gives one, or none does).
+// The clustered step gathers every rank's features and losses, clusters the global
+// batch identically on every rank, sums each cluster's gradients over the ranks and
+// leaves the global batch-mean gradient in .grad (no averaging needed after it).
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
@@ -28,6 +35,7 @@
 #include "sgdx/ops/cuda_kernels.h"
 #include "sgdx/ops/gradqueue_step.h"
 #include "sgdx/optim/amp_step.h"
+#include "sgdx/optim/distributed.h"
 
 #include <cstdint>
 #include <memory>
@@ -145,7 +153,7 @@ struct SGDX_API GradQueueStepInfo {
   int64_t kmeans_iterations = 0;
 };
 
-class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep {
+class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledStep, public DistributedStep {
  public:
   explicit GradQueueSGDM(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                          const GradQueueSGDMOptions& defaults);
@@ -172,7 +180,8 @@ class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledS
   /// PerSampleGradients of the model being optimised) it is one backward plus
   /// per-cluster sums from the captured layer factors; without, one autograd pass
   /// per cluster (the reference). The mean loss drives the window length. Returns the batch-mean loss
-  /// (detached).
+  /// (detached). Data-parallel: `losses` and `features` are this rank's rows (any count
+  /// per rank); clusters, weights, the loss and .grad are the global batch's.
   torch::Tensor clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
                                ops::PerSampleGradients* capture = nullptr);
 
@@ -201,7 +210,8 @@ class SGDX_API GradQueueSGDM : public torch::optim::Optimizer, public AmpScaledS
                                      const GradQueueSGDMOptions& o, const torch::Tensor& grad,
                                      const torch::Tensor& direction);
 
-  void take_pending_loss();
+  /// The pending loss enters the EMA; `reduce`: first its mean over ranks (a collective).
+  void take_pending_loss(bool reduce);
 
   double loss_ema_ = 0.0;
   bool has_loss_ema_ = false;

@@ -17,6 +17,7 @@
 #include "sgdx/ops/cuda_kernels.h"
 #include "sgdx/optim/amp_step.h"
 #include "sgdx/optim/detail/fields.h"
+#include "sgdx/optim/distributed.h"
 
 #include <cstdint>
 #include <memory>
@@ -83,7 +84,10 @@ struct SGDX_API RSGDParamState : public torch::optim::OptimizerCloneableParamSta
 };
 #undef SGDX_RSGD_STATE
 
-class SGDX_API RSGD : public torch::optim::Optimizer, public AmpScaledStep {
+/// Data-parallel: the step is a function of .grad (averaged by the user) and of the
+/// step count and seed (the Bernoulli draws), so ranks agree without collectives; the
+/// communicator (set_communicator) only makes a mixed-precision skip global.
+class SGDX_API RSGD : public torch::optim::Optimizer, public AmpScaledStep, public DistributedStep {
  public:
   explicit RSGD(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                 const RSGDOptions& defaults);
