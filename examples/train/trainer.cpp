@@ -195,7 +195,9 @@ at::Tensor RunTrainer::backward(const at::Tensor& x, const at::Tensor& y, const 
     auto& gq_opts = static_cast<sgdx::optim::GradQueueSGDMOptions&>(gq_->defaults());
     gq_opts.clusters(std::min<int64_t>(spec_.clusters, global_count_));
     auto losses = per_example_ce(logits, y);
-    check_finite(losses.detach().mean().item<double>());
+    // The whole batch's mean loss: every rank diverges together, before a collective.
+    check_finite(world_.sum({losses.detach().to(torch::kDouble).sum().item<double>()})[0] /
+                 double(global_count_));
     loss = gq_->clustered_step(losses, features.detach(), gq_capture_ ? &*gq_capture_ : nullptr);
     gq_opts.clusters(spec_.clusters);
     return loss;

@@ -61,6 +61,7 @@ class World {
     padded.narrow(0, 0, local.size(0)).copy_(local);
     const auto all = comm_->all_gather(padded);  // [world, most, ...]
     std::vector<at::Tensor> parts;
+    parts.reserve(size());
     for (int r = 0; r < size(); ++r) parts.push_back(all[r].narrow(0, 0, share(total, r).second));
     return at::cat(parts).to(local.device());
   }

@@ -19,6 +19,7 @@
 #include "sgdx/ops/rsgd_step.h"
 #include "sgdx/optim/accelerated_vr.h"
 #include "sgdx/optim/cosine_lr.h"
+#include "sgdx/optim/distributed.h"
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
 #include "sgdx/optim/svrg.h"

@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <c10/util/Exception.h>
+#include <fmt/core.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -168,15 +169,19 @@ void judge(c10d::Store& store, const GroupOptions& o, const std::string& hello) 
       if (theirs != hello) {
         std::string id = theirs.substr(0, theirs.find('\n'));
         std::string w = theirs.substr(theirs.find('\n') + 1);
-        verdict = "rank " + std::to_string(r) + " belongs to another run: run id '" + id + "', WORLD_SIZE " +
-                  w + "; rank 0 has run id '" + o.run_id + "', WORLD_SIZE " + std::to_string(o.world_size);
+        verdict = fmt::format(
+            "rank {} belongs to another run: run id '{}', WORLD_SIZE {}; rank 0 has run id "
+            "'{}', WORLD_SIZE {}",
+            r, id, w, o.run_id, o.world_size);
       }
     }
     if (verdict != "ok" || arrived == o.world_size) break;
     if (Clock::now() > deadline) {
       std::string missing;
       for (int r = 1; r < o.world_size; ++r) {
-        if (!seen[r]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        if (seen[r]) continue;
+        if (!missing.empty()) missing += ", ";
+        missing += std::to_string(r);
       }
       verdict = "rank(s) " + missing + " of " + std::to_string(o.world_size) + " never arrived within " +
                 std::to_string(o.timeout.count() / 1000) + " s (SGDX_DIST_TIMEOUT_S)";
@@ -226,7 +231,8 @@ class Heartbeat {
       try {
         store_->add(key_, 1);
       } catch (const std::exception&) {
-        return;  // the store is gone (rank 0 finished or died): nothing left to tell
+        // A slow store, or one that is gone (rank 0 finished or died): try again next
+        // period, so a live rank never looks stopped.
       }
       cv_.wait_for(lock, kHeartbeatPeriod, [this] { return stop_; });
     }
@@ -244,7 +250,7 @@ c10::intrusive_ptr<c10d::Backend> make_backend(const GroupOptions& o,
                                                const c10::intrusive_ptr<c10d::Store>& store) {
   if (o.backend == Backend::Nccl) {
 #if defined(SGDX_WITH_NCCL)
-    const int devices = c10::cuda::device_count();
+    const int devices = static_cast<int>(static_cast<unsigned char>(c10::cuda::device_count()));
     TORCH_CHECK(devices > 0, "sgdx::dist: the NCCL backend needs a CUDA device; this host has none");
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(o.local_rank % devices));
     auto no = c10d::ProcessGroupNCCL::Options::create();
@@ -358,7 +364,7 @@ class C10dGroup final : public Communicator {
     }
   }
 
-  void all_reduce(std::vector<at::Tensor>& tensors, c10d::ReduceOp op) {
+  void all_reduce(std::vector<at::Tensor>& tensors, const c10d::ReduceOp& op) {
     c10d::AllreduceOptions ao;
     ao.reduceOp = op;
     for (auto& t : tensors) {
@@ -426,6 +432,7 @@ class C10dGroup final : public Communicator {
       auto probe = c10::make_intrusive<c10d::TCPStore>(options_.master_addr, so);
       auto counts = [&] {
         std::vector<int64_t> c;
+        c.reserve(options_.world_size);
         for (int r = 0; r < options_.world_size; ++r) {
           c.push_back(probe->add(Keys(options_).alive(r), 0));
         }
@@ -436,8 +443,9 @@ class C10dGroup final : public Communicator {
       const auto after = counts();
       std::string dead;
       for (int r = 0; r < options_.world_size; ++r) {
-        if (r != options_.rank && after[r] == before[r])
-          dead += (dead.empty() ? "" : ", ") + std::to_string(r);
+        if (r == options_.rank || after[r] != before[r]) continue;
+        if (!dead.empty()) dead += ", ";
+        dead += std::to_string(r);
       }
       if (dead.empty()) return "every rank is alive, so one is stuck or called a different collective";
       return "rank(s) " + dead + " stopped (died or exited)";

@@ -14,6 +14,15 @@
 #include <utility>
 
 namespace sgdx::dist {
+namespace {
+
+/// Half-precision gradients are divided by the world size before the sum (as DDP
+/// does): W finite gradients must not overflow to inf in their sum.
+bool divides_first(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16;
+}
+
+}  // namespace
 
 DataParallel::DataParallel(std::vector<at::Tensor> parameters, std::shared_ptr<Communicator> comm,
                            DataParallelOptions options)
@@ -24,7 +33,9 @@ DataParallel::DataParallel(std::vector<at::Tensor> parameters, std::shared_ptr<C
   // Buckets fill in parameter order within each (device, dtype), the same on every rank.
   std::map<std::pair<std::string, int>, int64_t> open;  // (device, dtype) -> the filling bucket
   slots_.resize(parameters_.size());
-  for (int64_t i = 0; i < static_cast<int64_t>(parameters_.size()); ++i) {
+  // Backward produces the last parameters' gradients first: buckets fill from the
+  // end, so with overlap the first bucket to start is the first one ready.
+  for (int64_t i = static_cast<int64_t>(parameters_.size()) - 1; i >= 0; --i) {
     const at::Tensor& p = parameters_[i];
     TORCH_CHECK(p.defined(), "DataParallel: parameter ", i, " is undefined");
     TORCH_CHECK(p.is_floating_point(), "DataParallel: parameter ", i, " has dtype ", p.scalar_type(),
@@ -98,6 +109,7 @@ void DataParallel::fill(int64_t param, const at::Tensor* grad) {
     TORCH_CHECK(!grad->is_sparse(), "DataParallel: parameter ", param,
                 " has a sparse gradient (not supported)");
     slot.copy_(grad->reshape({-1}));
+    if (divides_first(b.dtype)) slot.div_(comm_->world_size());
   } else {
     slot.zero_();
   }
@@ -160,7 +172,8 @@ void DataParallel::average_gradients() {
     for (size_t j = 0; j < b.members.size(); ++j) {
       at::Tensor& p = parameters_[b.members[j]];
       if (count[j] == 0.0) continue;  // no rank touched it
-      at::Tensor avg = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes()).div(world);
+      at::Tensor avg = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes());
+      if (!divides_first(b.dtype)) avg = avg.div(world);
       if (p.grad().defined()) {
         p.mutable_grad().copy_(avg);
       } else {

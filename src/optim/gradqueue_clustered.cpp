@@ -81,6 +81,18 @@ detail::ClusterAssignment local_share(const detail::ClusterAssignment& global, i
   c.iterations = global.iterations;
   return c;
 }
+/// Every rank clusters the same gathered batch, but reductions on a GPU may round
+/// differently from rank to rank: rank 0's assignment is the one used, and the
+/// counts follow from it, so every rank mixes the same clusters.
+void take_root_assignment(dist::Communicator* comm, detail::ClusterAssignment& c) {
+  std::vector<at::Tensor> a = {c.assignment.to(at::kCPU, at::kLong).contiguous()};
+  comm->broadcast(a, 0);
+  const auto K = static_cast<int64_t>(c.sizes.size());
+  c.assignment = a[0].to(c.assignment.device(), c.assignment.scalar_type());
+  const auto counts = at::bincount(a[0], {}, K).to(at::kDouble);
+  c.counts = counts.to(c.counts.device());
+  for (int64_t k = 0; k < K; ++k) c.sizes[k] = static_cast<int64_t>(counts[k].item<double>());
+}
 }  // namespace
 
 torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const torch::Tensor& features,
@@ -105,9 +117,10 @@ torch::Tensor GradQueueSGDM::clustered_step(const torch::Tensor& losses, const t
   }
   TORCH_CHECK(!params.empty(), "GradQueueSGDM::clustered_step: no parameter requires grad");
 
-  const auto clusters = detail::cluster_batch(
+  auto clusters = detail::cluster_batch(
       batch.losses, batch.features,
       {K, dflt.kmeans_iters(), dflt.kmeans_tol(), dflt.seed(), kmeans_calls_++, dflt.fused_cuda()});
+  if (comm != nullptr) take_root_assignment(comm, clusters);
   observe_loss(clusters.mean_loss);
   take_pending_loss(/*reduce=*/false);  // the gathered batch's mean already
   // Each rank backprops its own rows; the per-cluster sums add up to the global batch's.

@@ -84,8 +84,11 @@ std::vector<torch::Tensor> VROptimizerBase::grads_at(const std::vector<torch::Te
 std::vector<torch::Tensor> VROptimizerBase::full_gradient_at(const std::vector<torch::Tensor>* at,
                                                              int64_t n) {
   auto* comm = group();
-  auto g = grads_at(at, full_gradient_, nullptr, /*reduce=*/local_components_ == 0);
-  if (comm != nullptr && local_components_ > 0) {
+  // Weighted when any rank gave its count: every rank must take the same collectives
+  // (a rank that gave none, or 0, weighs 0).
+  const bool weighted = comm != nullptr && dist::global_any(comm, local_components_ > 0);
+  auto g = grads_at(at, full_gradient_, nullptr, /*reduce=*/!weighted);
+  if (weighted) {
     const double total = dist::global_sum(comm, static_cast<double>(local_components_));
     TORCH_CHECK(total > 0, name_, ": the ranks' component counts sum to ", total);
     for (auto& x : g) x.mul_(static_cast<double>(local_components_) / total);

@@ -89,7 +89,10 @@ inline std::vector<RankRun> run_ranks(int world, const std::string& test_name,
       const auto eq = kv.find('=');
       env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
     };
-    for (char** e = environ; *e != nullptr; ++e) put(*e);
+    for (char** e = environ; *e != nullptr; ++e) {
+      // The parent's shard, output file or filters must not make a rank run nothing.
+      if (std::string(*e).rfind("GTEST_", 0) != 0) put(*e);
+    }
     for (const std::string& kv :
          {std::string("SGDX_TEST_RANK_CHILD=1"), std::string("MASTER_ADDR=127.0.0.1"),
           "MASTER_PORT=" + std::to_string(port), "RANK=" + std::to_string(r),
@@ -159,6 +162,10 @@ inline bool as_ranks(int world) {
   const auto runs = run_ranks(world, name);
   const bool show = std::getenv("SGDX_TEST_SHOW_RANKS") != nullptr;  // the ranks' own output, pass or fail
   for (size_t r = 0; r < runs.size(); ++r) {
+    // Exit 0 alone would also pass a rank whose filter selected no test.
+    EXPECT_NE(runs[r].output.find("[  PASSED  ] 1 test."), std::string::npos)
+        << "rank " << r << " did not run and pass exactly this test:\n"
+        << runs[r].output;
     if (show)
       std::printf("---- rank %zu of %d (exit %d) ----\n%s", r, world, runs[r].exit_code,
                   runs[r].output.c_str());

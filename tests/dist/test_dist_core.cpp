@@ -149,6 +149,17 @@ TEST(DistDataParallel, OverlappedWithBackwardThreeRanksFloat32) {
   check_data_parallel<float>(1e-6, 1 << 20, /*overlap=*/true);
 }
 
+/// Half-precision gradients are divided before the sum: two finite 40000s average
+/// to 40000, where summing first would overflow float16 (max 65504) to inf.
+TEST(DistDataParallel, HalfPrecisionAveragesWithoutOverflow) {
+  SGDX_AS_RANKS(2);
+  auto w = torch::zeros({4}, torch::kHalf).requires_grad_();
+  DataParallel dp({w}, sgdx::testing::rank_comm_ptr());
+  w.mutable_grad() = torch::full({4}, 40000.0, torch::kHalf);
+  dp.average_gradients();
+  EXPECT_TRUE(w.grad().equal(torch::full({4}, 40000.0, torch::kHalf))) << w.grad();
+}
+
 /// Overlap refuses a gradient that would be added to an old one (the hook sees
 /// only this backward's part).
 TEST(DistDataParallel, OverlapRefusesGradientsThatWereNotCleared) {

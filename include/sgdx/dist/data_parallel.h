@@ -22,7 +22,9 @@ struct DataParallelOptions {
   /// Overlap the all-reduce with backward: a bucket starts as soon as backward
   /// has produced all of its gradients (and every earlier bucket has started).
   /// Call prepare_backward() before each backward that average_gradients() will
-  /// average; gradients must start empty (zero_grad() with set_to_none).
+  /// average; gradients must start empty (zero_grad() with set_to_none). No other
+  /// collective on this communicator may run between prepare_backward() and
+  /// average_gradients(): buckets start mid-backward, and collectives match by order.
   bool overlap = false;
 };
 
