@@ -395,10 +395,11 @@ DistributedTemperatureSampler::DistributedTemperatureSampler(const at::Tensor& g
                                                              int64_t num_groups) {
   TORCH_CHECK(comm != nullptr, "DistributedTemperatureSampler: needs a communicator");
   // The inner sampler never ends an epoch: epochs are counted here, per rank.
-  state_ = std::make_shared<State>(
-      State{TemperatureSampler(group_ids, std::move(schedule), seed, std::numeric_limits<int64_t>::max(),
-                               num_groups, comm->rank()),
-            comm, comm->world_size(), batches_per_epoch});
+  const int rank = comm->rank(), world = comm->world_size();
+  state_ =
+      std::make_shared<State>(State{TemperatureSampler(group_ids, std::move(schedule), seed,
+                                                       std::numeric_limits<int64_t>::max(), num_groups, rank),
+                                    std::move(comm), world, batches_per_epoch});
 }
 
 void DistributedTemperatureSampler::reset(std::optional<size_t> new_size) {
