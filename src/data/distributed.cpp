@@ -1,5 +1,7 @@
 #include "sgdx/data/distributed.h"
 
+#include "importance_batch.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
@@ -131,18 +133,8 @@ std::optional<std::vector<size_t>> DistributedImportanceSampler::next(size_t bat
                 sequence - s.updated, " (or call update() once for every taken batch)");
     s.apply(s.front, s.front_applied);
   }
-  ImportanceBatch batch;
-  batch.sequence = sequence;
-  batch.indices.resize(batch_size);
-  batch.weights = at::empty({b}, at::kFloat);
-  auto* w = batch.weights.data_ptr<float>();
-  std::vector<size_t> out(batch_size);
-  for (const auto j : c10::irange(b)) {
-    const auto d = importance_draw(s.front, s.options.mix, s.stream_seed, sequence, j);
-    batch.indices[j] = d.index;
-    out[j] = static_cast<size_t>(d.index);
-    w[j] = static_cast<float>(1.0 / (double(n) * d.probability));
-  }
+  auto [batch, out] =
+      detail::draw_importance_batch(s.front, s.options.mix, s.stream_seed, sequence, batch_size);
   s.pending.push_back(std::move(batch));
   ++s.handed;
   ++s.epoch_batch;

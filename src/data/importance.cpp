@@ -1,5 +1,7 @@
 #include "sgdx/data/importance.h"
 
+#include "importance_batch.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
@@ -162,18 +164,8 @@ std::optional<std::vector<size_t>> ImportanceSampler::next(size_t batch_size) {
                               : (n + int64_t(batch_size) - 1) / int64_t(batch_size);
   }
   if (s.epoch_batch >= s.batches_per_epoch) return std::nullopt;
-  ImportanceBatch batch;
-  batch.sequence = s.drawn;
-  batch.indices.resize(batch_size);
-  batch.weights = at::empty({static_cast<int64_t>(batch_size)}, at::kFloat);
-  auto* w = batch.weights.data_ptr<float>();
-  std::vector<size_t> out(batch_size);
-  for (const auto j : c10::irange(batch_size)) {
-    const auto d = importance_draw(s.tree, s.options.mix, s.options.seed, s.drawn, static_cast<int64_t>(j));
-    batch.indices[j] = d.index;
-    out[j] = static_cast<size_t>(d.index);
-    w[j] = static_cast<float>(1.0 / (double(n) * d.probability));
-  }
+  auto [batch, out] =
+      detail::draw_importance_batch(s.tree, s.options.mix, s.options.seed, s.drawn, batch_size);
   s.pending.push_back(std::move(batch));
   ++s.drawn;
   ++s.epoch_batch;
