@@ -1,6 +1,6 @@
 // The fused GradQueue-SGDM step on CPU. Every loop is branch-free inside (the
 // options are template parameters) so that GCC vectorises it, and the hot
-// functions are compiled for AVX-512, AVX2 and baseline x86-64 (target_clones).
+// functions are compiled for AVX-512, AVX2 and baseline x86-64 (sgdx/cpu_isa.h).
 // Reductions (sum of Delta-rho, tensor moments) go through 16 lane
 // accumulators per tile and fixed blocks, so the result does not depend on the
 // thread count (a resumed run is bit-identical).
@@ -13,9 +13,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu/isa_targets.h"
 #include "gradqueue_step_internal.h"
+#include "sgdx/cpu_isa.h"
 #include "sgdx/detail/gradqueue_math.h"
 #include "sgdx/ops/gradqueue_step.h"
+
+// at::parallel_for expands `#pragma omp parallel` here: without -fopenmp
+// (CMakeLists.txt) the kernel would silently run on one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "compile this file with -fopenmp: LibTorch is an OpenMP build"
+#endif
 
 namespace sgdx::ops {
 namespace {
@@ -24,12 +32,7 @@ constexpr int64_t kBlock = 1 << 15;  // elements per parallel work item
 constexpr int64_t kTile = 256;       // elements per inner tile
 constexpr int kLanes = 16;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SGDX_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SGDX_MULTIVERSION
-#endif
-#define SGDX_INLINE __attribute__((always_inline)) inline
+#define SGDX_INLINE SGDX_ALWAYS_INLINE
 
 using sgdx::detail::MomentumMode;
 
@@ -166,7 +169,7 @@ struct Flags {
   MomentumMode mom;
 };
 
-// One multiversioned entry per dtype; the nested switches pick the instantiation.
+// The nested switches pick the instantiation (inlined into each variant's entry).
 template <typename T, bool E, bool X, OldRow O, bool S, bool K>
 SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
                                 const Flags& f) {
@@ -205,48 +208,68 @@ SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, con
   return f.elem ? dispatch_storage<T, true>(P, b0, b1, s, f) : dispatch_storage<T, false>(P, b0, b1, s, f);
 }
 
-SGDX_MULTIVERSION double update_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
-                                    const Flags& f) {
-  return dispatch_update<float>(P, b0, b1, s, f);
-}
-SGDX_MULTIVERSION double update_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
-                                    const Flags& f) {
-  return dispatch_update<double>(P, b0, b1, s, f);
-}
-SGDX_MULTIVERSION void moments_f32(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
-                                   bool exact, double* dev, double* var) {
+template <typename T>
+SGDX_INLINE void dispatch_moments(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool exact,
+                                  double* dev, double* var) {
   if (exact)
-    moments_block<float, true>(P, b0, b1, s, dev, var);
+    moments_block<T, true>(P, b0, b1, s, dev, var);
   else
-    moments_block<float, false>(P, b0, b1, s, dev, var);
+    moments_block<T, false>(P, b0, b1, s, dev, var);
 }
-SGDX_MULTIVERSION void moments_f64(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
-                                   bool exact, double* dev, double* var) {
-  if (exact)
-    moments_block<double, true>(P, b0, b1, s, dev, var);
-  else
-    moments_block<double, false>(P, b0, b1, s, dev, var);
+
+// One instance of the update and the moments per x86 variant (sgdx/cpu_isa.h).
+template <typename T>
+struct Kernels {
+  double (*update)(const Ptrs<T>&, int64_t, int64_t, const Scalars<T>&, const Flags&);
+  void (*moments)(const Ptrs<T>&, int64_t, int64_t, const Scalars<T>&, bool, double*, double*);
+};
+
+template <typename T>
+double update_baseline(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, const Flags& f) {
+  return dispatch_update<T>(P, b0, b1, s, f);
 }
-inline double update_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s,
-                         const Flags& f) {
-  return update_f32(P, b0, b1, s, f);
+template <typename T>
+void moments_baseline(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool exact, double* dev,
+                      double* var) {
+  dispatch_moments<T>(P, b0, b1, s, exact, dev, var);
 }
-inline double update_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s,
-                         const Flags& f) {
-  return update_f64(P, b0, b1, s, f);
+#if SGDX_X86_VARIANTS
+template <typename T>
+SGDX_TARGET_AVX2 double update_avx2(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                    const Flags& f) {
+  return dispatch_update<T>(P, b0, b1, s, f);
 }
-inline void moments_any(const Ptrs<float>& P, int64_t b0, int64_t b1, const Scalars<float>& s, bool e,
-                        double* d, double* v) {
-  moments_f32(P, b0, b1, s, e, d, v);
+template <typename T>
+SGDX_TARGET_AVX2 void moments_avx2(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool exact,
+                                   double* dev, double* var) {
+  dispatch_moments<T>(P, b0, b1, s, exact, dev, var);
 }
-inline void moments_any(const Ptrs<double>& P, int64_t b0, int64_t b1, const Scalars<double>& s, bool e,
-                        double* d, double* v) {
-  moments_f64(P, b0, b1, s, e, d, v);
+template <typename T>
+SGDX_TARGET_AVX512 double update_avx512(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                        const Flags& f) {
+  return dispatch_update<T>(P, b0, b1, s, f);
+}
+template <typename T>
+SGDX_TARGET_AVX512 void moments_avx512(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                       bool exact, double* dev, double* var) {
+  dispatch_moments<T>(P, b0, b1, s, exact, dev, var);
+}
+#endif
+
+template <typename T>
+Kernels<T> kernels_for(sgdx::CpuIsa isa) {
+#if SGDX_X86_VARIANTS
+  if (isa == sgdx::CpuIsa::Avx512) return {&update_avx512<T>, &moments_avx512<T>};
+  if (isa == sgdx::CpuIsa::Avx2) return {&update_avx2<T>, &moments_avx2<T>};
+#endif
+  (void)isa;
+  return {&update_baseline<T>, &moments_baseline<T>};
 }
 
 template <typename T>
 double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   const bool exact = t.ema_rate == 0.0;
+  const Kernels<T> kernels = kernels_for<T>(sgdx::cpu_isa());
   Ptrs<T> P{t.param.data_ptr<T>(),
             t.grad.const_data_ptr<T>(),
             t.momentum.defined() ? t.momentum.data_ptr<T>() : nullptr,
@@ -280,7 +303,7 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
     std::vector<double> dev(blocks), var(blocks);
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        moments_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, exact, &dev[b], &var[b]);
+        kernels.moments(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, exact, &dev[b], &var[b]);
     });
     double sd = 0.0, sv = 0.0;
     for (int64_t b = 0; b < blocks; ++b) sd += dev[b], sv += var[b];
@@ -299,7 +322,7 @@ double run(GradQueueTensor& t, const GradQueueStepConfig& c) {
   std::vector<double> rho_part(blocks, 0.0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      rho_part[b] = update_any(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
+      rho_part[b] = kernels.update(P, b * kBlock, std::min(n, (b + 1) * kBlock), s, f);
   });
   if (!c.per_element) return rho_tensor * static_cast<double>(n);
   double total = 0.0;

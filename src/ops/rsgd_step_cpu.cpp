@@ -11,9 +11,18 @@
 #include <limits>
 #include <type_traits>
 
+#include "../cpu/isa_targets.h"
+#include "../cpu/philox_simd.h"
 #include "sgdx/config.h"
+#include "sgdx/cpu_isa.h"
 #include "sgdx/detail/philox.h"
 #include "sgdx/detail/rsgd_math.h"
+
+// at::parallel_for expands `#pragma omp parallel` here: without -fopenmp
+// (CMakeLists.txt) the kernel would silently run on one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "compile this file with -fopenmp: LibTorch is an OpenMP build"
+#endif
 
 namespace sgdx::ops {
 namespace detail {
@@ -63,48 +72,33 @@ c10::DeviceType check_rsgd_inputs(at::TensorList params, at::TensorList grads, a
 namespace {
 
 // Tiles of kTile elements: first the tile's Bernoulli words (Philox is
-// compute-bound: vectorised across blocks it runs ~2.5x faster than scalar),
-// then one vectorisable pass over p, g, m. Both are compiled for AVX-512,
-// AVX2 and baseline x86-64 and picked at run time (GCC target_clones).
+// compute-bound: vectorised across blocks), then one vectorisable pass over
+// p, g, m. The tile loop is instantiated once per x86 variant
+// (sgdx/cpu_isa.h), each with its own Philox; all give the same bits.
 constexpr int64_t kTile = 1024;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SGDX_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SGDX_MULTIVERSION
-#endif
+// The high words of a tile's blocks (rsgd_high_block): one variant's Philox.
+using HighWordsFn = void (*)(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first, int64_t blocks,
+                             uint32_t* out);
 
 // xi for the elements [i0, i0 + len) of a tile (i0 a multiple of 16): the
-// high bytes come 16 per Philox call (vectorised), and the rare elements whose
-// high byte equals the threshold's are resolved with their low bits.
-SGDX_MULTIVERSION
-void fill_high_bytes(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first_block16, int64_t blocks,
-                     uint8_t* __restrict out) {
+// high bytes come 16 per Philox call, and the rare elements whose high byte
+// equals the threshold's are resolved with their low bits.
+template <HighWordsFn kHighWords>
+SGDX_ALWAYS_INLINE void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, int64_t i0, int64_t len,
+                                   uint64_t threshold, uint32_t* __restrict xi) {
+  alignas(64) uint8_t high[kTile];
+  const int64_t blocks = (len + 15) / 16;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  // In memory, the bytes of v[0..3] are already in the documented order;
-  // storing whole words lets the loop vectorise at full width.
-  auto* words = reinterpret_cast<uint32_t*>(out);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const auto r =
-        sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
-    words[4 * b + 0] = r.v[0];
-    words[4 * b + 1] = r.v[1];
-    words[4 * b + 2] = r.v[2];
-    words[4 * b + 3] = r.v[3];
-  }
+  // In memory, the bytes of v[0..3] are already in the documented order.
+  kHighWords(seed, tensor_id, step, static_cast<uint64_t>(i0 / 16), blocks,
+             reinterpret_cast<uint32_t*>(high));
 #else
   for (int64_t b = 0; b < blocks; ++b) {
-    const auto r =
-        sgdx::detail::rsgd_high_block(seed, tensor_id, step, first_block16 + static_cast<uint64_t>(b));
-    for (int j = 0; j < 16; ++j) out[16 * b + j] = static_cast<uint8_t>(sgdx::detail::rsgd_high_byte(r, j));
+    const auto r = sgdx::detail::rsgd_high_block(seed, tensor_id, step, static_cast<uint64_t>(i0 / 16 + b));
+    for (int j = 0; j < 16; ++j) high[16 * b + j] = static_cast<uint8_t>(sgdx::detail::rsgd_high_byte(r, j));
   }
 #endif
-}
-
-void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, int64_t i0, int64_t len, uint64_t threshold,
-                uint32_t* __restrict xi) {
-  alignas(64) uint8_t high[kTile];
-  fill_high_bytes(seed, tensor_id, step, static_cast<uint64_t>(i0 / 16), (len + 15) / 16, high);
   const auto t_high = static_cast<uint8_t>(threshold >> 24);
   for (int64_t j = 0; j < len; ++j) xi[j] = high[j] < t_high;
   for (const void* hit = std::memchr(high, t_high, static_cast<size_t>(len)); hit != nullptr;) {
@@ -115,44 +109,24 @@ void fill_draws(uint64_t seed, uint32_t tensor_id, uint32_t step, int64_t i0, in
   }
 }
 
-// xi == nullptr: the same fixed_xi for every element.
-template <typename scalar_t, typename opmath_t>
-__attribute__((always_inline)) inline void update_tile(scalar_t* __restrict p, const scalar_t* __restrict g,
-                                                       scalar_t* __restrict m, const uint32_t* __restrict xi,
-                                                       int64_t len, bool fixed_xi, opmath_t lr, opmath_t wd,
-                                                       bool previous) {
-  for (int64_t i = 0; i < len; ++i) {
-    const bool reinforce = xi != nullptr ? xi[i] != 0 : fixed_xi;
+// xi == nullptr: the same fixed_xi for every element. Two loops, so that
+// neither loads xi conditionally (only AVX-512 has masked loads to vectorise
+// that); the selects inside vectorise because the file is compiled with
+// -fno-trapping-math (CMakeLists.txt).
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+SGDX_ALWAYS_INLINE void update_tile(scalar_t* __restrict p, const scalar_t* __restrict g,
+                                    scalar_t* __restrict m, const uint32_t* __restrict xi, int64_t len,
+                                    bool fixed_xi, opmath_t lr, opmath_t wd, bool previous) {
+  auto element = [&](int64_t i, bool reinforce) {
     opmath_t pi = static_cast<opmath_t>(p[i]), mi = static_cast<opmath_t>(m[i]);
     sgdx::detail::rsgd_update<opmath_t>(pi, static_cast<opmath_t>(g[i]), mi, reinforce, lr, wd, previous);
     p[i] = static_cast<scalar_t>(pi);
     m[i] = static_cast<scalar_t>(mi);
-  }
-}
-
-SGDX_MULTIVERSION
-void update_tile_f32(float* p, const float* g, float* m, const uint32_t* xi, int64_t len, bool fixed_xi,
-                     float lr, float wd, bool previous) {
-  update_tile<float, float>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
-}
-
-SGDX_MULTIVERSION
-void update_tile_f64(double* p, const double* g, double* m, const uint32_t* xi, int64_t len, bool fixed_xi,
-                     double lr, double wd, bool previous) {
-  update_tile<double, double>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
-}
-
-template <typename scalar_t>
-void update_tile_any(scalar_t* p, const scalar_t* g, scalar_t* m, const uint32_t* xi, int64_t len,
-                     bool fixed_xi, double lr, double wd, bool previous) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    update_tile_f32(p, g, m, xi, len, fixed_xi, static_cast<float>(lr), static_cast<float>(wd), previous);
-  } else if constexpr (std::is_same_v<scalar_t, double>) {
-    update_tile_f64(p, g, m, xi, len, fixed_xi, lr, wd, previous);
+  };
+  if (xi != nullptr) {
+    for (int64_t i = 0; i < len; ++i) element(i, xi[i] != 0);
   } else {
-    update_tile<scalar_t, opmath_t>(p, g, m, xi, len, fixed_xi, static_cast<opmath_t>(lr),
-                                    static_cast<opmath_t>(wd), previous);
+    for (int64_t i = 0; i < len; ++i) element(i, fixed_xi);
   }
 }
 
@@ -181,28 +155,107 @@ TensorPlan plan_tensor(int64_t numel, uint32_t tensor_id, uint32_t step, uint64_
   return t;
 }
 
+template <typename scalar_t>
+struct TileJob {
+  const std::vector<scalar_t*>& p;
+  const std::vector<const scalar_t*>& g;
+  const std::vector<scalar_t*>& m;
+  const std::vector<TensorPlan>& plans;
+  const RSGDStepConfig& c;
+};
+
+// One tile's update, a separate function per variant: its own __restrict
+// pointers are what let the compiler vectorise the loop (inlined into the tile
+// loop, the pointers come from vectors and the loop stays scalar).
+template <typename scalar_t>
+using UpdateFn = void (*)(scalar_t* __restrict p, const scalar_t* __restrict g, scalar_t* __restrict m,
+                          const uint32_t* __restrict xi, int64_t len, bool fixed_xi,
+                          at::opmath_type<scalar_t> lr, at::opmath_type<scalar_t> wd, bool previous);
+
+template <typename scalar_t>
+SGDX_NOINLINE void update_baseline(scalar_t* __restrict p, const scalar_t* __restrict g,
+                                   scalar_t* __restrict m, const uint32_t* __restrict xi, int64_t len,
+                                   bool fixed_xi, at::opmath_type<scalar_t> lr, at::opmath_type<scalar_t> wd,
+                                   bool previous) {
+  update_tile<scalar_t>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
+}
+#if SGDX_X86_VARIANTS
+template <typename scalar_t>
+SGDX_TARGET_AVX2 SGDX_NOINLINE void update_avx2(scalar_t* __restrict p, const scalar_t* __restrict g,
+                                                scalar_t* __restrict m, const uint32_t* __restrict xi,
+                                                int64_t len, bool fixed_xi, at::opmath_type<scalar_t> lr,
+                                                at::opmath_type<scalar_t> wd, bool previous) {
+  update_tile<scalar_t>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
+}
+template <typename scalar_t>
+SGDX_TARGET_AVX512 SGDX_NOINLINE void update_avx512(scalar_t* __restrict p, const scalar_t* __restrict g,
+                                                    scalar_t* __restrict m, const uint32_t* __restrict xi,
+                                                    int64_t len, bool fixed_xi, at::opmath_type<scalar_t> lr,
+                                                    at::opmath_type<scalar_t> wd, bool previous) {
+  update_tile<scalar_t>(p, g, m, xi, len, fixed_xi, lr, wd, previous);
+}
+#endif
+
+// Tiles [t0, t1) of all tensors: the body every variant compiles.
+template <typename scalar_t, HighWordsFn kHighWords, UpdateFn<scalar_t> kUpdate>
+SGDX_ALWAYS_INLINE void run_tiles(const TileJob<scalar_t>& job, int64_t t0, int64_t t1) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  alignas(64) uint32_t xi[kTile];  // 32-bit lanes like float: the select vectorises
+  const auto& plans = job.plans;
+  // The tensor holding tile t0, then walk forward.
+  auto k = static_cast<size_t>(
+      std::upper_bound(plans.begin(), plans.end(), t0,
+                       [](int64_t tile, const TensorPlan& pl) { return tile < pl.first_tile; }) -
+      plans.begin() - 1);
+  const auto lr = static_cast<opmath_t>(job.c.lr), wd = static_cast<opmath_t>(job.c.weight_decay);
+  for (int64_t t = t0; t < t1; ++t) {
+    while (t >= plans[k].first_tile + (plans[k].numel + kTile - 1) / kTile) ++k;
+    const TensorPlan& pl = plans[k];
+    const int64_t i0 = (t - pl.first_tile) * kTile;
+    if (!pl.draw) {  // no draws: this range's tiles of the tensor in one pass
+      const int64_t last = std::min(t1, pl.first_tile + (pl.numel + kTile - 1) / kTile);
+      const int64_t len = std::min((last - t) * kTile, pl.numel - i0);
+      kUpdate(job.p[k] + i0, job.g[k] + i0, job.m[k] + i0, nullptr, len, pl.fixed_xi, lr, wd,
+              job.c.memory_previous);
+      t = last - 1;
+      continue;
+    }
+    const int64_t len = std::min(kTile, pl.numel - i0);
+    fill_draws<kHighWords>(job.c.seed, pl.tensor_id, pl.step, i0, len, pl.threshold, xi);
+    kUpdate(job.p[k] + i0, job.g[k] + i0, job.m[k] + i0, xi, len, pl.fixed_xi, lr, wd, job.c.memory_previous);
+  }
+}
+
+template <typename scalar_t>
+void tiles_baseline(const TileJob<scalar_t>& job, int64_t t0, int64_t t1) {
+  run_tiles<scalar_t, sgdx::cpu::rsgd_high_words_scalar, update_baseline<scalar_t>>(job, t0, t1);
+}
+#if SGDX_X86_VARIANTS
+template <typename scalar_t>
+SGDX_TARGET_AVX2 void tiles_avx2(const TileJob<scalar_t>& job, int64_t t0, int64_t t1) {
+  run_tiles<scalar_t, sgdx::cpu::rsgd_high_words_avx2, update_avx2<scalar_t>>(job, t0, t1);
+}
+template <typename scalar_t>
+SGDX_TARGET_AVX512 void tiles_avx512(const TileJob<scalar_t>& job, int64_t t0, int64_t t1) {
+  run_tiles<scalar_t, sgdx::cpu::rsgd_high_words_avx512, update_avx512<scalar_t>>(job, t0, t1);
+}
+#endif
+
+template <typename scalar_t>
+auto tiles_for(sgdx::CpuIsa isa) {
+#if SGDX_X86_VARIANTS
+  if (isa == sgdx::CpuIsa::Avx512) return &tiles_avx512<scalar_t>;
+  if (isa == sgdx::CpuIsa::Avx2) return &tiles_avx2<scalar_t>;
+#endif
+  (void)isa;
+  return &tiles_baseline<scalar_t>;
+}
+
 // All tiles of all tensors in one parallel region (one fork/join per step).
 template <typename scalar_t>
-void rsgd_tensors_cpu(const std::vector<scalar_t*>& p, const std::vector<const scalar_t*>& g,
-                      const std::vector<scalar_t*>& m, const std::vector<TensorPlan>& plans,
-                      int64_t total_tiles, const RSGDStepConfig& c) {
-  at::parallel_for(0, total_tiles, 16, [&](int64_t t0, int64_t t1) {
-    alignas(64) uint32_t xi[kTile];  // 32-bit lanes like float: the select vectorises
-    // The tensor holding tile t0, then walk forward.
-    size_t k = static_cast<size_t>(
-        std::upper_bound(plans.begin(), plans.end(), t0,
-                         [](int64_t tile, const TensorPlan& pl) { return tile < pl.first_tile; }) -
-        plans.begin() - 1);
-    for (int64_t t = t0; t < t1; ++t) {
-      while (t >= plans[k].first_tile + (plans[k].numel + kTile - 1) / kTile) ++k;
-      const TensorPlan& pl = plans[k];
-      const int64_t i0 = (t - pl.first_tile) * kTile;
-      const int64_t len = std::min(kTile, pl.numel - i0);
-      if (pl.draw) fill_draws(c.seed, pl.tensor_id, pl.step, i0, len, pl.threshold, xi);
-      update_tile_any<scalar_t>(p[k] + i0, g[k] + i0, m[k] + i0, pl.draw ? xi : nullptr, len, pl.fixed_xi,
-                                c.lr, c.weight_decay, c.memory_previous);
-    }
-  });
+void rsgd_tensors_cpu(const TileJob<scalar_t>& job, int64_t total_tiles) {
+  const auto tiles = tiles_for<scalar_t>(sgdx::cpu_isa());
+  at::parallel_for(0, total_tiles, 16, [&](int64_t t0, int64_t t1) { tiles(job, t0, t1); });
 }
 
 }  // namespace
@@ -233,7 +286,7 @@ void rsgd_step_cpu_(at::TensorList params, at::TensorList grads, at::TensorList 
       g.push_back(grads[k].const_data_ptr<scalar_t>());
       m.push_back(memory[k].data_ptr<scalar_t>());
     }
-    rsgd_tensors_cpu<scalar_t>(p, g, m, plans, total_tiles, config);
+    rsgd_tensors_cpu<scalar_t>(TileJob<scalar_t>{p, g, m, plans, config}, total_tiles);
   });
 }
 
