@@ -1,9 +1,11 @@
 // GradQueue-SGDM benchmarks, ratios of medians from one run:
 //  1. the plain step (fused CPU kernel) vs torch::optim::SGD with momentum on the
-//     parameter set of a ResNet-18 (11.7M parameters); the memory-traffic floor of
-//     the ratio is 44/20 bytes per parameter (GQ reads p, g, v, S1, S2, the
-//     leaving queue row and writes p, v, S1, S2, the new row; SGDM reads p, g, v
-//     and writes p, v);
+//     parameter set of a ResNet-18 (11.7M parameters), under every x86 variant
+//     this CPU runs; the memory-traffic floor of the ratio is 52/20 bytes per
+//     parameter for the exact queue (GQ reads p, g, v, S1, S2, the leaving queue
+//     row and writes p, v, S1, S2, the new row, with S1 the window mean in
+//     float64: 8 bytes) and 36/20 for ema (no queue rows, S1 float32); SGDM
+//     reads p, g, v and writes p, v;
 //  2. the clustered step (k-means + per-cluster gradients + step) vs a plain
 //     forward+backward+SGDM step at batch 512, K = 4, fast path and reference path,
 //     on the example MLP and CNN (Fashion-MNIST shapes), and the k-means alone.
@@ -11,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "bench_util.h"
@@ -46,36 +49,56 @@ nlohmann::json bench_step(int reps) {
   // Fill the window (L = q_init = 8): every timed step scores, pushes and drops a row.
   for (int i = 0; i < 10; ++i) gq.step(), gqt.step(), ema.step();
   sgd.step();
-  auto t = sgdx::bench::compare(
-      {[&] { gq.step(); }, [&] { sgd.step(); }, [&] { gqt.step(); }, [&] { ema.step(); }}, reps);
+  // One run: the reference, then the three GQ configurations under every x86 variant.
+  const auto isas = sgdx::bench::bench_isas();
+  std::vector<std::function<void()>> candidates = {[&] { sgd.step(); }};
+  for (auto isa : isas)
+    for (GradQueueSGDM* o : {&gq, &gqt, &ema})
+      candidates.emplace_back([o, isa] {
+        sgdx::set_cpu_isa(isa);
+        o->step();
+      });
+  auto t = sgdx::bench::compare(candidates, reps);
   std::printf(
       "\n1. GradQueue-SGDM step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d "
       "reps\n",
       static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps);
-  const char* names[] = {"GQ-SGDM (element, exact queue)", "torch::optim::SGD momentum 0.9",
-                         "GQ-SGDM (tensor, exact)", "GQ-SGDM (element, ema: no queue)"};
-  std::printf("%-34s %10s %10s %10s %8s\n", "", "median ms", "min ms", "max ms", "ratio");
-  for (int i = 0; i < 4; ++i)
-    std::printf("%-34s %10.2f %10.2f %10.2f %8.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min,
-                1e3 * t[i].max, t[i].median / t[1].median);
-  std::printf("floor ratio (bytes moved): 44/20 = 2.20 exact, 36/20 = 1.80 ema (no queue rows)\n");
+  std::printf("%-44s %10s %10s %10s %8s\n", "", "median ms", "min ms", "max ms", "ratio");
+  auto row = [&](const std::string& what, const sgdx::bench::Timing& x) {
+    std::printf("%-44s %10.2f %10.2f %10.2f %8.2f\n", what.c_str(), 1e3 * x.median, 1e3 * x.min, 1e3 * x.max,
+                x.median / t[0].median);
+  };
+  row("torch::optim::SGD momentum 0.9", t[0]);
+  nlohmann::json variants;
+  for (size_t v = 0; v < isas.size(); ++v) {
+    const std::string isa(sgdx::cpu_isa_name(isas[v]));
+    const auto &exact = t[1 + 3 * v], &tensor = t[2 + 3 * v], &ema_t = t[3 + 3 * v];
+    row("GQ-SGDM [" + isa + "] element, exact queue", exact);
+    row("GQ-SGDM [" + isa + "] tensor, exact", tensor);
+    row("GQ-SGDM [" + isa + "] element, ema: no queue", ema_t);
+    variants[isa] = {{"gq_element_exact", sgdx::bench::to_json(exact)},
+                     {"gq_tensor_exact", sgdx::bench::to_json(tensor)},
+                     {"gq_element_ema", sgdx::bench::to_json(ema_t)},
+                     {"ratio_element_exact_vs_sgdm", exact.median / t[0].median},
+                     {"ratio_tensor_exact_vs_sgdm", tensor.median / t[0].median},
+                     {"ratio_element_ema_vs_sgdm", ema_t.median / t[0].median}};
+  }
+  std::printf(
+      "floor ratio (bytes moved): 52/20 = 2.60 exact (float64 mean), 36/20 = 1.80 ema (no queue rows)\n");
   std::printf("state: GQ exact %.1f MiB (queue q_max=32 x params), GQ ema %.1f MiB, SGDM %.1f MiB\n",
               gq.state_bytes() / 1048576.0, ema.state_bytes() / 1048576.0, n * 4 / 1048576.0);
-  return {{"parameters", n},
-          {"tensors", p_sgd.size()},
-          {"reps", reps},
-          {"gq_element_exact", sgdx::bench::to_json(t[0])},
-          {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
-          {"gq_tensor_exact", sgdx::bench::to_json(t[2])},
-          {"gq_element_ema", sgdx::bench::to_json(t[3])},
-          {"ratio_element_exact_vs_sgdm", t[0].median / t[1].median},
-          {"ratio_tensor_exact_vs_sgdm", t[2].median / t[1].median},
-          {"ratio_element_ema_vs_sgdm", t[3].median / t[1].median},
-          {"floor_ratio_exact", 44.0 / 20.0},
-          {"floor_ratio_ema", 36.0 / 20.0},
-          {"state_bytes_exact", gq.state_bytes()},
-          {"state_bytes_ema", ema.state_bytes()},
-          {"param_bytes", n * 4}};
+  nlohmann::json j = {{"parameters", n},
+                      {"tensors", p_sgd.size()},
+                      {"reps", reps},
+                      {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[0])},
+                      {"variants", variants},
+                      {"floor_ratio_exact", 52.0 / 20.0},
+                      {"floor_ratio_ema", 36.0 / 20.0},
+                      {"state_bytes_exact", gq.state_bytes()},
+                      {"state_bytes_ema", ema.state_bytes()},
+                      {"param_bytes", n * 4}};
+  j.update(sgdx::bench::isa_json(isas));
+  return j;
 }
 
 nlohmann::json bench_clustered(const std::string& model_name, int64_t B, int64_t K, int reps) {

@@ -6,10 +6,12 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "bench_util.h"
 #include "sgdx/config.h"
+#include "sgdx/cpu_isa.h"
 #include "sgdx/optim/rsgd.h"
 
 namespace {
@@ -58,35 +60,56 @@ int main(int argc, char** argv) {
     at::_foreach_add_(fb, fg);
     at::_foreach_add_(fp, fb, -1e-6);
   };
-  auto t = sgdx::bench::compare(
-      {[&] { rsgd_mid.step(); }, [&] { sgd.step(); }, [&] { foreach_sgdm(); }, [&] { rsgd_one.step(); }},
-      reps);
-  const double ratio_sgd = t[0].median / t[1].median, ratio_foreach = t[0].median / t[2].median;
-  const double ratio_nodraw = t[3].median / t[1].median;
-  std::printf("R-SGD step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d reps\n",
-              static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps);
-  std::printf("%-34s %10s %10s %10s\n", "", "median ms", "min ms", "max ms");
-  const char* names[] = {"sgdx RSGD (Gamma=0.5, element)", "torch::optim::SGD momentum 0.9",
-                         "_foreach_ heavy ball", "sgdx RSGD (Gamma=1, no draws)"};
-  for (int i = 0; i < 4; ++i)
-    std::printf("%-34s %10.2f %10.2f %10.2f\n", names[i], 1e3 * t[i].median, 1e3 * t[i].min, 1e3 * t[i].max);
-  std::printf("ratio RSGD / torch SGD(momentum): %.3f (target <= 1.2)\n", ratio_sgd);
-  std::printf("ratio RSGD / _foreach_ heavy ball: %.3f\n", ratio_foreach);
-  std::printf("ratio RSGD without draws (Gamma=1) / torch SGD(momentum): %.3f\n", ratio_nodraw);
+  // One run: the references, then R-SGD under every x86 variant this CPU runs.
+  const auto isas = sgdx::bench::bench_isas();
+  std::vector<std::function<void()>> candidates = {[&] { sgd.step(); }, [&] { foreach_sgdm(); }};
+  for (auto isa : isas) {
+    candidates.emplace_back([&, isa] {
+      sgdx::set_cpu_isa(isa);
+      rsgd_mid.step();
+    });
+    candidates.emplace_back([&, isa] {
+      sgdx::set_cpu_isa(isa);
+      rsgd_one.step();
+    });
+  }
+  auto t = sgdx::bench::compare(candidates, reps);
+  std::printf(
+      "R-SGD step, ResNet-18 parameter set: %lld parameters in %zu tensors, %d threads, %d reps (%s)\n",
+      static_cast<long long>(n), p_sgd.size(), at::get_num_threads(), reps,
+      sgdx::bench::cpu_device_name().c_str());
+  std::printf("%-40s %10s %10s %10s %8s\n", "", "median ms", "min ms", "max ms", "/ SGDM");
+  auto row = [&](const std::string& what, const sgdx::bench::Timing& x) {
+    std::printf("%-40s %10.2f %10.2f %10.2f %8.3f\n", what.c_str(), 1e3 * x.median, 1e3 * x.min, 1e3 * x.max,
+                x.median / t[0].median);
+  };
+  row("torch::optim::SGD momentum 0.9", t[0]);
+  row("_foreach_ heavy ball", t[1]);
+  nlohmann::json variants;
+  for (size_t v = 0; v < isas.size(); ++v) {
+    const std::string isa(sgdx::cpu_isa_name(isas[v]));
+    const auto& mid = t[2 + 2 * v];
+    const auto& one = t[3 + 2 * v];
+    row("sgdx RSGD [" + isa + "] Gamma=0.5, element", mid);
+    row("sgdx RSGD [" + isa + "] Gamma=1, no draws", one);
+    variants[isa] = {{"rsgd", sgdx::bench::to_json(mid)},
+                     {"rsgd_no_draws", sgdx::bench::to_json(one)},
+                     {"ratio_vs_torch_sgd_momentum", mid.median / t[0].median},
+                     {"ratio_vs_foreach", mid.median / t[1].median},
+                     {"ratio_no_draws_vs_torch_sgd_momentum", one.median / t[0].median}};
+  }
+  std::printf("targets: RSGD / SGDM <= 1.0, no draws / SGDM <= 0.9, on every variant\n");
   nlohmann::json j = {{"name", "rsgd_step_resnet18"},
                       {"device", sgdx::bench::cpu_device_name()},
                       {"threads", at::get_num_threads()},
                       {"parameters", n},
                       {"tensors", p_sgd.size()},
                       {"reps", reps},
-                      {"rsgd", sgdx::bench::to_json(t[0])},
-                      {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[1])},
-                      {"reference_foreach_heavy_ball", sgdx::bench::to_json(t[2])},
-                      {"rsgd_no_draws", sgdx::bench::to_json(t[3])},
-                      {"ratio_vs_torch_sgd_momentum", ratio_sgd},
-                      {"ratio_vs_foreach", ratio_foreach},
-                      {"ratio_no_draws_vs_torch_sgd_momentum", ratio_nodraw},
+                      {"reference_torch_sgd_momentum", sgdx::bench::to_json(t[0])},
+                      {"reference_foreach_heavy_ball", sgdx::bench::to_json(t[1])},
+                      {"variants", variants},
                       {"bytes_per_param_floor", 20}};
+  j.update(sgdx::bench::isa_json(isas));
   sgdx::bench::write_json(out, j);
   return 0;
 }

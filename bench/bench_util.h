@@ -3,10 +3,13 @@
 // figure that counts is the ratio of medians (../shared/BENCHMARKS.md).
 #include <nlohmann/json.hpp>
 
+#include "sgdx/cpu_isa.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -83,6 +86,22 @@ inline std::string cpu_device_name() {
     if (line.rfind("model name", 0) == 0) return "cpu: " + line.substr(line.find(':') + 2);
   }
   return "cpu";
+}
+
+/// The CPU kernels' variants to time: every one this CPU runs (SGDX_BENCH_ISA=all,
+/// the default), or only the one chosen by SGDX_CPU_ISA / the best (SGDX_BENCH_ISA=active).
+inline std::vector<sgdx::CpuIsa> bench_isas() {
+  const char* env = std::getenv("SGDX_BENCH_ISA");
+  if (env != nullptr && std::string(env) == "active") return {sgdx::cpu_isa()};
+  return sgdx::cpu_isas_supported();
+}
+
+/// {"cpu_isa_best": ..., "cpu_isas_timed": [...]} for a benchmark's JSON.
+inline nlohmann::json isa_json(const std::vector<sgdx::CpuIsa>& timed) {
+  nlohmann::json names = nlohmann::json::array();
+  for (auto isa : timed) names.push_back(std::string(sgdx::cpu_isa_name(isa)));
+  return {{"cpu_isa_best", std::string(sgdx::cpu_isa_name(sgdx::cpu_isas_supported().back()))},
+          {"cpu_isas_timed", names}};
 }
 
 inline void write_json(const std::string& path, const nlohmann::json& j) {
