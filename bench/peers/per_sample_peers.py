@@ -43,6 +43,7 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -56,86 +57,16 @@ METHODS = ["torch_func", "opacus_gsm", "opacus_ghost", "backpack"]
 
 
 # ---------------------------------------------------------------- the models
-# Mirrors of src/models/models.cpp (module names as registered there).
-
-class MLP(nn.Module):
-    """Flatten -> (Linear -> ReLU) per hidden width -> Linear (make_model: hidden 256, 128)."""
-
-    def __init__(self, in_features, hidden=(256, 128), classes=CLASSES):
-        super().__init__()
-        layers, width = [], in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x.flatten(1))
-
-
-class SmallCNN(nn.Module):
-    def __init__(self, channels, height, width, classes=CLASSES):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        flat = 64 * (height // 4) * (width // 4)
-        self.head = nn.Sequential(nn.Linear(flat, 128), nn.ReLU(), nn.Linear(128, classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def groupnorm(width):
-    return nn.GroupNorm(min(8, width), width)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = groupnorm(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = groupnorm(cout)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-                         if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        return F.relu(y + (self.shortcut(x) if self.shortcut is not None else x))
-
-
-class ResNetCifar(nn.Module):
-    """make_model("resnet"): blocks_per_stage=1, width=16 (ResNet-8 with GroupNorm)."""
-
-    def __init__(self, channels, classes=CLASSES, blocks_per_stage=1, width=16):
-        super().__init__()
-        layers = [nn.Conv2d(channels, width, 3, padding=1, bias=False), groupnorm(width), nn.ReLU()]
-        cin = width
-        for stage in range(3):
-            cout = width << stage
-            for b in range(blocks_per_stage):
-                layers.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
-                cin = cout
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(cin, classes)
-
-    def forward(self, x):
-        return self.head(self.body(x))
+# The mirrors of src/models/models.cpp that the training-throughput reference
+# uses (scripts/train_torch_reference.py): one definition for both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from train_torch_reference import make_model as reference_model  # noqa: E402
 
 
 def make_model(name, shape, classes=CLASSES):
-    c, h, w = shape
-    if name == "mlp":
-        return MLP(c * h * w, (256, 128), classes)
-    if name == "cnn":
-        return SmallCNN(c, h, w, classes)
-    if name == "resnet":
-        return ResNetCifar(c, classes)
-    raise SystemExit(f"unknown model '{name}' (choose from mlp, cnn, resnet)")
+    if name not in SHAPES:
+        raise SystemExit(f"unknown model '{name}' (choose from {', '.join(SHAPES)})")
+    return reference_model(name, shape, classes)
 
 
 # ---------------------------------------------------------------- the methods
