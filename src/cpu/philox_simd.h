@@ -16,8 +16,10 @@
 
 namespace sgdx::cpu {
 
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+using sgdx::detail::kPhiloxM0;
+using sgdx::detail::kPhiloxM1;
+using sgdx::detail::kPhiloxW0;
+using sgdx::detail::kPhiloxW1;
 
 /// Scalar words (the definition; also every variant's tail).
 inline void rsgd_high_words_scalar(uint64_t seed, uint32_t tensor_id, uint32_t step, uint64_t first,

@@ -32,8 +32,6 @@ constexpr int64_t kBlock = 1 << 15;  // elements per parallel work item
 constexpr int64_t kTile = 256;       // elements per inner tile
 constexpr int kLanes = 16;
 
-#define SGDX_INLINE SGDX_ALWAYS_INLINE
-
 using sgdx::detail::MomentumMode;
 
 // The leaving row of an exact window: none, a separate row, or the slot being overwritten.
@@ -61,8 +59,8 @@ template <typename T, bool kExact>
 using MeanT = std::conditional_t<kExact, double, T>;
 
 template <typename T, bool kElem, bool kExact, OldRow kOld, bool kStats, bool kKappa1, MomentumMode kMom>
-SGDX_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Scalars<T>& s, bool first,
-                             T* __restrict__ rho_out) {
+SGDX_ALWAYS_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Scalars<T>& s,
+                                    bool first, T* __restrict__ rho_out) {
   T* __restrict__ p = P.p + i0;
   const T* __restrict__ g = P.g + i0;
   using M = MeanT<T, kExact>;
@@ -108,7 +106,8 @@ SGDX_INLINE void update_tile(const Ptrs<T>& P, int64_t i0, int64_t len, const Sc
 
 // Elements [b0, b1) (whole tiles but the last); returns the sum of Delta-rho.
 template <typename T, bool kElem, bool kExact, OldRow kOld, bool kStats, bool kKappa1, MomentumMode kMom>
-SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool first) {
+SGDX_ALWAYS_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                       bool first) {
   alignas(64) T rho[kTile];
   double acc[kLanes] = {};
   for (int64_t t = b0; t < b1; t += kTile) {
@@ -130,8 +129,8 @@ SGDX_INLINE double update_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const 
 
 // Tensor granularity: sum (d - mu)^2 and sum sigma^2 over [b0, b1).
 template <typename T, bool kExact>
-SGDX_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, double* dev_out,
-                               double* var_out) {
+SGDX_ALWAYS_INLINE void moments_block(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                      double* dev_out, double* var_out) {
   double dev[kLanes] = {}, var[kLanes] = {};
   alignas(64) T a[kTile], b[kTile];
   for (int64_t t = b0; t < b1; t += kTile) {
@@ -171,8 +170,8 @@ struct Flags {
 
 // The nested switches pick the instantiation (inlined into each variant's entry).
 template <typename T, bool E, bool X, OldRow O, bool S, bool K>
-SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
-                                const Flags& f) {
+SGDX_ALWAYS_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                       const Flags& f) {
   switch (f.mom) {
     case MomentumMode::none:
       return update_block<T, E, X, O, S, K, MomentumMode::none>(P, b0, b1, s, f.first);
@@ -183,15 +182,15 @@ SGDX_INLINE double dispatch_mom(const Ptrs<T>& P, int64_t b0, int64_t b1, const 
   }
 }
 template <typename T, bool E, bool X, OldRow O>
-SGDX_INLINE double dispatch_stats(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
-                                  const Flags& f) {
+SGDX_ALWAYS_INLINE double dispatch_stats(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                         const Flags& f) {
   if (!f.stats) return dispatch_mom<T, E, X, O, false, true>(P, b0, b1, s, f);
   if (f.kappa1) return dispatch_mom<T, E, X, O, true, true>(P, b0, b1, s, f);
   return dispatch_mom<T, E, X, O, true, false>(P, b0, b1, s, f);
 }
 template <typename T, bool E>
-SGDX_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
-                                    const Flags& f) {
+SGDX_ALWAYS_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                           const Flags& f) {
   if (!f.exact) return dispatch_stats<T, E, false, OldRow::none>(P, b0, b1, s, f);
   switch (f.old) {
     case OldRow::separate:
@@ -203,14 +202,14 @@ SGDX_INLINE double dispatch_storage(const Ptrs<T>& P, int64_t b0, int64_t b1, co
   }
 }
 template <typename T>
-SGDX_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
-                                   const Flags& f) {
+SGDX_ALWAYS_INLINE double dispatch_update(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                          const Flags& f) {
   return f.elem ? dispatch_storage<T, true>(P, b0, b1, s, f) : dispatch_storage<T, false>(P, b0, b1, s, f);
 }
 
 template <typename T>
-SGDX_INLINE void dispatch_moments(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s, bool exact,
-                                  double* dev, double* var) {
+SGDX_ALWAYS_INLINE void dispatch_moments(const Ptrs<T>& P, int64_t b0, int64_t b1, const Scalars<T>& s,
+                                         bool exact, double* dev, double* var) {
   if (exact)
     moments_block<T, true>(P, b0, b1, s, dev, var);
   else

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 
 #include "../cpu/isa_targets.h"
 #include "../cpu/philox_simd.h"
