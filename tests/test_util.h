@@ -55,6 +55,25 @@ inline void write_bytes(const std::string& path, const std::vector<uint8_t>& byt
   }
 }
 
+/// A CIFAR-10 directory `dir` of 5 training batches of `per_batch` random images
+/// (labels i mod 10) and a test batch of `test` images, in the binary layout.
+inline std::string write_tiny_cifar10(const std::filesystem::path& dir, int per_batch, int test) {
+  std::mt19937 rng(5);
+  auto records = [&](int n) {
+    std::vector<uint8_t> b;
+    for (int i = 0; i < n; ++i) {
+      b.push_back(static_cast<uint8_t>(i % 10));
+      for (int k = 0; k < 3 * 1024; ++k) b.push_back(static_cast<uint8_t>(rng() % 256));
+    }
+    return b;
+  };
+  std::filesystem::create_directories(dir);
+  for (int i = 1; i <= 5; ++i)
+    write_bytes((dir / ("data_batch_" + std::to_string(i) + ".bin")).string(), records(per_batch), false);
+  write_bytes((dir / "test_batch.bin").string(), records(test), false);
+  return dir.string();
+}
+
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};

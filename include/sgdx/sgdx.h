@@ -3,6 +3,7 @@
 #include "sgdx/amp/grad_scaler.h"
 #include "sgdx/checkpoint.h"
 #include "sgdx/config.h"
+#include "sgdx/data/augment.h"
 #include "sgdx/data/cifar10.h"
 #include "sgdx/data/distributed.h"
 #include "sgdx/data/idx.h"

@@ -32,7 +32,8 @@ struct DatasetSplits {
   TensorDataset train;
   TensorDataset test;
   int64_t num_classes;
-  std::vector<int64_t> input_shape;  ///< one example, e.g. {1, 28, 28}
+  std::vector<int64_t> input_shape;         ///< one example, e.g. {1, 28, 28}
+  std::optional<TensorDataset> validation;  ///< held out from the training set (hold_out_validation)
 };
 
 /// Names accepted by load_dataset.
@@ -43,8 +44,8 @@ SGDX_API const std::vector<std::string>& dataset_names();
 /// $SGDX_DATA_DIR/{mnist,cifar10}.
 SGDX_API std::string default_data_dir(const std::string& name);
 
-/// Loads a dataset by name: fashion-mnist, mnist, cifar10 (files, normalised
-/// with the training set's mean and std) or teacher (a synthetic
+/// Loads a dataset by name: fashion-mnist, mnist, cifar10 (files, each channel
+/// normalised with the whole training file's mean and std of that channel) or teacher (a synthetic
 /// teacher-student task: x ~ N(0, I_100), labels = argmax of a fixed random
 /// 100-50-10 tanh network; the task is the same for every training seed).
 /// Throws one c10::Error line naming the directory or file when the directory is
@@ -52,5 +53,10 @@ SGDX_API std::string default_data_dir(const std::string& name);
 /// differ in shape, or the training images are constant (standard deviation 0:
 /// refused, since standardising would divide by zero).
 SGDX_API DatasetSplits load_dataset(const std::string& name, const std::string& dir = "");
+
+/// Moves `count` training examples, chosen by a permutation drawn from `seed`, into
+/// `data.validation`; both parts keep the examples' original order. count must leave
+/// at least one training example (0: no split). A second split is refused.
+SGDX_API void hold_out_validation(DatasetSplits& data, int64_t count, uint64_t seed = 0);
 
 }  // namespace sgdx::data
