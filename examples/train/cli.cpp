@@ -30,6 +30,18 @@ void add_data_options(CLI::App& app, TrainConfig& cfg) {
       ->capture_default_str();
 }
 
+// Augmentation and the validation split (their defaults depend on the dataset).
+void add_augment_options(CLI::App& app, CliOptions& o) {
+  auto* on = app.add_flag("--augment", o.augment,
+                          "Random crop (4-pixel zero padding) and horizontal flip of every training batch, "
+                          "drawn from the seed and the step (default for cifar10)");
+  app.add_flag("--no-augment", o.no_augment, "No augmentation (default except for cifar10)")->excludes(on);
+  app.add_option("--validation", o.validation,
+                 "Training examples held out (fixed seed) and evaluated after every epoch beside the test "
+                 "set (default: 5000 for cifar10, 0 otherwise)")
+      ->check(integer(0));
+}
+
 // Which runs: optimizers, steps, seeds, device.
 void add_run_options(CLI::App& app, CliOptions& o) {
   auto* opt_flag = app.add_option("--optimizer", o.optimizer,
@@ -225,6 +237,7 @@ void add_options(CLI::App& app, CliOptions& o) {
     return std::string("sgdx-train: error: ") + e.what() + " (see --help)\n";
   });
   add_data_options(app, o.cfg);
+  add_augment_options(app, o);
   add_run_options(app, o);
   add_optimizer_options(app, o.cfg);
   add_rsgd_options(app, o.cfg);

@@ -15,7 +15,9 @@ struct CliOptions {
   int64_t seed = 0, checkpoint_every = 0, stop_after = 0;
   int seeds = 1, threads = 0;
   bool no_progress = false, no_plot = false, save_models = false;
-  double lr = -1;  ///< < 0: each optimizer's default
+  bool augment = false, no_augment = false;  ///< neither: on for cifar10, off otherwise
+  int64_t validation = -1;                   ///< < 0: 5000 for cifar10, 0 otherwise
+  double lr = -1;                            ///< < 0: each optimizer's default
 };
 
 /// Adds sgdx-train's options to `app`, bound to `o`. Every value is checked as it is

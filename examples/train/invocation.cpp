@@ -136,6 +136,12 @@ Invocation resolve_invocation(const CLI::App& app, CliOptions& o, const World& w
   inv.out_dir = given_out_dir(app, o);
   if (o.lr >= 0) o.cfg.lr = o.lr;
   o.cfg.progress = !o.no_progress && world.root();
+  // CIFAR-10 is trained as practitioners train it: augmented, with a validation split.
+  const bool cifar = o.cfg.dataset == "cifar10";
+  o.cfg.augment = o.augment || (cifar && !o.no_augment);
+  o.cfg.validation = o.validation >= 0 ? o.validation : (cifar ? 5000 : 0);
+  if (o.cfg.augment && o.cfg.dataset == "teacher")
+    refuse("--augment: the teacher dataset has vectors, not images, so there is nothing to crop or flip");
   add_run_specs(app, o, inv);
   check_world(o, inv);
   if (o.threads > 0) torch::set_num_threads(o.threads);
@@ -157,6 +163,9 @@ Invocation resolve_invocation(const CLI::App& app, CliOptions& o, const World& w
 
 sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg) {
   auto data = sgdx::data::load_dataset(cfg.dataset, cfg.data_dir);
+  // Held out first (seed 0, the same for every run): a long-tailed set is built from the rest,
+  // so the validation split stays balanced like the test set.
+  sgdx::data::hold_out_validation(data, cfg.validation, 0);
   if (cfg.imbalance > 1) {
     // The same long-tailed subset for every run (its own seed, 0).
     auto idx = sgdx::data::long_tailed_indices(data.train.targets(), cfg.imbalance, 0);
@@ -164,6 +173,13 @@ sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg) {
                                            data.train.targets().index_select(0, idx));
   }
   return data;
+}
+
+std::string test_set_note(const sgdx::data::DatasetSplits& data) {
+  constexpr int64_t kCifar10Test = 10000;
+  const int64_t n = data.test.inputs().size(0);
+  if (data.name != "cifar10" || n >= kCifar10Test) return "";
+  return fmt::format("test figures: the first {} of the {} CIFAR-10 test images", n, kCifar10Test);
 }
 
 nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx::data::DatasetSplits& data) {
@@ -189,6 +205,8 @@ nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx
       {"mix", cfg.mix},
       {"score_beta", cfg.score_beta},
       {"train_examples", cfg.train_subset > 0 ? std::min<int64_t>(cfg.train_subset, n) : n},
+      {"validation_examples", cfg.validation},
+      {"augment", cfg.augment},
       {"threads", torch::get_num_threads()},
       {"fused_cuda", cfg.fused_cuda},
       {"amp", cfg.amp},
@@ -205,6 +223,7 @@ nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx
         {"path", cfg.gq_path},
         {"storage", cfg.gq_storage}}},
       {"data", {{"train", data_fingerprint(data.train)}, {"test", data_fingerprint(data.test)}}}};
+  if (data.validation) config["data"]["validation"] = data_fingerprint(*data.validation);
   nlohmann::json lrs;
   for (const auto& spec : inv.specs) lrs[spec.label] = cfg.lr.value_or(default_lr(spec.optimizer));
   config["lr"] = lrs;
@@ -266,13 +285,17 @@ void announce(const Invocation& inv, const CliOptions& o, const sgdx::data::Data
   remove_stale_temporaries(inv.out_dir);
   const auto runs = inv.specs.size() * o.seeds;
   const auto& w = inv.world;
-  fmt::print("sgdx-train: {} / {} on {} ({} train, {} test examples), batch {}, {} epochs, {} seed(s){}{}\n",
-             cfg.dataset, cfg.model, inv.device.str(), config["train_examples"].get<int64_t>(),
-             data.test.inputs().size(0), cfg.batch_size, cfg.epochs, o.seeds,
-             w.multi() ? fmt::format(", {} processes ({} examples each per batch)", w.size(),
-                                     cfg.batch_size / w.size())
-                       : "",
-             inv.resumed ? fmt::format(", resumed at run {} of {}", start.first_run + 1, runs) : "");
+  fmt::print(
+      "sgdx-train: {} / {} on {} ({} train, {}{} test examples{}), batch {}, {} epochs, {} seed(s){}{}\n",
+      cfg.dataset, cfg.model, inv.device.str(), config["train_examples"].get<int64_t>(),
+      data.validation ? fmt::format("{} validation, ", data.validation->inputs().size(0)) : "",
+      data.test.inputs().size(0), cfg.augment ? ", augmented: crop and flip" : "", cfg.batch_size, cfg.epochs,
+      o.seeds,
+      w.multi()
+          ? fmt::format(", {} processes ({} examples each per batch)", w.size(), cfg.batch_size / w.size())
+          : "",
+      inv.resumed ? fmt::format(", resumed at run {} of {}", start.first_run + 1, runs) : "");
+  if (const auto note = test_set_note(data); !note.empty()) fmt::print("{}\n", note);
   std::vector<double> summarised;  // once per temperature
   for (const auto& spec : inv.specs) {
     if (spec.balance == "none" || std::count(summarised.begin(), summarised.end(), spec.tau)) continue;

@@ -53,8 +53,12 @@ std::shared_ptr<TempFile> share_checkpoint(const World& world, const std::string
 Invocation resolve_invocation(const CLI::App& app, CliOptions& o, const World& world,
                               const std::string& checkpoint_copy = "");
 
-/// The dataset, made long-tailed by --imbalance.
+/// The dataset with --validation examples held out, made long-tailed by --imbalance.
 sgdx::data::DatasetSplits load_training_data(const TrainConfig& cfg);
+
+/// What the test figures are measured on when the test split is not the dataset's whole
+/// test set ("" otherwise): shared/data's CIFAR-10 holds only the first 1,000 test images.
+std::string test_set_note(const sgdx::data::DatasetSplits& data);
 
 /// What a resumed run must repeat: the settings, learning rates and data fingerprints.
 nlohmann::json run_config(const CliOptions& o, const Invocation& inv, const sgdx::data::DatasetSplits& data);

@@ -19,13 +19,14 @@ namespace sgdx_train {
 std::string metrics_csv(const std::vector<RunResult>& runs) {
   std::string s =
       "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
-      "grad_norm_mean,grad_norm_var,quality,tau\n";
+      "grad_norm_mean,grad_norm_var,quality,tau,val_loss,val_accuracy\n";
   for (const auto& r : runs)
     for (const auto& e : r.epochs)
-      s += fmt::format("{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g},{:.4f},{:.4f}\n",
-                       r.optimizer, r.seed, e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy,
-                       e.seconds, e.head_accuracy, e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var,
-                       e.quality, e.tau);
+      s += fmt::format(
+          "{},{},{},{},{:.6f},{:.6f},{:.6f},{:.3f},{:.6f},{:.6f},{:.6g},{:.6g},{:.4f},{:.4f},{:.6f},{:.6f}\n",
+          r.optimizer, r.seed, e.epoch, e.steps, e.train_loss, e.test_loss, e.test_accuracy, e.seconds,
+          e.head_accuracy, e.tail_accuracy, e.grad_norm_mean, e.grad_norm_var, e.quality, e.tau, e.val_loss,
+          e.val_accuracy);
   return s;
 }
 
@@ -42,6 +43,8 @@ nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunR
                                {"train_loss", e.train_loss},
                                {"test_loss", e.test_loss},
                                {"test_accuracy", e.test_accuracy},
+                               {"val_loss", e.val_loss},
+                               {"val_accuracy", e.val_accuracy},
                                {"seconds", e.seconds},
                                {"head_accuracy", e.head_accuracy},
                                {"tail_accuracy", e.tail_accuracy},
@@ -107,23 +110,32 @@ bool has_head_tail(const std::vector<RunResult>& runs) {
          !std::isnan(runs.front().epochs.back().tail_accuracy);
 }
 
-std::string summary_table(const std::vector<RunResult>& runs) {
-  const bool ht = has_head_tail(runs);
+bool has_validation(const std::vector<RunResult>& runs) {
+  for (const auto& r : runs)
+    if (!r.epochs.empty() && !std::isnan(r.epochs.back().val_accuracy)) return true;
+  return false;
+}
+
+std::string summary_table(const std::vector<RunResult>& runs, const std::string& test_note) {
+  const bool ht = has_head_tail(runs), hv = has_validation(runs);
   std::string s = "| optimizer | seeds | test accuracy (%) |";
+  s += hv ? " validation acc. (%) |" : "";
   s += ht ? " head acc. (%) | tail acc. (%) |" : "";
   const bool hq = has_quality(runs);
   s += " test loss | train loss | grad-norm variance |";
   s += hq ? " Q | tau |" : "";
   s += " seconds |\n|---|---|---|";
+  s += hv ? "---|" : "";
   s += ht ? "---|---|" : "";
   s += hq ? "---|---|" : "";
   s += "---|---|---|---|\n";
   for (const auto& [name, rs] : by_optimizer(runs)) {
-    std::vector<double> acc, head, tail, tl, trl, gv, sec, q, tau;
+    std::vector<double> acc, val, head, tail, tl, trl, gv, sec, q, tau;
     for (const auto* r : rs) {
       if (r->epochs.empty()) continue;
       const auto& e = r->epochs.back();
       acc.push_back(100 * e.test_accuracy);
+      val.push_back(100 * e.val_accuracy);
       head.push_back(100 * e.head_accuracy);
       tail.push_back(100 * e.tail_accuracy);
       tl.push_back(e.test_loss);
@@ -136,6 +148,7 @@ std::string summary_table(const std::vector<RunResult>& runs) {
       gv.push_back(v);
     }
     s += fmt::format("| {} | {} | {} |", name, acc.size(), pm(stat(acc), 2));
+    if (hv) s += fmt::format(" {} |", pm(stat(val), 2));
     if (ht) s += fmt::format(" {} | {} |", pm(stat(head), 2), pm(stat(tail), 2));
     s += fmt::format(" {} | {} | {} |", pm(stat(tl), 4), pm(stat(trl), 4), pm(stat(gv), 4));
     if (hq) s += fmt::format(" {} | {} |", pm(stat(q), 3), pm(stat(tau), 2));
@@ -146,6 +159,7 @@ std::string summary_table(const std::vector<RunResult>& runs) {
     s += fmt::format("\n{} seed {}: {}; the table shows its last finished epoch ({} of them).", r.optimizer,
                      r.seed, r.status, r.epochs.size());
   }
+  if (!test_note.empty()) s += "\n\n" + test_note + ".";
   return s;
 }
 
@@ -191,6 +205,12 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
   }
   const auto groups = by_optimizer(runs);
   const std::string data = png + ".dat";
+  // gnuplot's single-quoted strings write a quote as two.
+  auto quoted = [](std::string text) {
+    for (size_t i = text.find('\''); i != std::string::npos; i = text.find('\'', i + 2))
+      text.insert(i, 1, '\'');
+    return text;
+  };
   // The data, the script and the unfinished image are intermediate: gone on every path
   // (a failed gnuplot keeps only its log, which the message points to).
   struct Cleanup {
@@ -206,13 +226,13 @@ bool plot_runs(const std::vector<RunResult>& runs, const std::string& png, const
       "set output '{}.tmp'\n"
       "set multiplot layout {},2 title '{}'\n"
       "set grid\nset key bottom right\n",
-      has_head_tail(runs) ? 1400 : 1000, png, has_head_tail(runs) ? 3 : 2, title);
+      has_head_tail(runs) ? 1400 : 1000, png, has_head_tail(runs) ? 3 : 2, quoted(title));
   auto panel = [&](const std::string& xlabel, const std::string& ylabel, int xcol, int ycol, bool log) {
     gp += fmt::format("set xlabel '{}'\nset ylabel '{}'\n{}\nplot ", xlabel, ylabel,
                       log ? "set logscale y" : "unset logscale y");
     for (size_t i = 0; i < groups.size(); ++i)
       gp += fmt::format("{}'{}' index {} using {}:{} with linespoints title '{}'", i ? ", " : "", data, i,
-                        xcol, ycol, groups[i].first);
+                        xcol, ycol, quoted(groups[i].first));
     gp += "\n";
   };
   panel("epoch", "test accuracy (%)", 1, 2, false);

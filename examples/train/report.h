@@ -16,6 +16,8 @@ struct EpochMetrics {
   int epoch = 0;
   long long steps = 0;
   double train_loss = 0, test_loss = 0, test_accuracy = 0, seconds = 0;
+  /// On the validation split held out from the training set (NaN without one).
+  double val_loss = std::nan(""), val_accuracy = std::nan("");
   /// Minibatch gradient norms ||grad|| over the epoch's steps: mean and variance.
   double grad_norm_mean = 0, grad_norm_var = 0;
   /// Test accuracy and loss of every class; head/tail: the classes with at
@@ -39,9 +41,10 @@ using sgdx_examples::write_atomically;  // result files are never half-written
 std::string metrics_csv(const std::vector<RunResult>& runs);
 nlohmann::json metrics_json(const nlohmann::json& config, const std::vector<RunResult>& runs);
 
-/// One row per optimizer: final test accuracy, test loss, train loss and
-/// seconds as mean ± std over seeds (markdown); runs that ended early are listed below it.
-std::string summary_table(const std::vector<RunResult>& runs);
+/// One row per optimizer: final test accuracy (and validation accuracy when there is a
+/// split), test loss, train loss and seconds as mean ± std over seeds (markdown); runs
+/// that ended early are listed below it, and `test_note` (what the test set is) under it.
+std::string summary_table(const std::vector<RunResult>& runs, const std::string& test_note = "");
 
 /// Plots test accuracy and train loss against epoch and against seconds
 /// (mean over seeds) into `png`. Returns false (and says why in `why`) when

@@ -27,8 +27,9 @@ constexpr int64_t kHeaderFormat = 1;
 // fingerprints were written with, kept so that they still match.
 constexpr uint64_t kContentHashSeed = 1469598103934665603ull;
 
-// EpochMetrics as one float64 row: the fixed fields, then the class count and the
-// per-class accuracies and losses (doubles keep every value, NaN included).
+// EpochMetrics as one float64 row: the fixed fields, then the class count, the
+// per-class accuracies and losses, and the validation loss and accuracy (absent from
+// older checkpoints: NaN there). Doubles keep every value, NaN included.
 constexpr int64_t kFixedFields = 14;
 
 std::vector<double> encode(const EpochMetrics& e) {
@@ -48,6 +49,8 @@ std::vector<double> encode(const EpochMetrics& e) {
                         double(e.class_accuracy.size())};
   v.insert(v.end(), e.class_accuracy.begin(), e.class_accuracy.end());
   v.insert(v.end(), e.class_loss.begin(), e.class_loss.end());
+  v.push_back(e.val_loss);
+  v.push_back(e.val_accuracy);
   return v;
 }
 
@@ -69,10 +72,15 @@ EpochMetrics decode(const double* v, int64_t len) {
   e.tau = v[11];
   e.importance_step_fraction = v[12];
   const auto classes = static_cast<int64_t>(v[13]);
-  TORCH_CHECK(classes >= 0 && len == kFixedFields + 2 * classes, "checkpoint: an epoch record of ", len,
-              " fields does not hold ", classes, " classes");
+  const int64_t per_class_end = kFixedFields + 2 * classes;
+  TORCH_CHECK(classes >= 0 && (len == per_class_end || len == per_class_end + 2),
+              "checkpoint: an epoch record of ", len, " fields does not hold ", classes, " classes");
   e.class_accuracy.assign(v + kFixedFields, v + kFixedFields + classes);
-  e.class_loss.assign(v + kFixedFields + classes, v + len);
+  e.class_loss.assign(v + kFixedFields + classes, v + per_class_end);
+  if (len == per_class_end + 2) {
+    e.val_loss = v[per_class_end];
+    e.val_accuracy = v[per_class_end + 1];
+  }
   return e;
 }
 

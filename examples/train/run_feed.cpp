@@ -29,7 +29,8 @@ void RunTrainer::feed_presampled() {
   feed_.on_batch = [this](const std::vector<size_t>& indices) -> std::pair<double, int64_t> {
     importance_sampler_->take();
     const auto batch = train_.get_batch(indices);
-    auto x = batch.data.to(device_), y = batch.target.to(device_);
+    auto x = augmented(batch.data, 0).to(device_),
+         y = batch.target.to(device_);  // every rank: the whole presample
     at::Tensor scores;
     double l;
     global_count_ = cfg_.batch_size;

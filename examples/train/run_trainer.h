@@ -11,6 +11,7 @@
 #include "resume.h"
 #include "sgdx/amp/grad_scaler.h"
 #include "sgdx/checkpoint.h"
+#include "sgdx/data/augment.h"
 #include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
 #include "sgdx/dist/data_parallel.h"
@@ -77,6 +78,7 @@ class RunTrainer {
   void feed_importance();
   void feed_plain();
   torch::data::Example<> local_batch(const std::vector<size_t>& global);
+  at::Tensor augmented(const at::Tensor& images, int64_t first_row) const;
   at::Tensor local_rows(const at::Tensor& global_rows) const;
   at::Tensor share_loss(const at::Tensor& loss) const;
   void average_gradients();

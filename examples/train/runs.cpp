@@ -104,7 +104,7 @@ class RunSeries {
 
   std::string write_summary(const std::vector<RunResult>& runs) const {
     if (!root()) return {};
-    auto table = summary_table(runs);
+    auto table = summary_table(runs, test_set_note(data_));
     write_atomically(inv_.out_dir + "/summary.md", table);
     return table;
   }
@@ -121,8 +121,9 @@ class RunSeries {
     std::string why;
     const std::string png = inv_.out_dir + "/training.png";
     const auto& cfg = o_.cfg;
-    const auto title = fmt::format("{} / {} (batch {}, mean of {} seed(s))", cfg.dataset, cfg.model,
-                                   cfg.batch_size, o_.seeds);
+    const auto note = test_set_note(data_);
+    const auto title = fmt::format("{} / {} (batch {}, mean of {} seed(s)){}", cfg.dataset, cfg.model,
+                                   cfg.batch_size, o_.seeds, note.empty() ? "" : "; " + note);
     if (plot_runs(runs_, png, title, why)) {
       fmt::print("plot: {}\n", png);
     } else {

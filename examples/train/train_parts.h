@@ -5,7 +5,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <fmt/core.h>
+
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -38,9 +41,11 @@ class Progress {
   }
   void epoch_done(const EpochMetrics& m, int epochs) {
     if (!enabled_) return;
-    std::fprintf(stderr, "%s%s epoch %d/%d train loss %.4f test loss %.4f test acc %.2f%% %.1fs\n",
+    const std::string val =
+        std::isnan(m.val_accuracy) ? "" : fmt::format(" val acc {:.2f}%", 100 * m.val_accuracy);
+    std::fprintf(stderr, "%s%s epoch %d/%d train loss %.4f test loss %.4f test acc %.2f%%%s %.1fs\n",
                  tty_ ? "\r\033[K" : "", label_.c_str(), m.epoch, epochs, m.train_loss, m.test_loss,
-                 100 * m.test_accuracy, m.seconds);
+                 100 * m.test_accuracy, val.c_str(), m.seconds);
   }
 
  private:

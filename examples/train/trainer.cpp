@@ -112,17 +112,30 @@ at::Tensor RunTrainer::full_gradient() {
 }
 
 // This rank's share of a global batch drawn by the sampler.
+// --augment: a pure function of (seed, step, row of the global batch), so a resumed run and
+// N ranks that each augment their share see the images one uninterrupted process sees.
+at::Tensor RunTrainer::augmented(const at::Tensor& images, int64_t first_row) const {
+  if (!cfg_.augment) return images;
+  return sgdx::data::random_crop_flip(images, {}, static_cast<uint64_t>(seed_),
+                                      static_cast<uint64_t>(c_.step), first_row);
+}
+
 torch::data::Example<> RunTrainer::local_batch(const std::vector<size_t>& global) {
   global_count_ = static_cast<int64_t>(global.size());
   local_count_ = global_count_;
-  if (!world_.multi()) return train_.get_batch(global);
+  if (!world_.multi()) {
+    auto batch = train_.get_batch(global);
+    return {augmented(batch.data, 0), batch.target};
+  }
   TORCH_CHECK(global_count_ >= world_.size(), "a batch of ", global_count_, " examples cannot be shared by ",
               world_.size(),
               " processes: choose --batch-size and --train-subset so that every batch, the "
               "last of an epoch too, has at least one example per process");
   const auto [offset, count] = world_.share(global_count_);
   local_count_ = count;
-  return train_.get_batch(std::vector<size_t>(global.begin() + offset, global.begin() + offset + count));
+  auto batch =
+      train_.get_batch(std::vector<size_t>(global.begin() + offset, global.begin() + offset + count));
+  return {augmented(batch.data, offset), batch.target};
 }
 
 // This rank's rows of a tensor over the global batch (weights, positions).
@@ -299,6 +312,12 @@ EpochMetrics RunTrainer::epoch_metrics() {
   if (feed_.quality_probs)
     m.quality =
         sgdx::data::sampling_quality(exact_norms(*model_, quality_x_, quality_y_), feed_.quality_probs());
+  if (data_.validation) {
+    EpochMetrics v;
+    evaluate(*model_, *data_.validation, data_.num_classes, train_counts_, device_, v, world_);
+    m.val_loss = v.test_loss;
+    m.val_accuracy = v.test_accuracy;
+  }
   evaluate(*model_, data_.test, data_.num_classes, train_counts_, device_, m, world_);
   return m;
 }

@@ -29,6 +29,8 @@ struct TrainConfig {
   double rsgd_gamma = 0.999, rsgd_gamma0 = 1.0, rsgd_max_prob = 0.9;  // RSGDOptions' defaults
   std::string rsgd_granularity = "element", rsgd_memory = "accumulated";
   int64_t train_subset = 0;  ///< 0: all training examples
+  bool augment = false;      ///< random crop (4-pixel zero padding) and horizontal flip of training images
+  int64_t validation = 0;    ///< training examples held out for validation (fixed seed 0)
   bool progress = true;
   double imbalance = 0;                    ///< > 1: long-tailed training set with this ratio
   std::string balance = "none";            ///< none | ts | scalarize | cooldown

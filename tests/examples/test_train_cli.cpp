@@ -62,6 +62,12 @@ TEST(TrainCli, BadInputGivesOneClearErrorLine) {
   expect_one_error_line(run("--tau 0" + out, dir), "--tau: must be a finite number > 0, got '0'", dir);
   expect_one_error_line(run("--compare sgd@ts:-1" + out, dir), "tau must be > 0, got -1", dir);
   expect_one_error_line(run("--compare sgd@oversample" + out, dir), "unknown balance 'oversample'", dir);
+  expect_one_error_line(run("--dataset teacher --augment" + out, dir),
+                        "--augment: the teacher dataset has vectors, not images", dir);
+  expect_one_error_line(run("--augment --no-augment" + out, dir), "--no-augment", dir);
+  expect_one_error_line(run("--dataset teacher --validation -5" + out, dir), "--validation", dir);
+  expect_one_error_line(run("--dataset teacher --validation 10000" + out, dir),
+                        "10000 examples requested from a training set of 10000", dir);
 }
 
 TEST(TrainCli, EmptyListsNonFiniteNumbersAndRangesAreRefused) {
@@ -185,7 +191,7 @@ TEST(TrainCli, SmallComparisonWritesMetricsAndTable) {
   EXPECT_EQ(
       header,
       "optimizer,seed,epoch,steps,train_loss,test_loss,test_accuracy,seconds,head_accuracy,tail_accuracy,"
-      "grad_norm_mean,grad_norm_var,quality,tau");
+      "grad_norm_mean,grad_norm_var,quality,tau,val_loss,val_accuracy");
   int rows = 0;
   for (std::string line; std::getline(csv, line);) ++rows;
   EXPECT_EQ(rows, 2 * 2 * 2);  // optimizers x seeds x epochs

@@ -131,9 +131,12 @@ nlohmann::json metrics(const fs::path& dir) {
   return nlohmann::json::parse(in);
 }
 
-// The final parameters of a saved model of the teacher problem (mlp, 100 inputs, 10 classes).
-std::vector<torch::Tensor> parameters(const fs::path& file) {
-  auto model = sgdx::models::make_model("mlp", {100}, 10);
+// The final parameters of a saved model of the run whose metrics.json config is `config`
+// (the teacher problem: 100 inputs; cifar10: 3x32x32 images; 10 classes).
+std::vector<torch::Tensor> parameters(const fs::path& file, const nlohmann::json& config) {
+  const auto shape =
+      config["dataset"] == "cifar10" ? std::vector<int64_t>{3, 32, 32} : std::vector<int64_t>{100};
+  auto model = sgdx::models::make_model(config["model"].get<std::string>(), shape, 10);
   sgdx::load_checkpoint(file.string(), *model);
   std::vector<torch::Tensor> out;
   for (const auto& p : model->parameters()) out.push_back(p.detach().clone());
@@ -165,7 +168,8 @@ void expect_close_runs(const fs::path& one, const fs::path& two, double tol) {
   size_t models = 0;
   for (const auto& entry : fs::directory_iterator(one / "models")) {
     ++models;
-    const auto pa = parameters(entry.path()), pb = parameters(two / "models" / entry.path().filename());
+    const auto pa = parameters(entry.path(), a["config"]),
+               pb = parameters(two / "models" / entry.path().filename(), a["config"]);
     double scale = 0, diff = 0;
     for (size_t k = 0; k < pa.size(); ++k) {
       scale = std::max(scale, pa[k].abs().max().item<double>());
@@ -224,6 +228,17 @@ TEST(TrainDist, PresamplingLossScalingAndAnUnevenLastBatchTrainLikeOneProcess) {
                             1e-6);  // last batch: 5 = 3 + 2
   // Adam's normalised step amplifies fp16's rounding of the shares' forward: sgdm only.
   expect_two_ranks_like_one(kBase + " --compare sgdm --amp fp16", 1e-3);
+}
+
+TEST(TrainDist, AugmentedCifarWithAValidationSplitTrainsLikeOneProcess) {
+  // Each rank crops and flips its share with the rows' draws of the global batch.
+  TempDir data;
+  const std::string cifar = "--dataset cifar10 --data-dir " +
+                            sgdx::testing::write_tiny_cifar10(data.path / "cifar", 48, 10) +
+                            " --validation 40 --batch-size 40 --epochs 2 --no-progress --no-plot --threads 1 "
+                            "--save-models --augment";
+  expect_two_ranks_like_one(cifar + " --compare sgdm,sgdm+loss", 1e-5);
+  expect_two_ranks_like_one(cifar + " --compare sgdm+upper-bound --presample 2", 1e-5);
 }
 
 TEST(TrainDist, StoppedRunResumesWithAnyWorldSize) {

@@ -69,19 +69,19 @@ void expect_same_results(const fs::path& a, const fs::path& b) {
 }
 
 // Trains `args` uninterrupted into out-a and in slices of `slice` steps into out-b.
-void expect_resume_bit_identical(const std::string& args, int slice) {
+void expect_resume_bit_identical(const std::string& args, int slice, const std::string& base = kBase) {
   TempDir dir;
   const auto a = dir.path / "out-a", b = dir.path / "out-b";
-  auto full = run(kBase + " " + args + " --out " + a.string(), dir);
+  auto full = run(base + " " + args + " --out " + a.string(), dir);
   ASSERT_EQ(full.code, 0) << full.err;
   auto first =
-      run(kBase + " " + args + " --out " + b.string() + " --stop-after " + std::to_string(slice), dir);
+      run(base + " " + args + " --out " + b.string() + " --stop-after " + std::to_string(slice), dir);
   ASSERT_EQ(first.code, 75) << first.err;
   EXPECT_NE(first.err.find("--resume " + b.string()), std::string::npos) << first.err;
   int invocations = 1;
   for (Result r = first; r.code == 75; ++invocations) {
     ASSERT_LT(invocations, 200) << "no progress";
-    r = run(kBase + " " + args + " --resume " + b.string() + " --stop-after " + std::to_string(slice), dir);
+    r = run(base + " " + args + " --resume " + b.string() + " --stop-after " + std::to_string(slice), dir);
     ASSERT_TRUE(r.code == 0 || r.code == 75) << r.err;
   }
   EXPECT_GT(invocations, 2);
@@ -124,6 +124,36 @@ TEST(TrainResume, EverySamplingModeIsBitIdentical) {
 TEST(TrainResume, PresamplingSeedsAndLossScalingAreBitIdentical) {
   expect_resume_bit_identical("--presample 2 --compare sgdm+loss,sgdm+upper-bound --seeds 2", 4);
   expect_resume_bit_identical("--amp fp16 --compare sgdm,rsgd,gqsgdm", 6);
+}
+
+TEST(TrainResume, AugmentedCifarWithAValidationSplitIsBitIdentical) {
+  TempDir data;
+  // Augmentation is cifar10's default; 20 of the 100 training images are held out.
+  const std::string base = "--dataset cifar10 --data-dir " +
+                           sgdx::testing::write_tiny_cifar10(data.path / "cifar", 20, 10) +
+                           " --validation 20 --batch-size 20 --epochs 2 --no-progress --no-plot --threads 1 "
+                           "--save-models";
+  expect_resume_bit_identical("--compare sgdm,rsgd", 3, base);
+  expect_resume_bit_identical("--presample 2 --compare sgdm+loss,adam+upper-bound", 2, base);
+  // Augmentation was on and changes what is trained; the validation split is measured.
+  TempDir dir;
+  const auto on = run(base + " --compare sgdm --out " + (dir.path / "on").string(), dir);
+  const auto off = run(base + " --no-augment --compare sgdm --out " + (dir.path / "off").string(), dir);
+  ASSERT_EQ(on.code, 0) << on.err;
+  ASSERT_EQ(off.code, 0) << off.err;
+  EXPECT_NE(on.out.find("80 train, 20 validation, 10 test examples, augmented: crop and flip"),
+            std::string::npos)
+      << on.out;
+  EXPECT_NE(on.out.find("test figures: the first 10 of the 10000 CIFAR-10 test images"), std::string::npos);
+  const auto m_on = metrics(dir.path / "on"), m_off = metrics(dir.path / "off");
+  EXPECT_EQ(m_on["config"]["augment"], true);
+  EXPECT_EQ(m_off["config"]["augment"], false);
+  EXPECT_EQ(m_on["config"]["validation_examples"], 20);
+  EXPECT_NE(m_on["runs"][0]["epochs"][1]["train_loss"], m_off["runs"][0]["epochs"][1]["train_loss"]);
+  const auto val = m_on["runs"][0]["epochs"][1]["val_accuracy"];
+  ASSERT_TRUE(val.is_number()) << val;
+  // 20 validation images: the accuracy is a multiple of 1/20.
+  EXPECT_NEAR(std::round(val.get<double>() * 20), val.get<double>() * 20, 1e-9);
 }
 
 TEST(TrainResume, SignalsWriteACheckpointAndExit75) {
