@@ -25,6 +25,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
 [[ $# -ge 1 ]] || usage
+[[ "$1" == -h || "$1" == --help ]] && usage 0
 experiment="$1"
 shift
 scale=cpu device=cpu threads=1 out=""
