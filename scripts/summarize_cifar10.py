@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
+from summarize_runs import interp, mean, time_to  # one definition of time-to-target
+
 TEST = "test (first 1,000 images)"
 
 
@@ -41,11 +43,6 @@ def ms(v, scale=100.0, digits=2):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def mean(v):
-    v = [x for x in v if x is not None]
-    return sum(v) / len(v) if v else None
-
-
 def last(rows, key):
     return float(rows[-1][key])
 
@@ -54,29 +51,6 @@ def best_val(rows):
     """(best validation accuracy, test accuracy at that epoch): the first epoch of the best."""
     best = max(rows, key=lambda r: float(r["val_accuracy"]))
     return float(best["val_accuracy"]), float(best["test_accuracy"])
-
-
-def interp(xs, ys, x):
-    if not xs or x > xs[-1] + 1e-9:
-        return None
-    if x <= xs[0]:
-        return ys[0]
-    for i in range(1, len(xs)):
-        if xs[i] >= x:
-            t = (x - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
-            return ys[i - 1] + t * (ys[i] - ys[i - 1])
-    return ys[-1]
-
-
-def time_to(xs, accs, target):
-    prev_t, prev_a = 0.0, None
-    for t, a in zip(xs, accs):
-        if a >= target:
-            if prev_a is None or a == prev_a:
-                return t
-            return prev_t + (target - prev_a) / (a - prev_a) * (t - prev_t)
-        prev_t, prev_a = t, a
-    return None
 
 
 def gnuplot(script):

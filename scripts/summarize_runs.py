@@ -45,49 +45,54 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-# A folder NAME-presample holds presampling runs whose uniform baseline is in NAME:
-# the two are read together, the presampling labels marked.
-groups = defaultdict(list)
-for path in sys.argv[1:]:
-    folder = path.split("/")[-2]
-    base = folder[: -len("-presample")] if folder.endswith("-presample") else folder
-    groups[(path.rsplit("/", 2)[0], base)].append((path, folder != base))
+def main(paths):
+    # A folder NAME-presample holds presampling runs whose uniform baseline is in NAME:
+    # the two are read together, the presampling labels marked.
+    groups = defaultdict(list)
+    for path in paths:
+        folder = path.split("/")[-2]
+        base = folder[: -len("-presample")] if folder.endswith("-presample") else folder
+        groups[(path.rsplit("/", 2)[0], base)].append((path, folder != base))
 
-for (parent, base_name), files in sorted(groups.items()):
-    path = f"{parent}/{base_name}/metrics.csv"
-    runs = defaultdict(lambda: defaultdict(list))  # label -> seed -> rows
-    for file, presample in sorted(files, key=lambda x: x[1]):
-        with open(file) as f:
-            for row in csv.DictReader(f):
-                label = row["optimizer"] + (" (presample 3)" if presample else "")
-                runs[label][row["seed"]].append(row)
-    uniform = [k for k in runs if "+" not in k]
-    if not uniform:
-        continue
-    base = uniform[0]
-    best = mean([max(float(r["test_accuracy"]) for r in rows) for rows in runs[base].values()])
-    target = best - 0.005
-    end_time = mean([float(rows[-1]["seconds"]) for rows in runs[base].values()])
-    print(f"### {path.split('/')[-2]}\n")
-    print(f"target test accuracy {100 * target:.2f} % (uniform best {100 * best:.2f} % minus 0.5); "
-          f"equal time = uniform's {end_time:.1f} s\n")
-    print("| run | seconds to target | test acc. at equal time (%) | train loss at equal time | final Q | final tau |")
-    print("|---|---|---|---|---|---|")
-    for label, seeds in runs.items():
-        tt, acc_eq, loss_eq, q, tau = [], [], [], [], []
-        for rows in seeds.values():
-            xs = [float(r["seconds"]) for r in rows]
-            accs = [float(r["test_accuracy"]) for r in rows]
-            losses = [float(r["train_loss"]) for r in rows]
-            tt.append(time_to(xs, accs, target))
-            a = interp(xs, accs, end_time)
-            acc_eq.append(None if a is None else 100 * a)
-            loss_eq.append(interp(xs, losses, end_time))
-            qv = rows[-1].get("quality", "nan")
-            q.append(None if qv in ("nan", "") else float(qv))
-            tau.append(float(rows[-1].get("tau", 0) or 0))
-        reached = sum(t is not None for t in tt)
-        tt_text = fmt(mean(tt), ".1f") + ("" if reached == len(tt) else f" ({reached}/{len(tt)} seeds)")
-        print(f"| {label} | {tt_text} | {fmt(mean(acc_eq), '.2f')} | {fmt(mean(loss_eq), '.4f')} | "
-              f"{fmt(mean(q), '.3f')} | {fmt(mean(tau), '.2f')} |")
-    print()
+    for (parent, base_name), files in sorted(groups.items()):
+        path = f"{parent}/{base_name}/metrics.csv"
+        runs = defaultdict(lambda: defaultdict(list))  # label -> seed -> rows
+        for file, presample in sorted(files, key=lambda x: x[1]):
+            with open(file) as f:
+                for row in csv.DictReader(f):
+                    label = row["optimizer"] + (" (presample 3)" if presample else "")
+                    runs[label][row["seed"]].append(row)
+        uniform = [k for k in runs if "+" not in k]
+        if not uniform:
+            continue
+        base = uniform[0]
+        best = mean([max(float(r["test_accuracy"]) for r in rows) for rows in runs[base].values()])
+        target = best - 0.005
+        end_time = mean([float(rows[-1]["seconds"]) for rows in runs[base].values()])
+        print(f"### {path.split('/')[-2]}\n")
+        print(f"target test accuracy {100 * target:.2f} % (uniform best {100 * best:.2f} % minus 0.5); "
+              f"equal time = uniform's {end_time:.1f} s\n")
+        print("| run | seconds to target | test acc. at equal time (%) | train loss at equal time | final Q | final tau |")
+        print("|---|---|---|---|---|---|")
+        for label, seeds in runs.items():
+            tt, acc_eq, loss_eq, q, tau = [], [], [], [], []
+            for rows in seeds.values():
+                xs = [float(r["seconds"]) for r in rows]
+                accs = [float(r["test_accuracy"]) for r in rows]
+                losses = [float(r["train_loss"]) for r in rows]
+                tt.append(time_to(xs, accs, target))
+                a = interp(xs, accs, end_time)
+                acc_eq.append(None if a is None else 100 * a)
+                loss_eq.append(interp(xs, losses, end_time))
+                qv = rows[-1].get("quality", "nan")
+                q.append(None if qv in ("nan", "") else float(qv))
+                tau.append(float(rows[-1].get("tau", 0) or 0))
+            reached = sum(t is not None for t in tt)
+            tt_text = fmt(mean(tt), ".1f") + ("" if reached == len(tt) else f" ({reached}/{len(tt)} seeds)")
+            print(f"| {label} | {tt_text} | {fmt(mean(acc_eq), '.2f')} | {fmt(mean(loss_eq), '.4f')} | "
+                  f"{fmt(mean(q), '.3f')} | {fmt(mean(tau), '.2f')} |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
