@@ -15,6 +15,12 @@ void check_options(const CropFlipOptions& options) {
               "crop/flip augmentation: padding must be in 0..1024, got ", options.padding);
 }
 
+void check_images(const at::Tensor& images) {
+  TORCH_CHECK(images.defined() && images.dim() == 4,
+              "crop/flip augmentation: images must be [N, C, H, W], got ",
+              images.defined() ? images.sizes() : c10::IntArrayRef{});
+}
+
 }  // namespace
 
 CropFlipDraws crop_flip_draws(int64_t count, const CropFlipOptions& options, uint64_t seed, uint64_t step,
@@ -43,9 +49,7 @@ CropFlipDraws crop_flip_draws(int64_t count, const CropFlipOptions& options, uin
 
 at::Tensor crop_flip(const at::Tensor& images, const CropFlipDraws& draws, const CropFlipOptions& options) {
   check_options(options);
-  TORCH_CHECK(images.defined() && images.dim() == 4,
-              "crop/flip augmentation: images must be [N, C, H, W], got ",
-              images.defined() ? images.sizes() : c10::IntArrayRef{});
+  check_images(images);
   const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
   for (const auto* t : {&draws.dy, &draws.dx, &draws.flip})
     TORCH_CHECK(t->defined() && t->dim() == 1 && t->size(0) == n, "crop/flip augmentation: ", n,
@@ -71,9 +75,7 @@ at::Tensor crop_flip(const at::Tensor& images, const CropFlipDraws& draws, const
 
 at::Tensor random_crop_flip(const at::Tensor& images, const CropFlipOptions& options, uint64_t seed,
                             uint64_t step, int64_t first_row) {
-  TORCH_CHECK(images.defined() && images.dim() == 4,
-              "crop/flip augmentation: images must be [N, C, H, W], got ",
-              images.defined() ? images.sizes() : c10::IntArrayRef{});
+  check_images(images);
   return crop_flip(images, crop_flip_draws(images.size(0), options, seed, step, first_row), options);
 }
 
