@@ -6,7 +6,8 @@
 #     libFuzzer (scripts/fuzz.sh), clang-format (scripts/format_check.sh), clang-tidy
 #     (scripts/tidy.sh), Gloo's headers (c10d's ProcessGroupGloo includes them; the wheel lacks
 #     them), iproute2 (scripts/two_hosts.sh).
-#   - LibTorch: the PyPI torch==2.11.0 wheel in the project's .venv.
+#   - LibTorch: the PyPI torch==2.11.0 wheel in the project's .venv, with scikit-build-core
+#     and pytest (the Python package's build and tests).
 # Set SGDX_LIBTORCH=/path/to/libtorch (>= 2.4) to use your own LibTorch instead.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,5 +41,10 @@ if ! compgen -G "$venv/lib/python3*/site-packages/torch-${torch_version}.dist-in
   [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q "torch==${torch_version}"
+fi
+# The Python package's build backend and test runner (torch pinned: pip must not move it).
+if ! "$venv/bin/python" -c "import scikit_build_core, pytest" 2>/dev/null; then
+  echo "setup: installing scikit-build-core and pytest into $venv"
+  "$venv/bin/python" -m pip install -q "scikit-build-core>=0.10" pytest "torch==${torch_version}"
 fi
 echo "setup: ok (torch $torch_version in $venv)"

@@ -14,3 +14,11 @@ else
   echo "test: clang++ not found, skipping the reader fuzzers (scripts/setup.sh installs clang)"
 fi
 "$root/scripts/test_consumer.sh"
+# The Python package against the library built above, and its tests (pytest; the
+# package needs the project's .venv, which a run with SGDX_LIBTORCH does not have).
+if [[ -x "$root/.venv/bin/python" ]]; then
+  "$root/scripts/install_python.sh"
+  cd "$root/python/tests" && "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider .
+else
+  echo "test: no .venv (SGDX_LIBTORCH): skipping the Python package"
+fi

@@ -1,0 +1,186 @@
+"""Samplers for ``torch.utils.data.DataLoader`` over sgdx's C++ samplers.
+
+Both are *batch* samplers (``DataLoader(dataset, batch_sampler=sampler)``): their draws
+are a pure function of (seed, batch number, position), so prefetching by workers
+(``num_workers > 0``) cannot change them. The importance sampler's unbiasing weights
+``1/(N p_i)`` travel inside the batch: wrap the dataset in :class:`WithWeights`, and
+every batch carries its indices and weights as its last two fields, so a batch and its weights can
+never be mismatched by a loader that draws ahead.
+
+Resuming: ``state_dict(batches_consumed=k)`` is the state after the first ``k`` batches
+this sampler yielded since it was created or loaded (the loop's count); without it,
+after every batch drawn so far (a loader with workers draws ahead of the loop).
+"""
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _C
+
+TemperatureSchedule = _C.TemperatureSchedule
+temperature_probs = _C.temperature_probs
+scalarization_weights = _C.scalarization_weights
+variance_factor = _C.variance_factor
+group_sizes = _C.group_sizes
+weighted_mean_loss = _C.weighted_mean_loss
+sampling_quality = _C.sampling_quality
+effective_batch_increase = _C.effective_batch_increase
+long_tailed_indices = _C.long_tailed_indices
+
+
+class WithWeights(torch.utils.data.Dataset):
+    """Wraps a dataset for :class:`ImportanceSampler`: the sampler's key ``(i, w)`` gives
+    the dataset's item ``i`` followed by its index and weight, ``(*item, i, w)`` for a
+    tuple item (else ``(item, i, w)``); a batch then reads ``x, y, index, weight``, the
+    index for :meth:`ImportanceSampler.update` and the weight for the loss."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, float]):
+        index, weight = key
+        item = self.dataset[index]
+        extra = (torch.tensor(index, dtype=torch.int64), torch.tensor(weight, dtype=torch.float32))
+        return (*item, *extra) if isinstance(item, tuple) else (item, *extra)
+
+
+class _BatchSampler(torch.utils.data.Sampler):
+    """What both samplers share: epochs over the C++ sampler, and the counters before
+    each draw (so that state_dict can name the state after any consumed batch)."""
+
+    _counter_keys: Tuple[str, str] = ("", "")
+
+    def __init__(self, impl, batch_size: int, batches_per_epoch: int, num_samples: int):
+        if batch_size <= 0:
+            raise ValueError(f"{type(self).__name__}: batch_size must be positive, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self._impl = impl
+        self._bpe = int(batches_per_epoch) if batches_per_epoch > 0 else -(-int(num_samples) // self.batch_size)
+        self._epoch_batch = 0
+        self._resume = False
+        self._before: List[Tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return self._bpe
+
+    def _batches(self) -> Iterator[Any]:
+        """The C++ draws of one epoch (the rest of a loaded epoch first)."""
+        if not self._resume:
+            self._impl.reset()
+            self._epoch_batch = 0
+        self._resume = False
+        while True:
+            before = (self._sequence(), self._epoch_batch)
+            drawn = self._impl.draw(self.batch_size)
+            if drawn is None:
+                return
+            self._before.append(before)
+            self._epoch_batch += 1
+            yield drawn
+
+    def _sequence(self) -> int:
+        raise NotImplementedError
+
+    def state_dict(self, batches_consumed: Optional[int] = None) -> Dict[str, Any]:
+        """The sampler's state (the C++ sampler's fields) after the batches drawn so far, or
+        after the first ``batches_consumed`` batches drawn since creation or load."""
+        state = self._impl.state()
+        if batches_consumed is None or batches_consumed == len(self._before):
+            return state
+        if not 0 <= batches_consumed < len(self._before):
+            raise ValueError(f"{type(self).__name__}.state_dict: batches_consumed must be in "
+                             f"[0, {len(self._before)}] (the batches drawn since this sampler was created or "
+                             f"loaded), got {batches_consumed}")
+        state.update(dict(zip(self._counter_keys, self._before[batches_consumed])))
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continues from ``state``: the next iteration finishes the saved epoch."""
+        self._impl.load_state(state)
+        self._epoch_batch = int(state["epoch_batch"])
+        if int(state.get("batches_per_epoch", 0)) > 0:
+            self._bpe = int(state["batches_per_epoch"])
+        self._resume = True
+        self._before = []
+
+
+class ImportanceSampler(_BatchSampler):
+    """Importance sampling (Katharopoulos & Fleuret 2018): each batch draws ``batch_size``
+    examples with replacement from ``p_i = (1 - mix) s_i / sum(s) + mix / N`` and yields
+    ``(index, weight)`` pairs, ``weight = 1/(N p_i)`` (wrap the dataset in
+    :class:`WithWeights`). Feed fresh scores with :meth:`update` (per-sample losses,
+    gradient norms, or :func:`sgdx.ops.upper_bound_scores`); the mean of
+    ``weight * loss`` (:func:`weighted_mean_loss`) is unbiased for the full-data loss.
+    """
+
+    _counter_keys = ("next_sequence", "epoch_batch")
+
+    def __init__(self, num_samples: int, batch_size: int, mix: float = 0.1, seed: int = 0,
+                 batches_per_epoch: int = 0, initial_score: float = 1.0):
+        impl = _C.ImportanceSampler(int(num_samples), float(mix), int(seed), int(batches_per_epoch),
+                                    float(initial_score))
+        super().__init__(impl, batch_size, batches_per_epoch, num_samples)
+
+    def _sequence(self) -> int:
+        return self._impl.taken()
+
+    def __iter__(self) -> Iterator[List[Tuple[int, float]]]:
+        for indices, weights in self._batches():
+            yield list(zip(indices.tolist(), weights.tolist()))
+
+    def update(self, indices: torch.Tensor, scores: torch.Tensor, beta: float = 0.0) -> None:
+        """``s_i <- beta s_i + (1 - beta) score`` for each index; scores finite and >= 0."""
+        self._impl.update(torch.as_tensor(indices).to(torch.int64).cpu(),
+                          torch.as_tensor(scores).detach().to(torch.float64).cpu(), float(beta))
+
+    def probabilities(self, indices: torch.Tensor) -> torch.Tensor:
+        """The current sampling probabilities ``p_i`` (float64)."""
+        return self._impl.probabilities(torch.as_tensor(indices).to(torch.int64).cpu())
+
+
+class TemperatureSampler(_BatchSampler):
+    """Temperature sampling (Li et al., NAACL 2025): each example of batch ``s`` is drawn
+    by choosing a group from ``p(k; tau(s)) = n_k^(1/tau) / sum_j n_j^(1/tau)`` and then an
+    example of that group uniformly. ``schedule``: a :class:`TemperatureSchedule`
+    (``TemperatureSchedule.cooldown(total_steps, 5, 1)`` is Cooldown) or a constant tau.
+    The batch number ``s`` counts over the sampler's life, so tau changes mid-epoch.
+    Upweighting instead: uniform sampling with :func:`scalarization_weights` on the loss.
+    """
+
+    _counter_keys = ("step", "epoch_batch")
+
+    def __init__(self, group_ids: torch.Tensor, batch_size: int,
+                 schedule: Union[float, "_C.TemperatureSchedule"] = 1.0, seed: int = 0, batches_per_epoch: int = 0,
+                 num_groups: int = 0, stream: int = 0):
+        if not isinstance(schedule, _C.TemperatureSchedule):
+            schedule = _C.TemperatureSchedule.constant(float(schedule))
+        group_ids = torch.as_tensor(group_ids)
+        impl = _C.TemperatureSampler(group_ids.to(torch.int64).cpu(), schedule, int(seed), int(batches_per_epoch),
+                                     int(num_groups), int(stream))
+        super().__init__(impl, batch_size, batches_per_epoch, group_ids.numel())
+
+    def _sequence(self) -> int:
+        return self._impl.step()
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for indices in self._batches():
+            yield indices.tolist()
+
+    @property
+    def step(self) -> int:
+        """Batches drawn so far (the step of the next batch)."""
+        return self._impl.step()
+
+    def current_tau(self) -> float:
+        return self._impl.current_tau()
+
+    def sizes(self) -> List[int]:
+        return self._impl.sizes()
+
+
+__all__ = ["ImportanceSampler", "TemperatureSampler", "TemperatureSchedule", "WithWeights", "temperature_probs",
+           "scalarization_weights", "variance_factor", "group_sizes", "weighted_mean_loss", "sampling_quality",
+           "effective_batch_increase", "long_tailed_indices"]
