@@ -21,9 +21,10 @@ from . import _C  # noqa: E402  (the same shared object: pybind11 classes)
 from . import ops  # noqa: E402  (fake implementations for torch.compile)
 from . import optim  # noqa: E402
 from . import data  # noqa: E402
+from . import dist  # noqa: E402
 from .per_sample import PerSampleGradients, per_sample_norms  # noqa: E402
 
 __version__ = "0.1.0"
 with_cuda: bool = _C.with_cuda()
 
-__all__ = ["optim", "data", "ops", "PerSampleGradients", "per_sample_norms", "with_cuda"]
+__all__ = ["optim", "data", "dist", "ops", "PerSampleGradients", "per_sample_norms", "with_cuda"]

@@ -51,7 +51,7 @@ class _BatchSampler(torch.utils.data.Sampler):
     """What both samplers share: epochs over the C++ sampler, and the counters before
     each draw (so that state_dict can name the state after any consumed batch)."""
 
-    _counter_keys: Tuple[str, str] = ("", "")
+    _counter_keys: Optional[Tuple[str, str]] = ("", "")
 
     def __init__(self, impl, batch_size: int, batches_per_epoch: int, num_samples: int):
         if batch_size <= 0:
@@ -87,6 +87,11 @@ class _BatchSampler(torch.utils.data.Sampler):
     def state_dict(self, batches_consumed: Optional[int] = None) -> Dict[str, Any]:
         """The sampler's state (the C++ sampler's fields) after the batches drawn so far, or
         after the first ``batches_consumed`` batches drawn since creation or load."""
+        if self._counter_keys is None:  # a distributed sampler: the C++ archive's bytes
+            if batches_consumed is not None and batches_consumed != len(self._before):
+                raise ValueError(f"{type(self).__name__}.state_dict: batches_consumed is not supported: "
+                                 "its state is as of the batches drawn (use lag for loaders that draw ahead)")
+            return {"sgdx_archive": self._impl.state()}
         state = self._impl.state()
         if batches_consumed is None or batches_consumed == len(self._before):
             return state
@@ -99,10 +104,13 @@ class _BatchSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continues from ``state``: the next iteration finishes the saved epoch."""
-        self._impl.load_state(state)
-        self._epoch_batch = int(state["epoch_batch"])
-        if int(state.get("batches_per_epoch", 0)) > 0:
-            self._bpe = int(state["batches_per_epoch"])
+        if self._counter_keys is None:
+            self._impl.load_state(state["sgdx_archive"])
+        else:
+            self._impl.load_state(state)
+            self._epoch_batch = int(state["epoch_batch"])
+            if int(state.get("batches_per_epoch", 0)) > 0:
+                self._bpe = int(state["batches_per_epoch"])
         self._resume = True
         self._before = []
 
@@ -181,6 +189,81 @@ class TemperatureSampler(_BatchSampler):
         return self._impl.sizes()
 
 
-__all__ = ["ImportanceSampler", "TemperatureSampler", "TemperatureSchedule", "WithWeights", "temperature_probs",
+class DistributedImportanceSampler(_BatchSampler):
+    """Importance sampling across the ranks of ``comm`` (:func:`sgdx.dist.Communicator`;
+    sgdx/data/distributed.h): every rank holds the same score table and draws its
+    ``batch_size`` examples of each step from the same ``p`` with its own stream, so the
+    union over ranks is a sample of ``world * batch_size`` and the weights keep the global
+    estimator unbiased. :meth:`update` is collective: call it on every rank once per batch,
+    in batch order (empty tensors when a rank has no scores). ``lag``: batch ``s`` is drawn
+    from the table with the updates of batches ``0 .. s-1-lag``; a loader that draws ``P``
+    batches ahead of the loop (``num_workers * prefetch_factor``) needs ``lag >= P``.
+    ``batches_per_epoch = 0``: ``ceil(N / (world * batch_size))`` per rank."""
+
+    _counter_keys = None
+
+    def __init__(self, num_samples: int, batch_size: int, comm, mix: float = 0.1, seed: int = 0,
+                 batches_per_epoch: int = 0, initial_score: float = 1.0, lag: int = 0):
+        impl = _C.DistributedImportanceSampler(int(num_samples), comm, float(mix), int(seed), int(batches_per_epoch),
+                                               float(initial_score), int(lag))
+        world = comm.world_size()
+        per_rank = batches_per_epoch if batches_per_epoch > 0 else -(-int(num_samples) // (world * int(batch_size)))
+        super().__init__(impl, batch_size, per_rank, num_samples)
+
+    def _sequence(self) -> int:
+        return self._impl.taken()
+
+    def __iter__(self) -> Iterator[List[Tuple[int, float]]]:
+        for indices, weights in self._batches():
+            yield list(zip(indices.tolist(), weights.tolist()))
+
+    def update(self, indices: torch.Tensor, scores: torch.Tensor, beta: float = 0.0) -> None:
+        """Collective: this rank's fresh scores, counted as the oldest batch not updated yet."""
+        self._impl.update(torch.as_tensor(indices).to(torch.int64).cpu(),
+                          torch.as_tensor(scores).detach().to(torch.float64).cpu(), float(beta))
+
+    def probabilities(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._impl.probabilities(torch.as_tensor(indices).to(torch.int64).cpu())
+
+    def scores(self) -> torch.Tensor:
+        """The current table's scores, float64 [N] (the same on every rank)."""
+        return self._impl.scores()
+
+
+class DistributedTemperatureSampler(_BatchSampler):
+    """Temperature sampling across the ranks of ``comm``: batch ``s`` of every rank uses
+    ``tau(s)``; rank ``r`` draws with its own stream. :meth:`check_agreement` (collective)
+    raises unless every rank is at the same step. ``batches_per_epoch = 0``:
+    ``ceil(N / (world * batch_size))`` per rank."""
+
+    _counter_keys = None
+
+    def __init__(self, group_ids: torch.Tensor, batch_size: int, comm,
+                 schedule: Union[float, "_C.TemperatureSchedule"] = 1.0, seed: int = 0, batches_per_epoch: int = 0,
+                 num_groups: int = 0):
+        if not isinstance(schedule, _C.TemperatureSchedule):
+            schedule = _C.TemperatureSchedule.constant(float(schedule))
+        group_ids = torch.as_tensor(group_ids)
+        impl = _C.DistributedTemperatureSampler(group_ids.to(torch.int64).cpu(), schedule, comm, int(seed),
+                                                int(batches_per_epoch), int(num_groups))
+        world = comm.world_size()
+        per_rank = batches_per_epoch if batches_per_epoch > 0 else -(-group_ids.numel() // (world * int(batch_size)))
+        super().__init__(impl, batch_size, per_rank, group_ids.numel())
+
+    def _sequence(self) -> int:
+        return self._impl.step()
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for indices in self._batches():
+            yield indices.tolist()
+
+    def current_tau(self) -> float:
+        return self._impl.current_tau()
+
+    def check_agreement(self) -> None:
+        self._impl.check_agreement()
+
+
+__all__ = ["DistributedImportanceSampler", "DistributedTemperatureSampler", "ImportanceSampler", "TemperatureSampler", "TemperatureSchedule", "WithWeights", "temperature_probs",
            "scalarization_weights", "variance_factor", "group_sizes", "weighted_mean_loss", "sampling_quality",
            "effective_batch_increase", "long_tailed_indices"]

@@ -108,6 +108,12 @@ class _SgdxOptimizer(torch.optim.Optimizer):
                 self._impl.add_param_group(group["params"], self._cxx(group))
             self._pushed.append(self._cxx(group))
 
+    def set_communicator(self, comm) -> None:
+        """Data-parallel: the group (:func:`sgdx.dist.Communicator`) over which the step's
+        data-dependent values (loss trend, found_inf, the closures' gradients) are reduced,
+        so every rank takes the step of one process on the combined batch. Every rank calls it."""
+        self._impl.set_communicator(comm)
+
     # --- step
     def step(self, closure: Optional[Closure] = None) -> Optional[torch.Tensor]:  # type: ignore[override]
         """One step. Under ``torch.amp.GradScaler`` the scaler sets ``grad_scale`` and

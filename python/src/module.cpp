@@ -14,8 +14,11 @@
 
 #include "sgdx/config.h"
 #include "sgdx/cpu_isa.h"
+#include "sgdx/data/distributed.h"
 #include "sgdx/data/importance.h"
 #include "sgdx/data/temperature.h"
+#include "sgdx/dist/communicator.h"
+#include "sgdx/dist/data_parallel.h"
 #include "sgdx/ops/per_sample.h"
 #include "sgdx/ops/rsgd_step.h"
 #include "sgdx/optim/dasvrda.h"
@@ -266,6 +269,8 @@ py::class_<OptimizerHandle<Opt, Options, State>> bind_optimizer(py::module_& m, 
         return loss.defined() ? std::optional<at::Tensor>(loss) : std::nullopt;
       },
       py::arg("grad_scale"), py::arg("found_inf"), py::arg("closure") = py::none());
+  cls.def("set_communicator",
+          [](H& h, const std::shared_ptr<sgdx::dist::Communicator>& comm) { h.opt->set_communicator(comm); });
   cls.def("num_groups", [](H& h) { return h.opt->param_groups().size(); });
   cls.def("options", [](H& h, size_t g) { return options_to_dict(h.group_options(g)); });
   cls.def("defaults", [](H& h) { return options_to_dict(static_cast<const Options&>(h.opt->defaults())); });
@@ -376,6 +381,62 @@ E enum_from(const std::string& s, std::initializer_list<std::pair<const char*, E
   }
   TORCH_CHECK_VALUE(false, "per-sample gradients: unknown ", what, " '", s, "' (one of ", known, ")");
 }
+
+/// The distributed samplers' state holds lists and the gathered updates: it travels as
+/// the C++ archive's bytes.
+template <typename Sampler>
+py::bytes sampler_bytes(const Sampler& s) {
+  torch::serialize::OutputArchive a;
+  s.save(a);
+  std::stringstream bytes;
+  a.save_to(bytes);
+  return py::bytes(bytes.str());
+}
+
+template <typename Sampler>
+void sampler_from_bytes(Sampler& s, const py::bytes& data) {
+  std::stringstream bytes{std::string(data)};
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  s.load(in);
+}
+
+// ---------------------------------------------------------------------------
+// A torch.distributed process group as sgdx's Communicator: every collective calls
+// the Python object (sgdx/dist.py, over torch.distributed) with the GIL held, so the
+// C++ optimizers and samplers agree across the ranks of the user's own group.
+
+class PyCommunicator final : public sgdx::dist::Communicator {
+ public:
+  explicit PyCommunicator(const py::object& group)
+      : group_(std::make_shared<PyCallable>(group)),
+        rank_(group.attr("rank")().cast<int>()),
+        world_(group.attr("world_size")().cast<int>()) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  void all_reduce_sum(std::vector<at::Tensor>& tensors) override { call("all_reduce_sum", tensors); }
+  void all_reduce_max(std::vector<at::Tensor>& tensors) override { call("all_reduce_max", tensors); }
+  void broadcast(std::vector<at::Tensor>& tensors, int root) override {
+    py::gil_scoped_acquire gil;
+    group_->fn.attr("broadcast")(tensors, root);
+  }
+  at::Tensor all_gather(const at::Tensor& tensor) override {
+    py::gil_scoped_acquire gil;
+    return group_->fn.attr("all_gather")(tensor).cast<at::Tensor>();
+  }
+  void barrier() override {
+    py::gil_scoped_acquire gil;
+    group_->fn.attr("barrier")();
+  }
+
+ private:
+  void call(const char* what, std::vector<at::Tensor>& tensors) {
+    py::gil_scoped_acquire gil;
+    group_->fn.attr(what)(tensors);  // in place: the list holds the same tensors
+  }
+  std::shared_ptr<PyCallable> group_;
+  int rank_, world_;
+};
 
 // ---------------------------------------------------------------------------
 // Functional ops for the dispatcher (torch.ops.sgdx.*); their fake implementations
@@ -624,6 +685,85 @@ PYBIND11_MODULE(_C, m) {
         in.load_from(bytes);
         s.load(in);
       });
+
+  // --- data-parallel
+  py::class_<sgdx::dist::Communicator, std::shared_ptr<sgdx::dist::Communicator>>(m, "Communicator")
+      .def(py::init([](const py::object& group) -> std::shared_ptr<sgdx::dist::Communicator> {
+             return std::make_shared<PyCommunicator>(group);
+           }),
+           py::arg("group"))
+      .def("rank", &sgdx::dist::Communicator::rank)
+      .def("world_size", &sgdx::dist::Communicator::world_size);
+  py::class_<sgdx::dist::DataParallel>(m, "DataParallel")
+      .def(py::init([](std::vector<at::Tensor> params, std::shared_ptr<sgdx::dist::Communicator> comm,
+                       int64_t bucket_bytes) {
+             sgdx::dist::DataParallelOptions o;
+             o.bucket_bytes = bucket_bytes;
+             return std::make_unique<sgdx::dist::DataParallel>(std::move(params), std::move(comm), o);
+           }),
+           py::arg("params"), py::arg("comm"), py::arg("bucket_bytes"))
+      .def("broadcast_from_root", &sgdx::dist::DataParallel::broadcast_from_root,
+           py::call_guard<py::gil_scoped_release>())
+      .def("broadcast_parameters", &sgdx::dist::DataParallel::broadcast_parameters,
+           py::call_guard<py::gil_scoped_release>())
+      .def("average_gradients", &sgdx::dist::DataParallel::average_gradients,
+           py::call_guard<py::gil_scoped_release>())
+      .def("bucket_count", &sgdx::dist::DataParallel::bucket_count)
+      .def("gradient_bytes", &sgdx::dist::DataParallel::gradient_bytes);
+  py::class_<DistributedImportanceSampler>(m, "DistributedImportanceSampler")
+      .def(py::init([](int64_t size, std::shared_ptr<sgdx::dist::Communicator> comm, double mix,
+                       uint64_t seed, int64_t batches_per_epoch, double initial_score, int64_t lag) {
+             DistributedImportanceOptions o;
+             o.mix = mix;
+             o.seed = seed;
+             o.batches_per_epoch = batches_per_epoch;
+             o.initial_score = initial_score;
+             o.lag = lag;
+             return std::make_unique<DistributedImportanceSampler>(size, std::move(comm), o);
+           }),
+           py::arg("size"), py::arg("comm"), py::arg("mix"), py::arg("seed"), py::arg("batches_per_epoch"),
+           py::arg("initial_score"), py::arg("lag"))
+      .def("reset", [](DistributedImportanceSampler& s) { s.reset(); })
+      .def("draw",
+           [](DistributedImportanceSampler& s, size_t b) -> std::optional<std::pair<at::Tensor, at::Tensor>> {
+             if (!s.next(b)) return std::nullopt;
+             auto batch = s.take();
+             return std::make_pair(at::tensor(c10::ArrayRef<int64_t>(batch.indices)), batch.weights);
+           })
+      .def(
+          "update",
+          [](DistributedImportanceSampler& s, const at::Tensor& i, const at::Tensor& sc, double beta) {
+            py::gil_scoped_release nogil;  // the collective calls back into Python
+            s.update(i, sc, beta);
+          },
+          py::arg("indices"), py::arg("scores"), py::arg("beta") = 0.0)
+      .def("probabilities", &DistributedImportanceSampler::probabilities)
+      .def("scores", &DistributedImportanceSampler::scores)
+      .def("taken", &DistributedImportanceSampler::taken)
+      .def("state", &sampler_bytes<DistributedImportanceSampler>)
+      .def("load_state", &sampler_from_bytes<DistributedImportanceSampler>);
+  py::class_<DistributedTemperatureSampler>(m, "DistributedTemperatureSampler")
+      .def(py::init<const at::Tensor&, TemperatureSchedule, std::shared_ptr<sgdx::dist::Communicator>,
+                    uint64_t, int64_t, int64_t>(),
+           py::arg("group_ids"), py::arg("schedule"), py::arg("comm"), py::arg("seed"),
+           py::arg("batches_per_epoch"), py::arg("num_groups"))
+      .def("reset", [](DistributedTemperatureSampler& s) { s.reset(); })
+      .def("draw",
+           [](DistributedTemperatureSampler& s, size_t b) -> std::optional<at::Tensor> {
+             auto batch = s.next(b);
+             if (!batch) return std::nullopt;
+             std::vector<int64_t> idx(batch->begin(), batch->end());
+             return at::tensor(c10::ArrayRef<int64_t>(idx));
+           })
+      .def("step", &DistributedTemperatureSampler::step)
+      .def("current_tau", &DistributedTemperatureSampler::current_tau)
+      .def("check_agreement",
+           [](const DistributedTemperatureSampler& s) {
+             py::gil_scoped_release nogil;
+             s.check_agreement();
+           })
+      .def("state", &sampler_bytes<DistributedTemperatureSampler>)
+      .def("load_state", &sampler_from_bytes<DistributedTemperatureSampler>);
 
   m.def("temperature_probs", &temperature_probs, py::arg("sizes"), py::arg("tau"));
   m.def("scalarization_weights", &scalarization_weights, py::arg("sizes"), py::arg("tau"));
