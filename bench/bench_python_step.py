@@ -39,9 +39,8 @@ variant's median over torch's SGD. Beside them, the call overhead alone
 the step itself costs next to nothing): the difference the ratio should reflect. Target: Python step / C++ step <= 1.05.
 
 The ISA line: sgdx's CPU kernels pick avx512 / avx2 / baseline at start-up
-(``include/sgdx/cpu_isa.h``); the extension does not expose the choice to Python, so
-it is inferred here the same way: SGDX_CPU_ISA if set, else the best one that
-/proc/cpuinfo's flags allow (avx512: avx512f+bw+vl+dq; avx2: avx2+fma).
+(``include/sgdx/cpu_isa.h``; SGDX_CPU_ISA overrides); the line reports sgdx's own choice
+(``sgdx._C.cpu_isa()``); SGDX_CPU_ISA=avx2 runs the AVX2 path on an AVX-512 machine.
 """
 import argparse
 import json
@@ -125,20 +124,9 @@ def cpu_flags() -> set:
 
 
 def cpu_isa() -> Dict[str, str]:
-    """The variant sgdx's CPU kernels run, inferred as cpu_isa.cpp chooses it."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    flags = cpu_flags()
-    if not x86:
-        best = "baseline"
-    elif {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        best = "avx512"
-    elif {"avx2", "fma"} <= flags:
-        best = "avx2"
-    else:
-        best = "baseline"
-    env = os.environ.get("SGDX_CPU_ISA", "")
-    return {"cpu_isa_best": best, "cpu_isa_active": env or best,
-            "cpu_isa_source": "SGDX_CPU_ISA" if env else "/proc/cpuinfo flags (inferred, not read from sgdx)"}
+    """The variant sgdx's CPU kernels run (sgdx's own choice, include/sgdx/cpu_isa.h)."""
+    return {"cpu_isa_active": sgdx._C.cpu_isa(), "cpu_isa_source": "sgdx._C.cpu_isa()",
+            "cpu_flags_avx512f": str("avx512f" in cpu_flags()), "cpu_flags_avx2": str("avx2" in cpu_flags())}
 
 
 # --- timing
@@ -256,8 +244,7 @@ def main(argv=None) -> int:
     print(f"# Python step vs C++ step, ResNet-18 parameter set ({n_params} float32 parameters in "
           f"{len(shapes)} tensors)")
     print(f"- shapes: {shapes_source}")
-    print(f"- device: {dev_name}; sgdx ISA: {isa['cpu_isa_active']} (best {isa['cpu_isa_best']}; "
-          f"{isa['cpu_isa_source']})")
+    print(f"- device: {dev_name}; sgdx ISA: {isa['cpu_isa_active']} ({isa['cpu_isa_source']})")
     print(f"- torch {torch.__version__}, Python {platform.python_version()}, sgdx {sgdx.__version__}; "
           f"reps {args.reps}, warm-up {args.warmup}, order rotating, reversed every other round")
     print("- C++ step = opt._impl.step(None): the C++ optimizer's step() in one pybind11 call, GIL released; "
