@@ -475,3 +475,23 @@ def test_rsgd_on_cuda_equals_cpu_with_certain_draws():
         opt_b.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("granularity", ["element", "tensor"])
+def test_gradqueue_on_cuda_equals_reference(granularity):
+    m = model64().cuda()
+    params = list(m.parameters())
+    start = [p.detach().cpu().clone() for p in params]
+    opt = GradQueueSGDM(params, lr=0.05, momentum=0.9, weight_decay=0.01, q_min=3, q_init=5, q_max=8,
+                        rho_min=0.25, rho_max=3.0, kappa=1.5, granularity=granularity)
+    grads = []
+    for step in range(12):
+        set_grads(start, 100 + step)
+        grads.append([p.grad.clone() for p in start])
+        for p, q in zip(params, start):
+            p.grad = q.grad.cuda()
+        opt.step()
+    ref = gradqueue_reference(start, grads, 0.05, 0.9, 0.01, 3, 5, 0.25, 3.0, 1.5, 1e-8, granularity)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.detach().cpu(), r, rtol=1e-10, atol=1e-12)

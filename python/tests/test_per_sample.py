@@ -116,3 +116,19 @@ def test_bad_arguments_are_refused_by_name():
     cap = sgdx.PerSampleGradients(model)
     with pytest.raises(RuntimeError, match="call attach"):
         cap.norms()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_norms_on_cuda_equal_torch_func(case):
+    build, inputs, classes = CASES[case]
+    model = build().to(DT).cuda()
+    B = 6
+    xs = tuple(x.cuda() for x in inputs(B))
+    y = torch.randint(0, classes, (B,), device="cuda")
+    cap = sgdx.PerSampleGradients(model)
+    loss = F.cross_entropy(model(*xs), y)
+    cap.attach(loss, B)
+    loss.backward()
+    ref = reference_norms(model, lambda out, t: F.cross_entropy(out, t), *xs, y)
+    torch.testing.assert_close(cap.norms().double(), ref, rtol=1e-5, atol=1e-7)
