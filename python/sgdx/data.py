@@ -1,15 +1,20 @@
 """Samplers for ``torch.utils.data.DataLoader`` over sgdx's C++ samplers.
 
-Both are *batch* samplers (``DataLoader(dataset, batch_sampler=sampler)``): their draws
-are a pure function of (seed, batch number, position), so prefetching by workers
-(``num_workers > 0``) cannot change them. The importance sampler's unbiasing weights
+Both are *batch* samplers (``DataLoader(dataset, batch_sampler=sampler)``). Their draws
+are a pure function of (seed, batch number, position) and, for the importance sampler,
+of the score table when the batch is drawn: a loader with workers draws batches ahead
+of the loop, so those batches come from a table without the latest updates (their
+weights are those of the table they were drawn from, so the estimator stays unbiased,
+but the run differs from ``num_workers=0``; DistributedImportanceSampler's ``lag``
+makes the two agree). The importance sampler's unbiasing weights
 ``1/(N p_i)`` travel inside the batch: wrap the dataset in :class:`WithWeights`, and
 every batch carries its indices and weights as its last two fields, so a batch and its weights can
 never be mismatched by a loader that draws ahead.
 
 Resuming: ``state_dict(batches_consumed=k)`` is the state after the first ``k`` batches
-this sampler yielded since it was created or loaded (the loop's count); without it,
-after every batch drawn so far (a loader with workers draws ahead of the loop).
+this sampler yielded since it was created or loaded (the loop's count; the last 4096
+draws are remembered); without it, after every batch drawn so far (a loader with
+workers draws ahead of the loop). The scores are the table as updated so far.
 """
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -61,10 +66,14 @@ class _BatchSampler(torch.utils.data.Sampler):
         self._bpe = int(batches_per_epoch) if batches_per_epoch > 0 else -(-int(num_samples) // self.batch_size)
         self._epoch_batch = 0
         self._resume = False
-        self._before: List[Tuple[int, int]] = []
+        self._before: List[Tuple[int, int]] = []  # the counters before each of the last draws
+        self._drawn = 0  # draws since creation or load
+
+    _remembered = 4096
 
     def __len__(self) -> int:
-        return self._bpe
+        """Batches of the coming epoch (the rest of a loaded epoch)."""
+        return self._bpe - self._epoch_batch if self._resume else self._bpe
 
     def _batches(self) -> Iterator[Any]:
         """The C++ draws of one epoch (the rest of a loaded epoch first)."""
@@ -78,6 +87,9 @@ class _BatchSampler(torch.utils.data.Sampler):
             if drawn is None:
                 return
             self._before.append(before)
+            if len(self._before) > self._remembered:
+                del self._before[0]
+            self._drawn += 1
             self._epoch_batch += 1
             yield drawn
 
@@ -88,31 +100,35 @@ class _BatchSampler(torch.utils.data.Sampler):
         """The sampler's state (the C++ sampler's fields) after the batches drawn so far, or
         after the first ``batches_consumed`` batches drawn since creation or load."""
         if self._counter_keys is None:  # a distributed sampler: the C++ archive's bytes
-            if batches_consumed is not None and batches_consumed != len(self._before):
+            if batches_consumed is not None and batches_consumed != self._drawn:
                 raise ValueError(f"{type(self).__name__}.state_dict: batches_consumed is not supported: "
                                  "its state is as of the batches drawn (use lag for loaders that draw ahead)")
             return {"sgdx_archive": self._impl.state()}
         state = self._impl.state()
-        if batches_consumed is None or batches_consumed == len(self._before):
+        if batches_consumed is None or batches_consumed == self._drawn:
             return state
-        if not 0 <= batches_consumed < len(self._before):
+        first = self._drawn - len(self._before)  # the oldest draw still remembered
+        if not first <= batches_consumed < self._drawn:
             raise ValueError(f"{type(self).__name__}.state_dict: batches_consumed must be in "
-                             f"[0, {len(self._before)}] (the batches drawn since this sampler was created or "
-                             f"loaded), got {batches_consumed}")
-        state.update(dict(zip(self._counter_keys, self._before[batches_consumed])))
+                             f"[{first}, {self._drawn}] (the batches drawn since this sampler was created or "
+                             f"loaded, the last {self._remembered} remembered), got {batches_consumed}")
+        state.update(dict(zip(self._counter_keys, self._before[batches_consumed - first])))
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continues from ``state``: the next iteration finishes the saved epoch."""
         if self._counter_keys is None:
             self._impl.load_state(state["sgdx_archive"])
+            self._resume = True  # the C++ sampler knows where its epoch stands
         else:
             self._impl.load_state(state)
             self._epoch_batch = int(state["epoch_batch"])
             if int(state.get("batches_per_epoch", 0)) > 0:
                 self._bpe = int(state["batches_per_epoch"])
-        self._resume = True
+            # Saved at an epoch's end: the next iteration is a fresh epoch.
+            self._resume = self._epoch_batch < self._bpe
         self._before = []
+        self._drawn = 0
 
 
 class ImportanceSampler(_BatchSampler):

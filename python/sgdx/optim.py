@@ -17,6 +17,7 @@ Option names and defaults are the C++ options' (``sgdx/optim/*.h``); enum option
 their C++ names as strings (``granularity="tensor"``).
 """
 import contextlib
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
@@ -27,18 +28,22 @@ ParamsT = Union[Iterable[torch.Tensor], Iterable[Dict[str, Any]]]
 Closure = Callable[[], Any]
 
 
-def _closure(closure: Optional[Closure]) -> Optional[Callable[[], torch.Tensor]]:
-    if closure is None:
-        return None
+class _Closure:
+    """A closure as the C++ step calls it: under enable_grad, its loss as a tensor (None
+    passes through: no loss); ``value`` keeps what it returned, which step() returns as
+    torch.optim's optimizers do."""
 
-    def run() -> torch.Tensor:
+    def __init__(self, closure: Closure):
+        self.closure = closure
+        self.value: Any = None
+
+    def __call__(self) -> Optional[torch.Tensor]:
         with torch.enable_grad():
-            loss = closure()
-        if not isinstance(loss, torch.Tensor):
-            loss = torch.tensor(float(loss), dtype=torch.float64)
-        return loss
-
-    return run
+            self.value = self.closure()
+        loss = self.value
+        if loss is None or isinstance(loss, torch.Tensor):
+            return loss
+        return torch.tensor(float(loss), dtype=torch.float64)
 
 
 @contextlib.contextmanager
@@ -121,9 +126,12 @@ class _SgdxOptimizer(torch.optim.Optimizer):
         self._sync()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        c = None if closure is None else _Closure(closure)
         if grad_scale is None and found_inf is None:
-            return self._impl.step(_closure(closure))
-        return self._impl.step_scaled(grad_scale, found_inf, _closure(closure))
+            loss = self._impl.step(c)
+        else:
+            loss = self._impl.step_scaled(grad_scale, found_inf, c)
+        return loss if c is None else c.value
 
     # --- checkpoints
     def _params(self) -> List[torch.Tensor]:
@@ -160,6 +168,7 @@ class _SgdxOptimizer(torch.optim.Optimizer):
                                  f"this optimizer's has {len(g['params'])}")
         if "sgdx" in state_dict:
             self._impl.load_extra(state_dict["sgdx"])
+        self._impl.clear_state()  # the saved state replaces this optimizer's, as in torch.optim
         saved_state = state_dict["state"]
         for g, s in zip(self.param_groups, groups):
             for key, value in s.items():
@@ -242,9 +251,23 @@ class _VRMixin(_SgdxOptimizer):
     (grad F at the current parameters into ``.grad``, returns F) and the minibatch closure
     given to ``step`` (it must compute the *same* minibatch each time it is called)."""
 
+    # GradScaler.step neither passes closures nor sees their gradients: mixed precision for
+    # these methods is the C++ contract itself, opt.grad_scale / opt.found_inf set for the
+    # call (their closures' gradients are then checked and unscaled as they are computed).
+    _step_supports_amp_scaling = False
+
     def set_full_gradient_closure(self, closure: Closure) -> None:
-        self._full = closure  # kept alive with the optimizer
-        self._impl.set_full_gradient_closure(_closure(closure))
+        # The C++ optimizer holds a function that reaches the closure through a weak
+        # reference to this optimizer: the closure usually refers to the optimizer, and a
+        # cycle through C++ would never be collected.
+        self._full = _Closure(closure)
+        ref = weakref.ref(self)
+
+        def full() -> Optional[torch.Tensor]:
+            opt = ref()
+            return None if opt is None else opt._full()
+
+        self._impl.set_full_gradient_closure(full)
 
     def gradient_evaluations(self) -> int:
         """Component-gradient evaluations so far (n per full gradient, b per minibatch gradient)."""

@@ -28,6 +28,7 @@
 #include "sgdx/optim/svrg.h"
 #include "sgdx/optim/vr_base.h"
 
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -38,6 +39,26 @@ namespace py = pybind11;
 using torch::optim::Optimizer;
 
 namespace {
+
+/// Archives hold int64; the unsigned fields (seeds) are stored as their bits, so a
+/// Python int in [2^63, 2^64) becomes the int64 with those bits.
+int64_t int_value(const std::string& key, const py::handle& v) {
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow == 0 && !(x == -1 && PyErr_Occurred())) return static_cast<int64_t>(x);
+  PyErr_Clear();
+  if (overflow > 0) {
+    const unsigned long long u = PyLong_AsUnsignedLongLong(v.ptr());
+    if (!PyErr_Occurred()) return static_cast<int64_t>(u);
+    PyErr_Clear();
+  }
+  TORCH_CHECK_VALUE(false, "'", key, "' does not fit 64 bits: ", std::string(py::repr(v)));
+}
+
+/// Seeds are unsigned: the dict shows them as the Python int the user gave.
+bool unsigned_key(const std::string& key) {
+  return key == "seed" || (key.size() > 5 && key.compare(key.size() - 5, 5, "/seed") == 0);
+}
 
 // ---------------------------------------------------------------------------
 // Archives <-> Python dicts. The C++ objects' own serialize() is the one place
@@ -61,7 +82,11 @@ py::dict archive_to_dict(torch::serialize::OutputArchive& archive) {
     } else if (v.isBool()) {
       out[py::str(key)] = v.toBool();
     } else if (v.isInt()) {
-      out[py::str(key)] = v.toInt();
+      if (unsigned_key(key)) {
+        out[py::str(key)] = static_cast<uint64_t>(v.toInt());
+      } else {
+        out[py::str(key)] = v.toInt();
+      }
     }  // nested archives (none in the objects exposed here) are not part of a dict
   }
   return out;
@@ -84,10 +109,10 @@ c10::IValue to_ivalue(const std::string& key, const py::handle& v, const c10::IV
   if (like != nullptr && like->isInt()) {
     TORCH_CHECK_TYPE(!is_bool && py::isinstance<py::int_>(v), "option '", key, "' must be an int, got ",
                      std::string(py::repr(v)));
-    return c10::IValue(v.cast<int64_t>());
+    return c10::IValue(int_value(key, v));
   }
   if (is_bool) return c10::IValue(v.cast<bool>());
-  if (py::isinstance<py::int_>(v)) return c10::IValue(v.cast<int64_t>());
+  if (py::isinstance<py::int_>(v)) return c10::IValue(int_value(key, v));
   if (py::isinstance<py::float_>(v)) return c10::IValue(v.cast<double>());
   TORCH_CHECK_TYPE(false, "'", key, "' must be a tensor, bool, int or float, got ", std::string(py::repr(v)));
 }
@@ -188,7 +213,8 @@ Optimizer::LossClosure to_closure(const py::object& f) {
   return [held]() -> at::Tensor {
     py::gil_scoped_acquire gil;
     py::object r = held->fn();
-    TORCH_CHECK_TYPE(THPVariable_Check(r.ptr()), "the closure must return a tensor (the loss), got ",
+    if (r.is_none()) return at::Tensor();  // no loss: what a step without one does
+    TORCH_CHECK_TYPE(THPVariable_Check(r.ptr()), "the closure must return a tensor (the loss) or None, got ",
                      std::string(py::repr(r)));
     return THPVariable_Unpack(r.ptr());
   };
@@ -316,6 +342,7 @@ py::class_<OptimizerHandle<Opt, Options, State>> bind_optimizer(py::module_& m, 
     state = std::move(held);
     return py::bytes(bytes.str());
   });
+  cls.def("clear_state", [](H& h) { h.opt->state().clear(); });
   cls.def("load_extra", [](H& h, const py::bytes& data) {
     std::stringstream bytes{std::string(data)};
     torch::serialize::InputArchive a;
@@ -522,6 +549,7 @@ PYBIND11_MODULE(_C, m) {
   gq.def(
       "clustered_step",
       [](GQ& h, const at::Tensor& losses, const at::Tensor& features, PyPerSample* capture) {
+        py::gil_scoped_release nogil;  // it runs backward (Python hooks take the GIL on engine threads)
         return h.opt->clustered_step(losses, features, capture ? capture->capture.get() : nullptr);
       },
       py::arg("losses"), py::arg("features"), py::arg("capture") = nullptr);

@@ -157,3 +157,16 @@ def test_bad_sampler_input_is_refused_by_name():
         s.update(torch.tensor([1]), torch.tensor([-1.0]))
     with pytest.raises(RuntimeError):
         TemperatureSampler(torch.tensor([0, 2]), 2)  # group 1 is empty
+
+
+def test_resume_at_an_epoch_end_starts_a_fresh_epoch_and_len_counts_the_rest():
+    a = TemperatureSampler(torch.arange(20) % 2, 5, seed=1)  # 4 batches an epoch
+    list(a)
+    b = TemperatureSampler(torch.arange(20) % 2, 5, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert len(b) == 4 and len(list(b)) == 4
+    it = iter(a)
+    next(it)
+    c = TemperatureSampler(torch.arange(20) % 2, 5, seed=1)
+    c.load_state_dict(a.state_dict())
+    assert len(c) == 3 and list(c) == [batch for batch in it]

@@ -495,3 +495,67 @@ def test_gradqueue_on_cuda_equals_reference(granularity):
     ref = gradqueue_reference(start, grads, 0.05, 0.9, 0.01, 3, 5, 0.25, 3.0, 1.5, 1e-8, granularity)
     for p, r in zip(params, ref):
         torch.testing.assert_close(p.detach().cpu(), r, rtol=1e-10, atol=1e-12)
+
+
+def test_load_replaces_the_state_of_a_stepped_optimizer():
+    # b has no gradient when the checkpoint is taken: after loading, b has no state, as then.
+    a = torch.zeros(3, dtype=DT, requires_grad=True)
+    b = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = RSGD([a, b], lr=0.1, gamma0=0.0, max_prob=1.0)
+    a.grad = torch.ones(3, dtype=DT)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    saved = a.detach().clone(), b.detach().clone()
+    assert list(sd["state"]) == [0]
+    b.grad = torch.ones(3, dtype=DT)
+    opt.step()
+    opt.step()
+    with torch.no_grad():
+        a.copy_(saved[0])
+        b.copy_(saved[1])
+    opt.load_state_dict(sd)
+    assert list(opt.state_dict()["state"]) == [0]
+    opt.step()  # b's first step: h = g (no memory), a's: h = g + memory
+    assert b[0].item() == pytest.approx(-0.1) and a[0].item() == pytest.approx(-0.1 - 0.1 * 2)
+
+
+@pytest.mark.parametrize("value", [None, 2.5, torch.tensor(1.5)])
+def test_step_returns_what_the_closure_returned(value):
+    p = torch.zeros(2, requires_grad=True)
+    opt = GradQueueSGDM([p], lr=0.1)
+
+    def closure():
+        p.grad = torch.ones(2)
+        return value
+
+    assert opt.step(closure) is value
+    assert p[0].item() == pytest.approx(-0.1)
+
+
+def test_an_svrg_with_closures_is_collected():
+    import gc
+    import weakref
+
+    def build():
+        x = torch.zeros(3, requires_grad=True)
+        opt = SVRG([x], lr=0.1, n=4)
+        opt.set_full_gradient_closure(lambda: (opt.zero_grad(), (x * x).sum())[1])
+        return weakref.ref(opt), weakref.ref(x)
+
+    refs = build()
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None
+
+
+def test_seeds_use_all_64_bits():
+    p = torch.zeros(2, requires_grad=True)
+    opt = RSGD([p], lr=0.1, seed=2 ** 64 - 1)
+    assert opt._impl.defaults()["seed"] == 2 ** 64 - 1
+    with pytest.raises(ValueError, match="does not fit 64 bits"):
+        RSGD([p], lr=0.1, seed=2 ** 64)
+    s = sgdx.data.ImportanceSampler(10, 2, seed=2 ** 63 + 7)
+    state = s.state_dict()
+    assert state["seed"] == 2 ** 63 + 7
+    t = sgdx.data.ImportanceSampler(10, 2, seed=2 ** 63 + 7)
+    t.load_state_dict(state)
+    assert next(iter(t)) == next(iter(s))
