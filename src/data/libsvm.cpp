@@ -26,9 +26,9 @@ std::string snippet(const char* p) {
 
 }  // namespace
 
-LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features) {
+LibsvmCsr parse_libsvm_csr(std::string_view text, const std::string& name, int64_t num_features) {
   std::vector<double> labels;
-  std::vector<int64_t> rows, cols;
+  std::vector<int64_t> indptr = {0}, cols;
   std::vector<double> vals;
   std::string line;
   int64_t line_no = 0, max_index = 0;
@@ -50,7 +50,6 @@ LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t 
                 snippet(p), "'");
     TORCH_CHECK(label == 1 || label == -1 || label == 0, "'", name, "' line ", line_no,
                 ": label must be +1, -1 or 0/1, got ", label);
-    const int64_t row = static_cast<int64_t>(labels.size());
     labels.push_back(label == 0 ? -1.0 : label);
     p = end;
     int64_t prev = 0;
@@ -75,12 +74,12 @@ LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t 
       TORCH_CHECK(std::isfinite(v), "'", name, "' line ", line_no, ": non-finite value ",
                   std::string(p, static_cast<size_t>(end - p)), " for feature ", idx);
       p = end;
-      rows.push_back(row);
       cols.push_back(idx - 1);
       vals.push_back(v);
       prev = idx;
       max_index = std::max<int64_t>(max_index, idx);
     }
+    indptr.push_back(static_cast<int64_t>(cols.size()));
   }
   TORCH_CHECK(!labels.empty(), "LIBSVM file '", name, "' holds no examples");
   if (num_features <= 0) num_features = max_index;
@@ -88,12 +87,38 @@ LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t 
               " examples, none with an index:value pair)");
   TORCH_CHECK(max_index <= num_features, "'", name, "': feature index ", max_index, " exceeds num_features ",
               num_features);
-  const auto n = static_cast<int64_t>(labels.size());
+  LibsvmCsr out;
+  out.indptr = at::tensor(indptr, at::kLong);
+  out.indices = at::tensor(cols, at::kLong);
+  out.values = at::tensor(vals, at::kDouble);
+  out.labels = at::tensor(labels, at::kDouble);
+  out.num_features = num_features;
+  out.name = name;
+  return out;
+}
+
+at::Tensor LibsvmCsr::to_dense() const {
+  const auto n = rows();
   dense_bytes({n, num_features}, sizeof(double), "LIBSVM file '" + name + "' as a dense float64 matrix");
   auto x = at::zeros({n, num_features}, at::kDouble);
   auto* xp = x.data_ptr<double>();
-  for (size_t k = 0; k < vals.size(); ++k) xp[rows[k] * num_features + cols[k]] = vals[k];
-  return {x, at::tensor(labels, at::kDouble)};
+  const auto* ip = indptr.data_ptr<int64_t>();
+  const auto* cp = indices.data_ptr<int64_t>();
+  const auto* vp = values.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = ip[i]; k < ip[i + 1]; ++k) xp[i * num_features + cp[k]] = vp[k];
+  return x;
+}
+
+LibsvmData parse_libsvm(std::string_view text, const std::string& name, int64_t num_features) {
+  const auto csr = parse_libsvm_csr(text, name, num_features);
+  return {csr.to_dense(), csr.labels};
+}
+
+LibsvmCsr read_libsvm_csr(const std::string& path, int64_t num_features) {
+  const auto bytes = read_file_maybe_gz(path, "LIBSVM file");
+  return parse_libsvm_csr(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), path,
+                          num_features);
 }
 
 LibsvmData read_libsvm(const std::string& path, int64_t num_features) {
