@@ -1,0 +1,137 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sgdx/data/libsvm.h"
+#include "sgdx/optim/sparse_svrg.h"
+#include "sgdx/optim/svrg.h"
+#include "test_util.h"
+
+using sgdx::optim::GlmLoss;
+using sgdx::optim::SparseSVRG;
+using sgdx::optim::SparseSVRGOptions;
+
+namespace {
+
+// k steps of T(z) = prox(z - c), applied one at a time (the dense algorithm's way).
+double brute_force(double z, double c, double s, double r, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    const double u = z - c;
+    z = (u > 0 ? 1.0 : u < 0 ? -1.0 : 0.0) * std::max(std::abs(u) - s, 0.0) / (1 + r);
+  }
+  return z;
+}
+
+// A random sparse problem: n rows over d features, about `per_row` non-zeros a row, as
+// LIBSVM text (so the CSR comes from the reader) and as its dense float64 matrix.
+sgdx::data::LibsvmCsr random_problem(int64_t n, int64_t d, int64_t per_row, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> value(-1.0, 1.0);
+  std::bernoulli_distribution take(double(per_row) / double(d));
+  std::string text;
+  for (int64_t i = 0; i < n; ++i) {
+    text += (rng() % 2 != 0) ? "+1" : "-1";
+    for (int64_t j = 1; j <= d; ++j)
+      if (take(rng)) text += " " + std::to_string(j) + ":" + std::to_string(value(rng));
+    text += "\n";
+  }
+  return sgdx::data::parse_libsvm_csr(text, "random.svm", d);
+}
+
+}  // namespace
+
+// The closed form against k single steps, on every piece and crossing of T: starts on
+// either side, fixed points inside and outside each piece, no l1 or no l2, k up to 10^4.
+TEST(RepeatedProxStep, EqualsTheStepsOneByOne) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  int checked = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const double z = 3 * u(rng), c = 0.2 * u(rng);
+    const double s = trial % 4 == 0 ? 0.0 : 0.1 * std::abs(u(rng));
+    const double r = trial % 3 == 0 ? 0.0 : 0.05 * std::abs(u(rng));
+    const int64_t k = trial % 5 == 0 ? int64_t(rng() % 10000) : int64_t(rng() % 60);
+    const double want = brute_force(z, c, s, r, k);
+    const double got = sgdx::optim::detail::repeated_prox_step(z, c, s, r, k);
+    ASSERT_NEAR(got, want, 1e-10 * (1 + std::abs(want)) + 1e-13 * double(k))
+        << "z=" << z << " c=" << c << " s=" << s << " r=" << r << " k=" << k;
+    if (want == 0) ASSERT_EQ(got, 0.0) << "an exact zero of the prox stays exact";
+    ++checked;
+  }
+  EXPECT_EQ(checked, 4000);
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::detail::repeated_prox_step(1, 0, -1, 0, 3), "eta_l1=-1");
+}
+
+// Lazy sparse SVRG against the dense SVRG optimizer (sgdx/optim/svrg.h) on the same data,
+// batches and steps: the iterates agree to rounding for both losses and every (l1, l2).
+TEST(SparseSVRG, EqualsTheDenseOptimizer) {
+  const int64_t n = 60, d = 40, b = 4, m = 7;
+  const auto csr = random_problem(n, d, 5, 3);
+  const auto dense = csr.to_dense();
+  for (const auto loss : {GlmLoss::logistic, GlmLoss::squares}) {
+    for (const auto& [l1, l2] :
+         std::vector<std::pair<double, double>>{{0, 0}, {0.01, 0}, {0, 0.05}, {0.01, 0.05}}) {
+      const double lr = 0.3;
+      SparseSVRG sparse(csr, {.lr = lr, .b = b, .m = m, .l1 = l1, .l2 = l2, .loss = loss});
+      auto w = torch::zeros({d}, torch::kDouble).requires_grad_();
+      sgdx::optim::SVRG opt({w}, sgdx::optim::SVRGOptions(lr).n(n).b(b).m(m).l1(l1).l2(l2));
+      const auto batch_loss = [&](const at::Tensor& idx) {
+        auto z = dense.index_select(0, idx).mv(w);
+        auto y = csr.labels.index_select(0, idx);
+        auto l = loss == GlmLoss::squares ? 0.5 * (z - y).pow(2).mean()
+                                          : torch::nn::functional::softplus(-y * z).mean();
+        l.backward();
+        return l;
+      };
+      opt.set_full_gradient_closure([&] { return batch_loss(torch::arange(n)); });
+      std::mt19937_64 rng(11);
+      for (int64_t t = 0; t < 3 * m + 2; ++t) {
+        std::vector<int64_t> rows(b);
+        for (auto& i : rows) i = int64_t(rng() % n);
+        const auto idx = torch::tensor(rows, torch::kLong);
+        opt.step([&] {
+          opt.zero_grad();
+          return batch_loss(idx);
+        });
+        sparse.step(rows);
+        const auto x = sparse.weights();
+        ASSERT_TRUE(torch::allclose(x, w.detach(), 1e-11, 1e-13))
+            << "loss " << int(loss) << " l1=" << l1 << " l2=" << l2 << " step " << t << "\n"
+            << (x - w.detach()).abs().max().item<double>();
+        if (l1 > 0) EXPECT_TRUE(torch::equal(x == 0, w.detach() == 0)) << "the same exact zeros";
+      }
+      EXPECT_EQ(sparse.gradient_evaluations(), opt.gradient_evaluations());
+      EXPECT_EQ(sparse.stage(), 4);
+    }
+  }
+}
+
+// weights() between steps brings the untouched coordinates forward without changing the
+// run: a run that reads the iterate every step equals one that reads it only at the end.
+TEST(SparseSVRG, ReadingTheIterateDoesNotChangeTheRun) {
+  const auto csr = random_problem(50, 300, 4, 5);
+  SparseSVRGOptions o{.lr = 0.5, .b = 3, .m = 9, .l1 = 0.002, .l2 = 0.01};
+  SparseSVRG a(csr, o), c(csr, o);
+  std::mt19937_64 rng(2);
+  for (int t = 0; t < 40; ++t) {
+    std::vector<int64_t> rows = {int64_t(rng() % 50), int64_t(rng() % 50), int64_t(rng() % 50)};
+    a.step(rows);
+    c.step(rows);
+    (void)a.weights();
+  }
+  EXPECT_TRUE(torch::allclose(a.weights(), c.weights(), 1e-12, 1e-14));
+}
+
+TEST(SparseSVRG, BadInputIsRefusedByName) {
+  const auto csr = random_problem(5, 4, 2, 1);
+  SGDX_EXPECT_THROW_MSG(SparseSVRG(csr, {.lr = 0}), "lr must be positive, got 0");
+  SGDX_EXPECT_THROW_MSG(SparseSVRG(csr, {.lr = 1, .b = 0}), "b must be >= 1, got 0");
+  SGDX_EXPECT_THROW_MSG(SparseSVRG(csr, {.lr = 1, .l1 = -1}), "l1=-1");
+  SparseSVRG ok(csr, {.lr = 1});
+  SGDX_EXPECT_THROW_MSG(ok.step({5}), "row 5 is out of range [0, 5)");
+  SGDX_EXPECT_THROW_MSG(ok.step({}), "the batch is empty");
+}
