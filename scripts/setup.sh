@@ -5,7 +5,7 @@
 #     nlohmann-json, zlib, gnuplot (plots), python3-venv, Fashion-MNIST, clang with
 #     libFuzzer (scripts/fuzz.sh), clang-format (scripts/format_check.sh), clang-tidy
 #     (scripts/tidy.sh), Gloo's headers (c10d's ProcessGroupGloo includes them; the wheel lacks
-#     them), iproute2 (scripts/two_hosts.sh).
+#     them), iproute2 (scripts/two_hosts.sh), ninja-build (the Python package's build).
 #   - LibTorch: the PyPI torch==2.11.0 wheel in the project's .venv, with scikit-build-core
 #     and pytest (the Python package's build and tests).
 # Set SGDX_LIBTORCH=/path/to/libtorch (>= 2.4) to use your own LibTorch instead.
@@ -15,7 +15,8 @@ torch_version="${SGDX_TORCH_VERSION:-2.11.0}"
 
 packages=(build-essential cmake git pkg-config zlib1g-dev libgtest-dev libgmock-dev libbenchmark-dev
           libcli11-dev nlohmann-json3-dev gnuplot-nox python3 python3-venv python3-pip dataset-fashion-mnist
-          liblinear-tools patchelf clang libclang-rt-14-dev clang-format clang-tidy libgloo-dev iproute2)
+          liblinear-tools patchelf clang libclang-rt-14-dev clang-format clang-tidy libgloo-dev iproute2
+          ninja-build)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
