@@ -3,8 +3,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <memory>
+
+#include <sys/mman.h>
 
 namespace sgdx::optim {
 
@@ -65,9 +70,14 @@ double repeated_prox_step(double z, double eta_mu, double eta_l1, double eta_l2,
     } else if (p.beta != 0.0 && (bound - z) / p.beta > 0) {
       estimate = std::ceil((bound - z) / p.beta);
     }
-    if (estimate < static_cast<double>(k)) steps = std::max<int64_t>(1, static_cast<int64_t>(estimate));
-    for (int fix = 0; fix < 4 && steps < k && same(at(steps)); ++fix) ++steps;
-    for (int fix = 0; fix < 4 && steps > 1 && !same(at(steps - 1)); ++fix) --steps;
+    // An infinite estimate is exact (the fixed point lies on the piece, or is never
+    // reached); a finite one near or below k is checked against the iterates, whose
+    // rounding may put the crossing one step either side.
+    if (estimate <= static_cast<double>(k) + 1) {
+      steps = std::clamp<int64_t>(static_cast<int64_t>(estimate), 1, k);
+      for (int fix = 0; fix < 4 && steps < k && same(at(steps)); ++fix) ++steps;
+      for (int fix = 0; fix < 4 && steps > 1 && !same(at(steps - 1)); ++fix) --steps;
+    }
     z = at(steps);
     k -= steps;
   }
@@ -89,16 +99,30 @@ SparseSVRG::SparseSVRG(const data::LibsvmCsr& data, SparseSVRGOptions options)
                   data.labels.is_contiguous(),
               "SparseSVRG: the CSR tensors must be contiguous");
   m_ = o_.m > 0 ? o_.m : (2 * n_ + o_.b - 1) / o_.b;
+  TORCH_CHECK(m_ < std::numeric_limits<int32_t>::max(),
+              "SparseSVRG: m (inner steps per stage) must be < 2^31, got ", m_);
   indptr_ = data.indptr.data_ptr<int64_t>();
   indices_ = data.indices.data_ptr<int64_t>();
   values_ = data.values.data_ptr<double>();
   labels_ = data.labels.data_ptr<double>();
-  x_.assign(d_, 0.0);
-  mu_.assign(d_, 0.0);
-  grad_.assign(d_, 0.0);
-  last_.assign(d_, 0);
-  mark_.assign(d_, -1);
+  // The records are read at random columns: 2 MB pages keep the TLB from missing on
+  // most of them (the transparent huge pages of madvise mode; a hint, not a requirement).
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t bytes =
+      ((static_cast<size_t>(d_) * sizeof(Coordinate) + kHugePage - 1) / kHugePage) * kHugePage;
+  void* raw = nullptr;
+  TORCH_CHECK(posix_memalign(&raw, kHugePage, bytes) == 0, "SparseSVRG: cannot allocate ", bytes,
+              " bytes for ", d_, " coordinates");
+#ifdef MADV_HUGEPAGE
+  (void)madvise(raw, bytes, MADV_HUGEPAGE);
+#endif
+  c_.reset(static_cast<Coordinate*>(raw));
+  std::uninitialized_fill_n(c_.get(), d_, Coordinate{});
   snapshot_margin_.assign(n_, 0.0);
+}
+
+void SparseSVRG::FreeDeleter::operator()(Coordinate* p) const {
+  std::free(p);
 }
 
 double SparseSVRG::derivative(double z, double y) const {
@@ -111,26 +135,30 @@ double SparseSVRG::derivative(double z, double y) const {
 
 double SparseSVRG::margin(int64_t row) const {
   double z = 0;
-  for (int64_t k = indptr_[row]; k < indptr_[row + 1]; ++k) z += values_[k] * x_[indices_[k]];
+  for (int64_t k = indptr_[row]; k < indptr_[row + 1]; ++k) z += values_[k] * c_[indices_[k]].x;
   return z;
 }
 
 void SparseSVRG::catch_up(int64_t j) {
-  const int64_t k = inner_ - last_[j];
-  if (k > 0) x_[j] = detail::repeated_prox_step(x_[j], o_.lr * mu_[j], o_.lr * o_.l1, o_.lr * o_.l2, k);
-  last_[j] = inner_;
+  auto& c = c_[j];
+  const int64_t k = inner_ - c.last;
+  if (k > 0) c.x = detail::repeated_prox_step(c.x, o_.lr * c.mu, o_.lr * o_.l1, o_.lr * o_.l2, k);
+  c.last = static_cast<int32_t>(inner_);
 }
 
 void SparseSVRG::start_stage() {
-  for (int64_t j = 0; j < d_; ++j) catch_up(j);
-  std::fill(mu_.begin(), mu_.end(), 0.0);
+  for (int64_t j = 0; j < d_; ++j) {
+    catch_up(j);
+    c_[j].mu = 0.0;
+    c_[j].last = 0;
+    c_[j].mark = -1;
+  }
   for (int64_t i = 0; i < n_; ++i) {
     snapshot_margin_[i] = margin(i);
     const double g = derivative(snapshot_margin_[i], labels_[i]) / double(n_);
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) mu_[indices_[k]] += g * values_[k];
+    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].mu += g * values_[k];
   }
   evaluations_ += n_;
-  std::fill(last_.begin(), last_.end(), 0);
   inner_ = 0;
   ++stage_;
   started_ = true;
@@ -142,37 +170,42 @@ void SparseSVRG::step(const std::vector<int64_t>& batch) {
     TORCH_CHECK(i >= 0 && i < n_, "SparseSVRG::step: row ", i, " is out of range [0, ", n_, ")");
   if (!started_ || inner_ == m_) start_stage();
   // The batch's coordinates, brought up to date.
-  ++stamp_;
   touched_.clear();
   for (const auto i : batch) {
     for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) {
       const int64_t j = indices_[k];
-      if (mark_[j] == stamp_) continue;
-      mark_[j] = stamp_;
+      if (c_[j].mark == inner_) continue;
+      c_[j].mark = static_cast<int32_t>(inner_);
       touched_.push_back(j);
       catch_up(j);
-      grad_[j] = 0.0;
+      c_[j].grad = 0.0;
     }
   }
   const double inv_b = 1.0 / static_cast<double>(batch.size());
   for (const auto i : batch) {
-    const double c =
+    const double coef =
         (derivative(margin(i), labels_[i]) - derivative(snapshot_margin_[i], labels_[i])) * inv_b;
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) grad_[indices_[k]] += c * values_[k];
+    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].grad += coef * values_[k];
   }
   const double shrink = o_.lr * o_.l1, scale = 1.0 / (1.0 + o_.lr * o_.l2);
   for (const auto j : touched_) {
-    const double v = x_[j] - o_.lr * (grad_[j] + mu_[j]);
-    x_[j] = std::copysign(std::max(std::abs(v) - shrink, 0.0), v) * scale;
-    last_[j] = inner_ + 1;
+    auto& c = c_[j];
+    const double v = c.x - o_.lr * (c.grad + c.mu);
+    c.x = std::copysign(std::max(std::abs(v) - shrink, 0.0), v) * scale;
+    c.last = static_cast<int32_t>(inner_ + 1);
   }
   ++inner_;
   evaluations_ += 2 * static_cast<int64_t>(batch.size());
 }
 
 at::Tensor SparseSVRG::weights() {
-  for (int64_t j = 0; j < d_; ++j) catch_up(j);
-  return at::tensor(x_, at::kDouble);
+  auto x = at::empty({d_}, at::kDouble);
+  auto* xp = x.data_ptr<double>();
+  for (int64_t j = 0; j < d_; ++j) {
+    catch_up(j);
+    xp[j] = c_[j].x;
+  }
+  return x;
 }
 
 }  // namespace sgdx::optim

@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "sgdx/data/libsvm.h"
@@ -32,7 +33,7 @@ SGDX_API double repeated_prox_step(double z, double eta_mu, double eta_l1, doubl
 struct SparseSVRGOptions {
   double lr = 0.0;
   int64_t b = 1;  ///< minibatch size (the step() batches' size, for the default m)
-  int64_t m = 0;  ///< inner steps per stage; 0: ceil(2n / b), as SVRGOptions
+  int64_t m = 0;  ///< inner steps per stage (< 2^31); 0: ceil(2n / b), as SVRGOptions
   double l1 = 0.0, l2 = 0.0;
   GlmLoss loss = GlmLoss::logistic;
 };
@@ -63,9 +64,22 @@ class SGDX_API SparseSVRG {
   const int64_t* indices_;
   const double* values_;
   const double* labels_;
-  std::vector<double> x_, mu_, snapshot_margin_, grad_;
-  std::vector<int64_t> last_, touched_, mark_;
-  int64_t inner_ = 0, stage_ = 0, evaluations_ = 0, stamp_ = 0;
+  // Everything a step reads or writes of coordinate j, in one 32-byte record: a row's
+  // columns are scattered over d, and one cache line per column is what a step costs.
+  struct Coordinate {
+    double x = 0;       // the iterate, current as of inner step `last`
+    double mu = 0;      // the stage's full gradient
+    double grad = 0;    // the step's batch term (scratch)
+    int32_t last = 0;   // the inner step x is current for
+    int32_t mark = -1;  // the inner step that last collected j into touched_
+  };
+  struct FreeDeleter {
+    void operator()(Coordinate* p) const;
+  };
+  std::unique_ptr<Coordinate[], FreeDeleter> c_;  // d records, on huge pages where the kernel allows
+  std::vector<double> snapshot_margin_;
+  std::vector<int64_t> touched_;
+  int64_t inner_ = 0, stage_ = 0, evaluations_ = 0;
   bool started_ = false;
 };
 
