@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "sgdx/data/libsvm.h"
+#include "sgdx/optim/dasvrda.h"
+#include "sgdx/optim/sparse_dasvrda.h"
 #include "sgdx/optim/sparse_svrg.h"
 #include "sgdx/optim/svrg.h"
 #include "test_util.h"
@@ -68,9 +70,10 @@ TEST(RepeatedProxStep, EqualsTheStepsOneByOne) {
 
 // Lazy sparse SVRG against the dense SVRG optimizer (sgdx/optim/svrg.h) on the same data,
 // batches and steps: the iterates agree to rounding for both losses and every (l1, l2).
+// Compared at the stages' ends, so that in between coordinates miss runs of up to m steps.
 TEST(SparseSVRG, EqualsTheDenseOptimizer) {
-  const int64_t n = 60, d = 40, b = 4, m = 7;
-  const auto csr = random_problem(n, d, 5, 3);
+  const int64_t n = 60, d = 200, b = 2, m = 40;
+  const auto csr = random_problem(n, d, 3, 3);
   const auto dense = csr.to_dense();
   for (const auto loss : {GlmLoss::logistic, GlmLoss::squares}) {
     for (const auto& [l1, l2] :
@@ -89,7 +92,7 @@ TEST(SparseSVRG, EqualsTheDenseOptimizer) {
       };
       opt.set_full_gradient_closure([&] { return batch_loss(torch::arange(n)); });
       std::mt19937_64 rng(11);
-      for (int64_t t = 0; t < 3 * m + 2; ++t) {
+      for (int64_t t = 0; t < 3 * m; ++t) {
         std::vector<int64_t> rows(b);
         for (auto& i : rows) i = int64_t(rng() % n);
         const auto idx = torch::tensor(rows, torch::kLong);
@@ -98,6 +101,7 @@ TEST(SparseSVRG, EqualsTheDenseOptimizer) {
           return batch_loss(idx);
         });
         sparse.step(rows);
+        if (t % m != m - 1) continue;  // read at a stage's end: in between the missed runs grow
         const auto x = sparse.weights();
         ASSERT_TRUE(torch::allclose(x, w.detach(), 1e-11, 1e-13))
             << "loss " << int(loss) << " l1=" << l1 << " l2=" << l2 << " step " << t << "\n"
@@ -105,7 +109,7 @@ TEST(SparseSVRG, EqualsTheDenseOptimizer) {
         if (l1 > 0) EXPECT_TRUE(torch::equal(x == 0, w.detach() == 0)) << "the same exact zeros";
       }
       EXPECT_EQ(sparse.gradient_evaluations(), opt.gradient_evaluations());
-      EXPECT_EQ(sparse.stage(), 4);
+      EXPECT_EQ(sparse.stage(), 3);
     }
   }
 }
@@ -133,5 +137,79 @@ TEST(SparseSVRG, BadInputIsRefusedByName) {
   SGDX_EXPECT_THROW_MSG(SparseSVRG(csr, {.lr = 1, .l1 = -1}), "l1=-1");
   SparseSVRG ok(csr, {.lr = 1});
   SGDX_EXPECT_THROW_MSG(ok.step({5}), "row 5 is out of range [0, 5)");
+  SGDX_EXPECT_THROW_MSG(ok.step({}), "the batch is empty");
+}
+
+// Lazy sparse DASVRDA against the dense DASVRDA optimizer on the same data, batches and
+// steps, for both losses, every (l1, l2) and each restart rule; m = 150 so that missed runs
+// longer than the step-by-step limit (64) go through the prefix tables. A second sparse
+// optimizer reads its iterate after every step (runs of one step): reading changes nothing.
+TEST(SparseDASVRDA, EqualsTheDenseOptimizer) {
+  using sgdx::optim::DASVRDAOptions;
+  using sgdx::optim::Restart;
+  const int64_t n = 80, d = 300, b = 2, m = 150;
+  const auto csr = random_problem(n, d, 3, 9);
+  const auto dense = csr.to_dense();
+  int compared = 0;
+  for (const auto loss : {GlmLoss::logistic, GlmLoss::squares}) {
+    for (const auto& [l1, l2] :
+         std::vector<std::pair<double, double>>{{0, 0}, {0.002, 0}, {0, 0.05}, {0.002, 0.05}}) {
+      for (const auto restart : {Restart::adaptive, Restart::none, Restart::periodic}) {
+        const auto o =
+            DASVRDAOptions(1.0).n(n).b(b).m(m).lr(0.2).l1(l1).l2(l2).restart(restart).restart_period(2);
+        sgdx::optim::SparseDASVRDA sparse(csr, o, loss), reader(csr, o, loss);
+        auto w = torch::zeros({d}, torch::kDouble).requires_grad_();
+        sgdx::optim::DASVRDA opt({w}, o);
+        const auto batch_loss = [&](const at::Tensor& idx) {
+          auto z = dense.index_select(0, idx).mv(w);
+          auto y = csr.labels.index_select(0, idx);
+          auto l = loss == GlmLoss::squares ? 0.5 * (z - y).pow(2).mean()
+                                            : torch::nn::functional::softplus(-y * z).mean();
+          l.backward();
+          return l;
+        };
+        opt.set_full_gradient_closure([&] { return batch_loss(torch::arange(n)); });
+        std::mt19937_64 rng(13);
+        for (int64_t t = 0; t < 4 * m + 5; ++t) {
+          std::vector<int64_t> rows(b);
+          for (auto& i : rows) i = int64_t(rng() % n);
+          const auto idx = torch::tensor(rows, torch::kLong);
+          opt.step([&] {
+            opt.zero_grad();
+            return batch_loss(idx);
+          });
+          sparse.step(rows);
+          reader.step(rows);
+          (void)reader.weights();  // every step: no missed run, every coordinate read
+          // Compared at the stages' ends only (which bring every coordinate up to date anyway),
+          // so that in between the missed runs grow past the step-by-step limit.
+          if (t % m == m - 1) {
+            const auto x = sparse.weights();
+            ASSERT_TRUE(torch::allclose(x, w.detach(), 1e-9, 1e-12))
+                << "loss " << int(loss) << " l1=" << l1 << " l2=" << l2 << " restart " << int(restart)
+                << " step " << t << ": " << (x - w.detach()).abs().max().item<double>();
+            ++compared;
+          }
+        }
+        EXPECT_TRUE(torch::allclose(sparse.weights(), w.detach(), 1e-9, 1e-12));
+        EXPECT_TRUE(torch::allclose(reader.weights(), w.detach(), 1e-9, 1e-12));
+        EXPECT_EQ(sparse.gradient_evaluations(), opt.gradient_evaluations());
+        EXPECT_EQ(sparse.restarts(), opt.restarts()) << int(restart);
+        if (restart == Restart::periodic) EXPECT_GT(sparse.restarts(), 0);
+      }
+    }
+  }
+  EXPECT_EQ(compared, 2 * 4 * 3 * 4);
+}
+
+TEST(SparseDASVRDA, BadInputIsRefusedByName) {
+  const auto csr = random_problem(5, 4, 2, 1);
+  using sgdx::optim::DASVRDAOptions;
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::SparseDASVRDA(csr, DASVRDAOptions(1.0).n(6), GlmLoss::logistic),
+                        "options.n (6) must be the data's rows (5)");
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::SparseDASVRDA(csr, DASVRDAOptions(1.0).n(5).l1(-1), GlmLoss::logistic),
+                        "l1 must be >= 0, got -1");
+  sgdx::optim::SparseDASVRDA ok(csr, DASVRDAOptions(1.0).n(5), GlmLoss::logistic);
+  SGDX_EXPECT_THROW_MSG(ok.step({7}), "row 7 is out of range [0, 5)");
   SGDX_EXPECT_THROW_MSG(ok.step({}), "the batch is empty");
 }
