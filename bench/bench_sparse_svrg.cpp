@@ -1,7 +1,8 @@
-// Lazy sparse SVRG on a generated sparse logistic problem (seeded, in memory): seconds
-// per pass and the objective after each pass. A first measurement for issue #21; the
-// liblinear comparison (time to a relative gap) comes with sgdx-erm's sparse path.
-//   bench_sparse_svrg [rows=500000] [features=1000000] [per_row=50] [passes=5]
+// Lazy sparse SVRG and DASVRDA on a generated sparse logistic problem (seeded, in
+// memory): seconds per pass and the objective after each pass. A first measurement for
+// issue #21; the liblinear comparison (time to a relative gap) comes with sgdx-erm's
+// sparse path.
+//   bench_sparse_svrg [rows=500000] [features=1000000] [per_row=50] [passes=5] [svrg|dasvrda]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -9,11 +10,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "sgdx/cpu_isa.h"
 #include "sgdx/data/libsvm.h"
+#include "sgdx/optim/sparse_dasvrda.h"
 #include "sgdx/optim/sparse_svrg.h"
 
 namespace {
@@ -85,23 +89,40 @@ int main(int argc, char** argv) {
   std::printf("# generated %lld x %lld, nnz %lld in %.2f s; ISA %s\n", (long long)n, (long long)d,
               (long long)csr.nnz(), std::chrono::duration<double>(Clock::now() - t0).count(),
               std::string(sgdx::cpu_isa_name(sgdx::cpu_isa())).c_str());
-  const int64_t b = 1;
-  sgdx::optim::SparseSVRG opt(csr, {.lr = 1.0, .b = b, .m = 2 * n, .l1 = l1, .l2 = l2});
+  const std::string method = argc > 5 ? argv[5] : "svrg";
+  // SVRG: b = 1, m = 2n, lr 1 (unit rows, L_i = 1/4); DASVRDA: its defaults (b = sqrt(n), m = n/b, theory
+  // eta).
+  const int64_t b = method == "svrg" ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(double(n))));
+  std::unique_ptr<sgdx::optim::SparseSVRG> svrg;
+  std::unique_ptr<sgdx::optim::SparseDASVRDA> dasvrda;
+  if (method == "svrg") {
+    svrg = std::make_unique<sgdx::optim::SparseSVRG>(
+        csr, sgdx::optim::SparseSVRGOptions{.lr = 1.0, .b = b, .m = 2 * n, .l1 = l1, .l2 = l2});
+  } else {
+    dasvrda = std::make_unique<sgdx::optim::SparseDASVRDA>(
+        csr, sgdx::optim::DASVRDAOptions(0.25).n(n).b(b).l1(l1).l2(l2), sgdx::optim::GlmLoss::logistic);
+  }
+  const auto evaluations = [&] {
+    return svrg ? svrg->gradient_evaluations() : dasvrda->gradient_evaluations();
+  };
   std::mt19937_64 rng(3);
-  std::printf("| pass | seconds (cumulative) | evaluations / n | objective |\n|---:|---:|---:|---:|\n");
+  std::printf("| %s pass | seconds (cumulative) | evaluations / n | objective |\n|---:|---:|---:|---:|\n",
+              method.c_str());
   double seconds = 0;
   std::vector<int64_t> batch(static_cast<size_t>(b));
   for (int p = 1; p <= passes; ++p) {
     auto start = Clock::now();
-    // One pass of component gradients: n/2 steps of b = 1 (2 evaluations each), the
-    // stage's full gradient counted when it happens.
-    for (int64_t s = 0; s < n / 2; ++s) {
+    while (evaluations() < static_cast<int64_t>(p + 1) * n) {
       for (auto& i : batch) i = static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
-      opt.step(batch);
+      if (svrg) {
+        svrg->step(batch);
+      } else {
+        dasvrda->step(batch);
+      }
     }
-    auto w = opt.weights();
+    auto w = svrg ? svrg->weights() : dasvrda->weights();
     seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    std::printf("| %d | %.2f | %.2f | %.10f |\n", p, seconds, double(opt.gradient_evaluations()) / double(n),
+    std::printf("| %d | %.2f | %.2f | %.10f |\n", p, seconds, double(evaluations()) / double(n),
                 objective(csr, w, l1, l2));
   }
   return 0;
