@@ -77,6 +77,13 @@ void add_options(CLI::App& app, ErmOptions& o) {
       ->capture_default_str();
   app.add_flag("--tune", o.tune,
                "Tune each method's step size on a log grid (x1/4 ... x16 of the default) by final gap");
+  app.add_option(
+         "--storage", o.storage,
+         "auto, dense or sparse: how the data is held; sparse (CSR, O(nnz) memory and steps) runs svrg "
+         "and dasvrda with lazy updates; auto: sparse when under 10 % of the entries are non-zero and every "
+         "method has a sparse form")
+      ->check(CLI::IsMember({"auto", "dense", "sparse"}))
+      ->capture_default_str();
   app.add_flag("--no-normalize", o.no_normalize, "Keep rows as they are (default: unit-norm rows)");
   app.add_flag("--liblinear", o.liblinear,
                "Also time liblinear-train (-s 0 for l2, -s 6 for l1; C = 1/(n lambda), no bias) on the same "

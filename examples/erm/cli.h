@@ -13,7 +13,8 @@ namespace sgdx_erm {
 /// Everything the command line sets.
 struct ErmOptions {
   std::string data = "heart-scale", loss = "logistic", methods = "sgd,svrg,katyusha,dasvrda",
-              out = "runs/erm";
+              out = "runs/erm",
+              storage = "auto";  ///< auto: sparse when under 10 % of the entries are non-zero
   double l1 = 0, l2 = 1e-6, passes = 50;
   int64_t batch = 0, features = 0;  ///< 0: ceil(sqrt(n)); the largest index in the file
   uint64_t seed = 0;

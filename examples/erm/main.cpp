@@ -25,11 +25,14 @@ int run(int argc, char** argv) {
   se::add_options(app, o);
   CLI11_PARSE(app, argc, argv);
   const auto methods = se::check_options(app, o);
-  const auto p = se::load_problem(o);
+  const auto p = se::load_problem(o, methods);
+  se::check_storage(p, methods);
   const int64_t b = se::batch_size(o, p);
   const auto p_star = se::certified_p_star(p, o.pstar_cache == "off" ? "" : o.pstar_cache);
-  fmt::print("sgdx-erm: {} ({} x {}), {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", o.data,
-             p.n(), p.a.size(1), o.loss, o.l1, o.l2, b, p_star.value, p_star.source);
+  fmt::print("sgdx-erm: {} ({} x {}), {}, {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", o.data,
+             p.n(), p.d(),
+             p.sparse() ? fmt::format("sparse ({} non-zeros)", p.csr->nnz()) : std::string("dense"), o.loss,
+             o.l1, o.l2, b, p_star.value, p_star.source);
   std::vector<se::Curve> curves;
   curves.reserve(methods.size());
   for (const auto& m : methods)

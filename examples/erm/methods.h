@@ -17,6 +17,9 @@ struct Curve {
   std::vector<double> seconds;
 };
 
+/// Refuses, naming it, a method without a sparse form when the problem is held sparse.
+void check_storage(const Problem& p, const std::vector<std::string>& methods);
+
 /// The default step size of `method` from the mean smoothness.
 double default_lr(const Problem& p, const std::string& method, int64_t b);
 

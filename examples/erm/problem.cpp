@@ -46,7 +46,7 @@ double seconds_since(Clock::time_point start) {
 // A cached minimiser when its duality gap, recomputed on the data, still certifies it.
 std::optional<PStar> cached_p_star(const PStarCache& cache, const Problem& p,
                                    const sgdx::optim::ReferenceOptimumOptions& o, Clock::time_point start) {
-  auto w = cache.load(p.a.size(1));
+  auto w = cache.load(p.d());
   if (!w) return std::nullopt;
   const auto [obj, gap] = sgdx::optim::objective_and_gap(p.a, p.y, *w, o);
   if (gap <= 1e-12 * std::abs(obj)) {
@@ -61,15 +61,75 @@ std::optional<PStar> cached_p_star(const PStarCache& cache, const Problem& p,
   return std::nullopt;
 }
 
+// The squared norm of every row of the CSR data, float64 [n].
+at::Tensor csr_row_sq_norms(const sgdx::data::LibsvmCsr& c) {
+  const auto rows = torch::repeat_interleave(c.indptr.diff());
+  return torch::zeros({c.rows()}, torch::kDouble).index_add_(0, rows, c.values.pow(2));
+}
+
+// The sparse COO form of CSR data (what reference_optimum and objective_and_gap take).
+at::Tensor coo_of(const sgdx::data::LibsvmCsr& c) {
+  const auto rows = torch::repeat_interleave(c.indptr.diff());
+  return torch::sparse_coo_tensor(torch::stack({rows, c.indices}), c.values, {c.rows(), c.num_features},
+                                  torch::kDouble)
+      ._coalesced_(true);
+}
+
 }  // namespace
 
-Problem load_problem(const ErmOptions& o) {
+double Problem::objective(const at::Tensor& w) const {
+  torch::NoGradGuard g;
+  const double reg = l1 * w.abs().sum().item<double>() + 0.5 * l2 * w.pow(2).sum().item<double>();
+  if (!sparse()) return data_loss(w, torch::arange(n())).item<double>() + reg;
+  const auto z = torch::mv(a, w);  // O(nnz)
+  const auto l = loss == "squares" ? 0.5 * (z - y).pow(2) : torch::nn::functional::softplus(-y * z);
+  return l.mean().item<double>() + reg;
+}
+
+double Problem::mean_smoothness() const {
+  const auto sq = sparse() ? csr_row_sq_norms(*csr) : a.pow(2).sum(1);
+  return sq.mean().item<double>() * (loss == "squares" ? 1.0 : 0.25);
+}
+
+namespace {
+
+// --storage auto: sparse when under 10 % of the entries are non-zero (liblinear's kind
+// of data; the dense kernels win on small dense-ish data such as a9a, 11 %) and every
+// method asked for has a sparse form.
+bool hold_sparse(const ErmOptions& o, const std::vector<std::string>& methods,
+                 const sgdx::data::LibsvmCsr& c) {
+  if (o.storage != "auto") return o.storage == "sparse";
+  for (const auto& m : methods)
+    if (m != "svrg" && m != "dasvrda") return false;
+  return double(c.nnz()) < 0.1 * double(c.rows()) * double(c.num_features);
+}
+
+}  // namespace
+
+Problem load_problem(const ErmOptions& o, const std::vector<std::string>& methods) {
   const std::string path = data_path(o.data);
   const int64_t features = o.data == "a9a" && o.features == 0 ? 123 : o.features;
-  auto raw = sgdx::data::read_libsvm(path, features);
-  check_data(raw.features, path);
-  Problem p{raw.features, raw.labels, o.loss, o.l1, o.l2};
-  if (!o.no_normalize) sgdx::data::normalize_rows_(p.a);
+  auto csr = sgdx::data::read_libsvm_csr(path, features);
+  Problem p{{}, csr.labels, o.loss, o.l1, o.l2, std::nullopt};
+  if (hold_sparse(o, methods, csr)) {
+    const auto sq = csr_row_sq_norms(csr);
+    const auto overflow = (~torch::isfinite(sq)).nonzero();
+    TORCH_CHECK(overflow.size(0) == 0, "LIBSVM file '", path, "': the squared norm of example ",
+                overflow.size(0) > 0 ? overflow[0][0].item<int64_t>() + 1 : 0, " overflows float64");
+    TORCH_CHECK(sq.max().item<double>() > 0, "LIBSVM file '", path,
+                "': every example is zero, nothing to fit");
+    if (!o.no_normalize) {  // unit rows, as normalize_rows_ makes the dense ones
+      const auto norms = sq.sqrt();
+      const auto rows = torch::repeat_interleave(csr.indptr.diff());
+      csr.values.div_(torch::where(norms > 0, norms, torch::ones_like(norms)).index_select(0, rows));
+    }
+    p.a = coo_of(csr);
+    p.csr = std::move(csr);
+  } else {
+    p.a = csr.to_dense();
+    check_data(p.a, path);
+    if (!o.no_normalize) sgdx::data::normalize_rows_(p.a);
+  }
   const double smoothness = p.mean_smoothness();
   TORCH_CHECK(std::isfinite(smoothness) && smoothness > 0, "LIBSVM file '", path,
               "': the mean squared row norm is ", smoothness, ", so no step size follows from it");
@@ -89,7 +149,10 @@ PStar certified_p_star(const Problem& p, const std::string& cache_dir) {
           .l1(p.l1)
           .l2(p.l2);
   const auto start = Clock::now();
-  PStarCache cache(cache_dir, p.a, p.y, p.loss, p.l1, p.l2);
+  const std::vector<at::Tensor> rows =
+      p.sparse() ? std::vector<at::Tensor>{p.csr->indptr, p.csr->indices, p.csr->values}
+                 : std::vector<at::Tensor>{p.a};
+  PStarCache cache(cache_dir, rows, p.n(), p.d(), p.y, p.loss, p.l1, p.l2);
   if (auto cached = cached_p_star(cache, p, o, start)) return *cached;
   const auto r = sgdx::optim::reference_optimum(p.a, p.y, o);
   if (!r.certified())

@@ -3,32 +3,39 @@
 // LIBSVM data, and its reference optimum P*.
 #include <torch/torch.h>
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cli.h"
+#include "sgdx/data/libsvm.h"
+#include "sgdx/optim/reference_optimum.h"
 
 namespace sgdx_erm {
 
 struct Problem {
-  at::Tensor a, y;  // float64 [n, d], [n]
+  at::Tensor a, y;  // float64 [n, d] (dense, or sparse COO when csr is held), [n]
   std::string loss;
   double l1 = 0, l2 = 0;
-  int64_t n() const { return a.size(0); }
+  /// The rows in CSR when the problem is held sparse (--storage): the lazy sparse methods
+  /// read these; `a` is then their sparse COO form (for P*).
+  std::optional<sgdx::data::LibsvmCsr> csr;
+  bool sparse() const { return csr.has_value(); }
+  int64_t n() const { return y.size(0); }
+  int64_t d() const { return a.size(1); }
+  sgdx::optim::GlmLoss glm_loss() const {
+    return loss == "squares" ? sgdx::optim::GlmLoss::squares : sgdx::optim::GlmLoss::logistic;
+  }
+  /// The minibatch loss the dense optimizers' closures differentiate (dense storage only).
   at::Tensor data_loss(const at::Tensor& w, const at::Tensor& idx) const {
     auto z = a.index_select(0, idx).mv(w);
     auto yi = y.index_select(0, idx);
     if (loss == "squares") return 0.5 * (z - yi).pow(2).mean();
     return torch::nn::functional::softplus(-yi * z).mean();
   }
-  double objective(const at::Tensor& w) const {
-    torch::NoGradGuard g;
-    return data_loss(w, torch::arange(n())).item<double>() + l1 * w.abs().sum().item<double>() +
-           0.5 * l2 * w.pow(2).sum().item<double>();
-  }
+  double objective(const at::Tensor& w) const;
   /// Mean smoothness L-bar = mean_i ||a_i||^2 (x 1/4 for logistic).
-  double mean_smoothness() const {
-    return a.pow(2).sum(1).mean().item<double>() * (loss == "squares" ? 1.0 : 0.25);
-  }
+  double mean_smoothness() const;
   at::Tensor full_grad(const at::Tensor& w) const {
     auto z = a.mv(w);
     at::Tensor r = loss == "squares" ? (z - y) : -y * torch::sigmoid(-y * z);
@@ -37,8 +44,9 @@ struct Problem {
 };
 
 /// The problem the options name: the file read and checked, rows normalised unless
-/// --no-normalize, with a finite positive smoothness.
-Problem load_problem(const ErmOptions& o);
+/// --no-normalize, with a finite positive smoothness; held sparse or dense as --storage
+/// says (auto: sparse for data under 10 % non-zeros when every one of `methods` has a sparse form).
+Problem load_problem(const ErmOptions& o, const std::vector<std::string>& methods);
 
 /// The minibatch size: --batch, else ceil(sqrt(n)); at most n.
 int64_t batch_size(const ErmOptions& o, const Problem& p);

@@ -15,6 +15,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "../common/atomic_file.h"
 #include "../common/fnv1a.h"
@@ -45,14 +46,18 @@ struct PStarCache {
 
   /// The key hashes the problem as solved: the (normalised) float64 rows, the labels, the
   /// loss and the exact bits of l1 and l2.
-  PStarCache(const std::string& dir, const at::Tensor& a, const at::Tensor& y, const std::string& loss,
-             double l1, double l2) {
-    auto ac = a.contiguous();
+  /// `data`: the tensors that hold the rows (the dense matrix, or CSR's indptr, indices, values).
+  PStarCache(const std::string& dir, const std::vector<at::Tensor>& data, int64_t n, int64_t d,
+             const at::Tensor& y, const std::string& loss, double l1, double l2) {
+    uint64_t h = sgdx_examples::kFnv1aOffsetBasis;
+    for (const auto& t : data) {
+      auto c = t.contiguous();
+      h = fnv1a(c.data_ptr(), size_t(c.numel()) * c.element_size(), h);
+    }
     auto yc = y.contiguous();
-    uint64_t h = fnv1a(ac.data_ptr<double>(), size_t(ac.numel()) * sizeof(double));
     h = fnv1a(yc.data_ptr<double>(), size_t(yc.numel()) * sizeof(double), h);
-    key_text = fmt::format("data {:016x} n {} d {}\nloss {}\nl1 {}\nl2 {}\n", h, a.size(0), a.size(1), loss,
-                           exact(l1), exact(l2));
+    key_text = fmt::format("data {:016x} n {} d {}{}\nloss {}\nl1 {}\nl2 {}\n", h, n, d,
+                           data.size() > 1 ? " csr" : "", loss, exact(l1), exact(l2));
     if (!dir.empty())
       file = fmt::format("{}/erm-pstar-{:016x}.txt", dir, fnv1a(key_text.data(), key_text.size()));
   }

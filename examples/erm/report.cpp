@@ -28,12 +28,25 @@ std::string seconds_to(const Curve& c, double tol) {
 
 void write_libsvm(const Problem& p, const std::string& file) {
   std::string rows;
-  auto acc = p.a.accessor<double, 2>();
-  for (int64_t i = 0; i < p.n(); ++i) {
-    rows += p.y[i].item<double>() > 0 ? "+1" : "-1";
-    for (int64_t j = 0; j < p.a.size(1); ++j)
-      if (acc[i][j] != 0) rows += fmt::format(" {}:{:.17g}", j + 1, acc[i][j]);
-    rows += '\n';
+  const auto* y = p.y.data_ptr<double>();
+  if (p.sparse()) {
+    const auto* ip = p.csr->indptr.data_ptr<int64_t>();
+    const auto* ix = p.csr->indices.data_ptr<int64_t>();
+    const auto* v = p.csr->values.data_ptr<double>();
+    for (int64_t i = 0; i < p.n(); ++i) {
+      rows += y[i] > 0 ? "+1" : "-1";
+      for (int64_t k = ip[i]; k < ip[i + 1]; ++k)
+        if (v[k] != 0) rows += fmt::format(" {}:{:.17g}", ix[k] + 1, v[k]);
+      rows += '\n';
+    }
+  } else {
+    auto acc = p.a.accessor<double, 2>();
+    for (int64_t i = 0; i < p.n(); ++i) {
+      rows += y[i] > 0 ? "+1" : "-1";
+      for (int64_t j = 0; j < p.d(); ++j)
+        if (acc[i][j] != 0) rows += fmt::format(" {}:{:.17g}", j + 1, acc[i][j]);
+      rows += '\n';
+    }
   }
   sgdx_examples::write_atomically(file, rows);
 }
