@@ -16,7 +16,8 @@ this sampler yielded since it was created or loaded (the loop's count; the last 
 draws are remembered); without it, after every batch drawn so far (a loader with
 workers draws ahead of the loop). The scores are the table as updated so far.
 """
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+import collections
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -68,7 +69,8 @@ class _BatchSampler(torch.utils.data.Sampler):
                      -(-int(num_samples) // (int(world) * self.batch_size)))
         self._epoch_batch = 0
         self._resume = False
-        self._before: List[Tuple[int, int]] = []  # the counters before each of the last draws
+        # The counters before each of the last draws (a bounded deque: O(1) a batch).
+        self._before: Deque[Tuple[int, int]] = collections.deque(maxlen=self._remembered)
         self._drawn = 0  # draws since creation or load
 
     _remembered = 4096
@@ -89,8 +91,6 @@ class _BatchSampler(torch.utils.data.Sampler):
             if drawn is None:
                 return
             self._before.append(before)
-            if len(self._before) > self._remembered:
-                del self._before[0]
             self._drawn += 1
             self._epoch_batch += 1
             yield drawn
@@ -129,7 +129,7 @@ class _BatchSampler(torch.utils.data.Sampler):
                 self._bpe = int(state["batches_per_epoch"])
             # Saved at an epoch's end: the next iteration is a fresh epoch.
             self._resume = self._epoch_batch < self._bpe
-        self._before = []
+        self._before.clear()
         self._drawn = 0
 
 
