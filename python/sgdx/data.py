@@ -16,7 +16,8 @@ this sampler yielded since it was created or loaded (the loop's count; the last 
 draws are remembered); without it, after every batch drawn so far (a loader with
 workers draws ahead of the loop). The scores are the table as updated so far.
 """
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+import collections
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -58,15 +59,18 @@ class _BatchSampler(torch.utils.data.Sampler):
 
     _counter_keys: Optional[Tuple[str, str]] = ("", "")
 
-    def __init__(self, impl, batch_size: int, batches_per_epoch: int, num_samples: int):
+    def __init__(self, impl, batch_size: int, batches_per_epoch: int, num_samples: int, world: int = 1):
         if batch_size <= 0:
             raise ValueError(f"{type(self).__name__}: batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
         self._impl = impl
-        self._bpe = int(batches_per_epoch) if batches_per_epoch > 0 else -(-int(num_samples) // self.batch_size)
+        # Batches an epoch (per rank): the ranks together see about num_samples an epoch.
+        self._bpe = (int(batches_per_epoch) if batches_per_epoch > 0 else
+                     -(-int(num_samples) // (int(world) * self.batch_size)))
         self._epoch_batch = 0
         self._resume = False
-        self._before: List[Tuple[int, int]] = []  # the counters before each of the last draws
+        # The counters before each of the last draws (a bounded deque: O(1) a batch).
+        self._before: Deque[Tuple[int, int]] = collections.deque(maxlen=self._remembered)
         self._drawn = 0  # draws since creation or load
 
     _remembered = 4096
@@ -87,8 +91,6 @@ class _BatchSampler(torch.utils.data.Sampler):
             if drawn is None:
                 return
             self._before.append(before)
-            if len(self._before) > self._remembered:
-                del self._before[0]
             self._drawn += 1
             self._epoch_batch += 1
             yield drawn
@@ -127,11 +129,55 @@ class _BatchSampler(torch.utils.data.Sampler):
                 self._bpe = int(state["batches_per_epoch"])
             # Saved at an epoch's end: the next iteration is a fresh epoch.
             self._resume = self._epoch_batch < self._bpe
-        self._before = []
+        self._before.clear()
         self._drawn = 0
 
 
-class ImportanceSampler(_BatchSampler):
+class _ImportanceDraws(_BatchSampler):
+    """What the one-process and distributed importance samplers share: batches of
+    ``(index, weight)`` pairs, score updates and probabilities, over their C++ sampler."""
+
+    def _sequence(self) -> int:
+        return self._impl.taken()
+
+    def __iter__(self) -> Iterator[List[Tuple[int, float]]]:
+        for indices, weights in self._batches():
+            yield list(zip(indices.tolist(), weights.tolist()))
+
+    def update(self, indices: torch.Tensor, scores: torch.Tensor, beta: float = 0.0) -> None:
+        """``s_i <- beta s_i + (1 - beta) score`` for each index; scores finite and >= 0.
+        (DistributedImportanceSampler: collective, this rank's scores counted as the oldest
+        batch not updated yet.)"""
+        self._impl.update(torch.as_tensor(indices).to(torch.int64).cpu(),
+                          torch.as_tensor(scores).detach().to(torch.float64).cpu(), float(beta))
+
+    def probabilities(self, indices: torch.Tensor) -> torch.Tensor:
+        """The current sampling probabilities ``p_i`` (float64)."""
+        return self._impl.probabilities(torch.as_tensor(indices).to(torch.int64).cpu())
+
+
+class _TemperatureDraws(_BatchSampler):
+    """What the one-process and distributed temperature samplers share."""
+
+    @staticmethod
+    def _inputs(group_ids, schedule):
+        """The C++ samplers' group ids (int64, CPU) and schedule (a constant tau allowed)."""
+        if not isinstance(schedule, _C.TemperatureSchedule):
+            schedule = _C.TemperatureSchedule.constant(float(schedule))
+        return torch.as_tensor(group_ids).to(torch.int64).cpu(), schedule
+
+    def _sequence(self) -> int:
+        return self._impl.step()
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for indices in self._batches():
+            yield indices.tolist()
+
+    def current_tau(self) -> float:
+        return self._impl.current_tau()
+
+
+class ImportanceSampler(_ImportanceDraws):
     """Importance sampling (Katharopoulos & Fleuret 2018): each batch draws ``batch_size``
     examples with replacement from ``p_i = (1 - mix) s_i / sum(s) + mix / N`` and yields
     ``(index, weight)`` pairs, ``weight = 1/(N p_i)`` (wrap the dataset in
@@ -148,24 +194,8 @@ class ImportanceSampler(_BatchSampler):
                                     float(initial_score))
         super().__init__(impl, batch_size, batches_per_epoch, num_samples)
 
-    def _sequence(self) -> int:
-        return self._impl.taken()
 
-    def __iter__(self) -> Iterator[List[Tuple[int, float]]]:
-        for indices, weights in self._batches():
-            yield list(zip(indices.tolist(), weights.tolist()))
-
-    def update(self, indices: torch.Tensor, scores: torch.Tensor, beta: float = 0.0) -> None:
-        """``s_i <- beta s_i + (1 - beta) score`` for each index; scores finite and >= 0."""
-        self._impl.update(torch.as_tensor(indices).to(torch.int64).cpu(),
-                          torch.as_tensor(scores).detach().to(torch.float64).cpu(), float(beta))
-
-    def probabilities(self, indices: torch.Tensor) -> torch.Tensor:
-        """The current sampling probabilities ``p_i`` (float64)."""
-        return self._impl.probabilities(torch.as_tensor(indices).to(torch.int64).cpu())
-
-
-class TemperatureSampler(_BatchSampler):
+class TemperatureSampler(_TemperatureDraws):
     """Temperature sampling (Li et al., NAACL 2025): each example of batch ``s`` is drawn
     by choosing a group from ``p(k; tau(s)) = n_k^(1/tau) / sum_j n_j^(1/tau)`` and then an
     example of that group uniformly. ``schedule``: a :class:`TemperatureSchedule`
@@ -179,33 +209,21 @@ class TemperatureSampler(_BatchSampler):
     def __init__(self, group_ids: torch.Tensor, batch_size: int,
                  schedule: Union[float, "_C.TemperatureSchedule"] = 1.0, seed: int = 0, batches_per_epoch: int = 0,
                  num_groups: int = 0, stream: int = 0):
-        if not isinstance(schedule, _C.TemperatureSchedule):
-            schedule = _C.TemperatureSchedule.constant(float(schedule))
-        group_ids = torch.as_tensor(group_ids)
-        impl = _C.TemperatureSampler(group_ids.to(torch.int64).cpu(), schedule, int(seed), int(batches_per_epoch),
-                                     int(num_groups), int(stream))
+        group_ids, schedule = self._inputs(group_ids, schedule)
+        impl = _C.TemperatureSampler(group_ids, schedule, int(seed), int(batches_per_epoch), int(num_groups),
+                                     int(stream))
         super().__init__(impl, batch_size, batches_per_epoch, group_ids.numel())
-
-    def _sequence(self) -> int:
-        return self._impl.step()
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for indices in self._batches():
-            yield indices.tolist()
 
     @property
     def step(self) -> int:
         """Batches drawn so far (the step of the next batch)."""
         return self._impl.step()
 
-    def current_tau(self) -> float:
-        return self._impl.current_tau()
-
     def sizes(self) -> List[int]:
         return self._impl.sizes()
 
 
-class DistributedImportanceSampler(_BatchSampler):
+class DistributedImportanceSampler(_ImportanceDraws):
     """Importance sampling across the ranks of ``comm`` (:func:`sgdx.dist.Communicator`;
     sgdx/data/distributed.h): every rank holds the same score table and draws its
     ``batch_size`` examples of each step from the same ``p`` with its own stream, so the
@@ -222,31 +240,14 @@ class DistributedImportanceSampler(_BatchSampler):
                  batches_per_epoch: int = 0, initial_score: float = 1.0, lag: int = 0):
         impl = _C.DistributedImportanceSampler(int(num_samples), comm, float(mix), int(seed), int(batches_per_epoch),
                                                float(initial_score), int(lag))
-        world = comm.world_size()
-        per_rank = batches_per_epoch if batches_per_epoch > 0 else -(-int(num_samples) // (world * int(batch_size)))
-        super().__init__(impl, batch_size, per_rank, num_samples)
-
-    def _sequence(self) -> int:
-        return self._impl.taken()
-
-    def __iter__(self) -> Iterator[List[Tuple[int, float]]]:
-        for indices, weights in self._batches():
-            yield list(zip(indices.tolist(), weights.tolist()))
-
-    def update(self, indices: torch.Tensor, scores: torch.Tensor, beta: float = 0.0) -> None:
-        """Collective: this rank's fresh scores, counted as the oldest batch not updated yet."""
-        self._impl.update(torch.as_tensor(indices).to(torch.int64).cpu(),
-                          torch.as_tensor(scores).detach().to(torch.float64).cpu(), float(beta))
-
-    def probabilities(self, indices: torch.Tensor) -> torch.Tensor:
-        return self._impl.probabilities(torch.as_tensor(indices).to(torch.int64).cpu())
+        super().__init__(impl, batch_size, batches_per_epoch, num_samples, comm.world_size())
 
     def scores(self) -> torch.Tensor:
         """The current table's scores, float64 [N] (the same on every rank)."""
         return self._impl.scores()
 
 
-class DistributedTemperatureSampler(_BatchSampler):
+class DistributedTemperatureSampler(_TemperatureDraws):
     """Temperature sampling across the ranks of ``comm``: batch ``s`` of every rank uses
     ``tau(s)``; rank ``r`` draws with its own stream. :meth:`check_agreement` (collective)
     raises unless every rank is at the same step. ``batches_per_epoch = 0``:
@@ -257,24 +258,10 @@ class DistributedTemperatureSampler(_BatchSampler):
     def __init__(self, group_ids: torch.Tensor, batch_size: int, comm,
                  schedule: Union[float, "_C.TemperatureSchedule"] = 1.0, seed: int = 0, batches_per_epoch: int = 0,
                  num_groups: int = 0):
-        if not isinstance(schedule, _C.TemperatureSchedule):
-            schedule = _C.TemperatureSchedule.constant(float(schedule))
-        group_ids = torch.as_tensor(group_ids)
-        impl = _C.DistributedTemperatureSampler(group_ids.to(torch.int64).cpu(), schedule, comm, int(seed),
-                                                int(batches_per_epoch), int(num_groups))
-        world = comm.world_size()
-        per_rank = batches_per_epoch if batches_per_epoch > 0 else -(-group_ids.numel() // (world * int(batch_size)))
-        super().__init__(impl, batch_size, per_rank, group_ids.numel())
-
-    def _sequence(self) -> int:
-        return self._impl.step()
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for indices in self._batches():
-            yield indices.tolist()
-
-    def current_tau(self) -> float:
-        return self._impl.current_tau()
+        group_ids, schedule = self._inputs(group_ids, schedule)
+        impl = _C.DistributedTemperatureSampler(group_ids, schedule, comm, int(seed), int(batches_per_epoch),
+                                                int(num_groups))
+        super().__init__(impl, batch_size, batches_per_epoch, group_ids.numel(), comm.world_size())
 
     def check_agreement(self) -> None:
         self._impl.check_agreement()

@@ -65,12 +65,39 @@ bool unsigned_key(const std::string& key) {
 // their fields are named, typed and validated; these two functions only move the
 // values between an archive and a dict.
 
-/// Every key of `archive` (written by the object itself) as a dict.
-py::dict archive_to_dict(torch::serialize::OutputArchive& archive) {
+/// An archive's bytes, and an archive read back from bytes (onto `device` when given).
+std::string archive_bytes(torch::serialize::OutputArchive& archive) {
   std::stringstream bytes;
   archive.save_to(bytes);
+  return bytes.str();
+}
+
+torch::serialize::InputArchive archive_of_bytes(const std::string& data,
+                                                std::optional<c10::Device> device = std::nullopt) {
+  std::stringstream bytes{data};
   torch::serialize::InputArchive in;
-  in.load_from(bytes);
+  in.load_from(bytes, device);
+  return in;
+}
+
+/// What was written into `archive`, readable (an OutputArchive cannot be read).
+torch::serialize::InputArchive reread(torch::serialize::OutputArchive& archive,
+                                      std::optional<c10::Device> device = std::nullopt) {
+  return archive_of_bytes(archive_bytes(archive), device);
+}
+
+/// Writes one value as the objects' serialize() do: tensors as buffers.
+void write_value(torch::serialize::OutputArchive& archive, const std::string& key, const c10::IValue& v) {
+  if (v.isTensor()) {
+    archive.write(key, v.toTensor(), /*is_buffer=*/true);
+  } else {
+    archive.write(key, v);
+  }
+}
+
+/// Every key of `archive` (written by the object itself) as a dict.
+py::dict archive_to_dict(torch::serialize::OutputArchive& archive) {
+  auto in = reread(archive);
   py::dict out;
   for (const auto& key : in.keys()) {
     c10::IValue v;
@@ -124,37 +151,22 @@ void assign_from_dict(Object& object, const py::dict& values, const char* what,
                       std::optional<c10::Device> device = std::nullopt) {
   torch::serialize::OutputArchive current;
   object.serialize(current);
-  std::stringstream cur_bytes;
-  current.save_to(cur_bytes);
-  torch::serialize::InputArchive cur;
-  cur.load_from(cur_bytes);
+  auto cur = reread(current);
   const auto keys = cur.keys();
   torch::serialize::OutputArchive next;
   for (const auto& key : keys) {
     c10::IValue v;
     cur.read(key, v);
     if (values.contains(key)) v = to_ivalue(key, values[py::str(key)], &v);
-    if (v.isTensor()) {
-      next.write(key, v.toTensor(), /*is_buffer=*/true);
-    } else {
-      next.write(key, v);
-    }
+    write_value(next, key, v);
   }
   for (const auto& item : values) {
     const auto key = item.first.cast<std::string>();
     if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
     TORCH_CHECK_VALUE(!item.second.is_none(), what, ": unknown field '", key, "'");
-    const auto v = to_ivalue(key, item.second, nullptr);
-    if (v.isTensor()) {
-      next.write(key, v.toTensor(), /*is_buffer=*/true);
-    } else {
-      next.write(key, v);
-    }
+    write_value(next, key, to_ivalue(key, item.second, nullptr));
   }
-  std::stringstream bytes;
-  next.save_to(bytes);
-  torch::serialize::InputArchive in;
-  in.load_from(bytes, device);
+  auto in = reread(next, device);
   object.serialize(in);
 }
 
@@ -330,23 +342,21 @@ py::class_<OptimizerHandle<Opt, Options, State>> bind_optimizer(py::module_& m, 
     auto& state = h.opt->state();
     auto held = std::move(state);
     state.clear();
-    std::stringstream bytes;
+    std::string bytes;
     try {
       torch::serialize::OutputArchive a;
       h.opt->save(a);
-      a.save_to(bytes);
+      bytes = archive_bytes(a);
     } catch (...) {
       state = std::move(held);
       throw;
     }
     state = std::move(held);
-    return py::bytes(bytes.str());
+    return py::bytes(bytes);
   });
   cls.def("clear_state", [](H& h) { h.opt->state().clear(); });
   cls.def("load_extra", [](H& h, const py::bytes& data) {
-    std::stringstream bytes{std::string(data)};
-    torch::serialize::InputArchive a;
-    a.load_from(bytes);
+    auto a = archive_of_bytes(std::string(data));
     h.opt->load(a);
   });
   return cls;
@@ -409,22 +419,37 @@ E enum_from(const std::string& s, std::initializer_list<std::pair<const char*, E
   TORCH_CHECK_VALUE(false, "per-sample gradients: unknown ", what, " '", s, "' (one of ", known, ")");
 }
 
+/// A sampler's state as a dict of its save()'s fields, and loaded back from one.
+template <typename Sampler>
+py::dict sampler_dict(const Sampler& s) {
+  torch::serialize::OutputArchive a;
+  s.save(a);
+  return archive_to_dict(a);
+}
+
+template <typename Sampler>
+void sampler_from_dict(Sampler& s, const py::dict& d) {
+  torch::serialize::OutputArchive a;
+  for (const auto& item : d) {
+    const auto key = item.first.cast<std::string>();
+    write_value(a, key, to_ivalue(key, item.second, nullptr));
+  }
+  auto in = reread(a);
+  s.load(in);
+}
+
 /// The distributed samplers' state holds lists and the gathered updates: it travels as
 /// the C++ archive's bytes.
 template <typename Sampler>
 py::bytes sampler_bytes(const Sampler& s) {
   torch::serialize::OutputArchive a;
   s.save(a);
-  std::stringstream bytes;
-  a.save_to(bytes);
-  return py::bytes(bytes.str());
+  return py::bytes(archive_bytes(a));
 }
 
 template <typename Sampler>
 void sampler_from_bytes(Sampler& s, const py::bytes& data) {
-  std::stringstream bytes{std::string(data)};
-  torch::serialize::InputArchive in;
-  in.load_from(bytes);
+  auto in = archive_of_bytes(std::string(data));
   s.load(in);
 }
 
@@ -643,29 +668,8 @@ PYBIND11_MODULE(_C, m) {
       .def("probabilities", &ImportanceSampler::probabilities)
       .def("size", &ImportanceSampler::size)
       .def("taken", &ImportanceSampler::taken)
-      .def("state",
-           [](const ImportanceSampler& s) {
-             torch::serialize::OutputArchive a;
-             s.save(a);
-             return archive_to_dict(a);
-           })
-      .def("load_state", [](ImportanceSampler& s, const py::dict& d) {
-        torch::serialize::OutputArchive a;
-        for (const auto& item : d) {
-          const auto key = item.first.cast<std::string>();
-          const auto v = to_ivalue(key, item.second, nullptr);
-          if (v.isTensor()) {
-            a.write(key, v.toTensor(), /*is_buffer=*/true);
-          } else {
-            a.write(key, v);
-          }
-        }
-        std::stringstream bytes;
-        a.save_to(bytes);
-        torch::serialize::InputArchive in;
-        in.load_from(bytes);
-        s.load(in);
-      });
+      .def("state", &sampler_dict<ImportanceSampler>)
+      .def("load_state", &sampler_from_dict<ImportanceSampler>);
 
   py::class_<TemperatureSchedule>(m, "TemperatureSchedule")
       .def(py::init<std::vector<std::pair<int64_t, double>>>(), py::arg("points"))
@@ -690,29 +694,8 @@ PYBIND11_MODULE(_C, m) {
       .def("step", &TemperatureSampler::step)
       .def("current_tau", &TemperatureSampler::current_tau)
       .def("sizes", &TemperatureSampler::sizes)
-      .def("state",
-           [](const TemperatureSampler& s) {
-             torch::serialize::OutputArchive a;
-             s.save(a);
-             return archive_to_dict(a);
-           })
-      .def("load_state", [](TemperatureSampler& s, const py::dict& d) {
-        torch::serialize::OutputArchive a;
-        for (const auto& item : d) {
-          const auto key = item.first.cast<std::string>();
-          const auto v = to_ivalue(key, item.second, nullptr);
-          if (v.isTensor()) {
-            a.write(key, v.toTensor(), /*is_buffer=*/true);
-          } else {
-            a.write(key, v);
-          }
-        }
-        std::stringstream bytes;
-        a.save_to(bytes);
-        torch::serialize::InputArchive in;
-        in.load_from(bytes);
-        s.load(in);
-      });
+      .def("state", &sampler_dict<TemperatureSampler>)
+      .def("load_state", &sampler_from_dict<TemperatureSampler>);
 
   // --- data-parallel
   py::class_<sgdx::dist::Communicator, std::shared_ptr<sgdx::dist::Communicator>>(m, "Communicator")

@@ -26,6 +26,15 @@ def set_grads(params, seed):
         p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
 
 
+def step_alike(a, opt_a, b, opt_b, steps, step_b=None):
+    """The same gradients (set_grads(step)) into two models, a step of each optimizer."""
+    for step in range(steps):
+        set_grads(a.parameters(), step)
+        set_grads(b.parameters(), step)
+        opt_a.step()
+        (step_b or opt_b.step)()
+
+
 # ---------------------------------------------------------------- R-SGD
 
 def rsgd_reference(params, grads_per_step, lr, wd, xi_of, memory="accumulated"):
@@ -62,11 +71,7 @@ def test_rsgd_without_reinforcement_is_torch_sgd():
     a, b = model64(), model64()
     opt_a = RSGD(a.parameters(), lr=0.1, gamma0=0.0, max_prob=0.0, weight_decay=0.003)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1, weight_decay=0.003)
-    for step in range(5):
-        set_grads(a.parameters(), step)
-        set_grads(b.parameters(), step)
-        opt_a.step()
-        opt_b.step()
+    step_alike(a, opt_a, b, opt_b, 5)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-14)
 
@@ -147,11 +152,7 @@ def test_gradqueue_with_unit_rho_is_torch_sgd_momentum():
     opt_a = GradQueueSGDM(a.parameters(), lr=0.1, momentum=0.8, dampening=0.1, nesterov=False,
                           weight_decay=0.002, rho_min=1.0, rho_max=1.0)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.8, dampening=0.1, weight_decay=0.002)
-    for step in range(10):
-        set_grads(a.parameters(), step)
-        set_grads(b.parameters(), step)
-        opt_a.step()
-        opt_b.step()
+    step_alike(a, opt_a, b, opt_b, 10)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-13)
 
@@ -452,11 +453,7 @@ def test_python_optimizer_equals_the_cpp_class():
     opt_a = RSGD(a.parameters(), lr=0.05, seed=9, granularity="tensor")
     opt_b = _C.RSGD([(list(b.parameters()), {"lr": 0.05, "seed": 9, "granularity": 1})],
                     {"lr": 0.05, "seed": 9, "granularity": 1})
-    for step in range(5):
-        set_grads(a.parameters(), step)
-        set_grads(b.parameters(), step)
-        opt_a.step()
-        opt_b.step(None)
+    step_alike(a, opt_a, b, opt_b, 5, step_b=lambda: opt_b.step(None))
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
 
