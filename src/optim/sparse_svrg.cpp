@@ -5,11 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
-#include <memory>
 
-#include <sys/mman.h>
+#include "sparse_glm.h"
 
 namespace sgdx::optim {
 
@@ -105,32 +103,12 @@ SparseSVRG::SparseSVRG(const data::LibsvmCsr& data, SparseSVRGOptions options)
   indices_ = data.indices.data_ptr<int64_t>();
   values_ = data.values.data_ptr<double>();
   labels_ = data.labels.data_ptr<double>();
-  // The records are read at random columns: 2 MB pages keep the TLB from missing on
-  // most of them (the transparent huge pages of madvise mode; a hint, not a requirement).
-  constexpr size_t kHugePage = size_t{2} << 20;
-  const size_t bytes =
-      ((static_cast<size_t>(d_) * sizeof(Coordinate) + kHugePage - 1) / kHugePage) * kHugePage;
-  void* raw = nullptr;
-  TORCH_CHECK(posix_memalign(&raw, kHugePage, bytes) == 0, "SparseSVRG: cannot allocate ", bytes,
-              " bytes for ", d_, " coordinates");
-#ifdef MADV_HUGEPAGE
-  (void)madvise(raw, bytes, MADV_HUGEPAGE);
-#endif
-  c_.reset(static_cast<Coordinate*>(raw));
-  std::uninitialized_fill_n(c_.get(), d_, Coordinate{});
+  c_ = detail::huge_page_array<Coordinate, FreeDeleter>(d_, "SparseSVRG");
   snapshot_margin_.assign(n_, 0.0);
 }
 
 void SparseSVRG::FreeDeleter::operator()(Coordinate* p) const {
   std::free(p);
-}
-
-double SparseSVRG::derivative(double z, double y) const {
-  if (o_.loss == GlmLoss::squares) return z - y;
-  // -y sigmoid(-y z), computed without overflow for large |z|.
-  const double t = -y * z;
-  const double s = t >= 0 ? 1.0 / (1.0 + std::exp(-t)) : std::exp(t) / (1.0 + std::exp(t));
-  return -y * s;
 }
 
 double SparseSVRG::margin(int64_t row) const {
@@ -154,8 +132,9 @@ void SparseSVRG::start_stage() {
     c_[j].mark = -1;
   }
   for (int64_t i = 0; i < n_; ++i) {
+    if (i + 1 < n_) detail::prefetch_row(indptr_, indices_, i + 1, c_.get());
     snapshot_margin_[i] = margin(i);
-    const double g = derivative(snapshot_margin_[i], labels_[i]) / double(n_);
+    const double g = detail::glm_derivative(o_.loss, snapshot_margin_[i], labels_[i]) / double(n_);
     for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].mu += g * values_[k];
   }
   evaluations_ += n_;
@@ -171,7 +150,10 @@ void SparseSVRG::step(const std::vector<int64_t>& batch) {
   if (!started_ || inner_ == m_) start_stage();
   // The batch's coordinates, brought up to date.
   touched_.clear();
-  for (const auto i : batch) {
+  detail::prefetch_row(indptr_, indices_, batch[0], c_.get());
+  for (size_t r = 0; r < batch.size(); ++r) {
+    const int64_t i = batch[r];
+    if (r + 1 < batch.size()) detail::prefetch_row(indptr_, indices_, batch[r + 1], c_.get());
     for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) {
       const int64_t j = indices_[k];
       if (c_[j].mark == inner_) continue;
@@ -183,15 +165,14 @@ void SparseSVRG::step(const std::vector<int64_t>& batch) {
   }
   const double inv_b = 1.0 / static_cast<double>(batch.size());
   for (const auto i : batch) {
-    const double coef =
-        (derivative(margin(i), labels_[i]) - derivative(snapshot_margin_[i], labels_[i])) * inv_b;
+    const double coef = (detail::glm_derivative(o_.loss, margin(i), labels_[i]) -
+                         detail::glm_derivative(o_.loss, snapshot_margin_[i], labels_[i])) *
+                        inv_b;
     for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].grad += coef * values_[k];
   }
-  const double shrink = o_.lr * o_.l1, scale = 1.0 / (1.0 + o_.lr * o_.l2);
   for (const auto j : touched_) {
     auto& c = c_[j];
-    const double v = c.x - o_.lr * (c.grad + c.mu);
-    c.x = std::copysign(std::max(std::abs(v) - shrink, 0.0), v) * scale;
+    c.x = detail::elastic_net_prox(c.x - o_.lr * (c.grad + c.mu), o_.lr, o_.l1, o_.l2);
     c.last = static_cast<int32_t>(inner_ + 1);
   }
   ++inner_;

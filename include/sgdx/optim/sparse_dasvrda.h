@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "sgdx/data/libsvm.h"
@@ -34,13 +35,12 @@ class SGDX_API SparseDASVRDA {
   int64_t restarts() const { return restarts_; }
 
  private:
-  struct Coordinate {  // what an inner step reads or writes of one column
+  struct Coordinate {  // what an inner step reads or writes of one column: 64 bytes
     double x = 0, z = 0, z0 = 0, gbar = 0, mu = 0;
-    double grad = 0;   // the step's batch term (scratch)
-    int32_t last = 0;  // the inner step (x, z, gbar) are current for
+    double y = 0, grad = 0;  // the step's point and batch term (scratch)
+    int32_t last = 0;        // the inner step (x, z, gbar) are current for
     int32_t mark = -1;
   };
-  double derivative(double z, double y) const;
   double prox(double v, double c) const;                            // prox_{c R}
   void catch_up(int64_t j, int64_t k);                              // coordinate j to inner step k
   double z_sum(const Coordinate& c, int64_t k0, int64_t k1) const;  // sum_{k0 < i <= k1} 2i z_i
@@ -57,9 +57,12 @@ class SGDX_API SparseDASVRDA {
   const int64_t* indices_;
   const double* values_;
   const double* labels_;
-  std::vector<Coordinate> c_;
+  struct FreeDeleter {
+    void operator()(Coordinate* p) const;
+  };
+  std::unique_ptr<Coordinate[], FreeDeleter> c_;     // d records, on huge pages where the kernel allows
   std::vector<double> xt1_, xt2_, zt_, yt_, yprev_;  // the outer loop's points (O(d) per stage)
-  std::vector<double> snapshot_margin_, y_scratch_;
+  std::vector<double> snapshot_margin_;
   std::vector<double> table1_, table2_;  // prefix sums of 2i/(1 + r q_i) and 2i q_i/(1 + r q_i)
   std::vector<int64_t> touched_;
   int64_t k_ = 0, s_ = 1, evaluations_ = 0, restarts_ = 0;

@@ -52,9 +52,8 @@ class SGDX_API SparseSVRG {
   int64_t stage() const { return stage_; }
 
  private:
-  double derivative(double z, double y) const;  // phi'(z; y)
-  double margin(int64_t row) const;             // a_row . x (coordinates up to date)
-  void catch_up(int64_t j);                     // x_j to the current inner step
+  double margin(int64_t row) const;  // a_row . x (coordinates up to date)
+  void catch_up(int64_t j);          // x_j to the current inner step
   void start_stage();
 
   const data::LibsvmCsr& data_;
