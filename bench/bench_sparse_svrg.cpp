@@ -1,8 +1,8 @@
-// Lazy sparse SVRG and DASVRDA on a generated sparse logistic problem (seeded, in
-// memory): seconds per pass and the objective after each pass. A first measurement for
-// issue #21; the liblinear comparison (time to a relative gap) comes with sgdx-erm's
-// sparse path.
-//   bench_sparse_svrg [rows=500000] [features=1000000] [per_row=50] [passes=5] [svrg|dasvrda]
+// Lazy sparse SVRG, Katyusha and DASVRDA on a generated sparse logistic problem (seeded,
+// in memory): seconds per pass (the objective's evaluation not counted) and the objective
+// after each pass. Time to a relative gap against liblinear: sgdx-erm --liblinear
+// (docs/sparse_vr.md).
+//   bench_sparse_svrg [rows=500000] [features=1000000] [per_row=50] [passes=5] [svrg|katyusha|dasvrda]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,6 +19,7 @@
 #include "sgdx/cpu_isa.h"
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/sparse_dasvrda.h"
+#include "sgdx/optim/sparse_katyusha.h"
 #include "sgdx/optim/sparse_svrg.h"
 
 namespace {
@@ -90,21 +92,33 @@ int main(int argc, char** argv) {
               (long long)csr.nnz(), std::chrono::duration<double>(Clock::now() - t0).count(),
               std::string(sgdx::cpu_isa_name(sgdx::cpu_isa())).c_str());
   const std::string method = argc > 5 ? argv[5] : "svrg";
-  // SVRG: b = 1, m = 2n, lr 1 (unit rows, L_i = 1/4); DASVRDA: its defaults (b = sqrt(n), m = n/b, theory
-  // eta).
-  const int64_t b = method == "svrg" ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(double(n))));
-  std::unique_ptr<sgdx::optim::SparseSVRG> svrg;
-  std::unique_ptr<sgdx::optim::SparseDASVRDA> dasvrda;
-  if (method == "svrg") {
-    svrg = std::make_unique<sgdx::optim::SparseSVRG>(
-        csr, sgdx::optim::SparseSVRGOptions{.lr = 1.0, .b = b, .m = 2 * n, .l1 = l1, .l2 = l2});
-  } else {
-    dasvrda = std::make_unique<sgdx::optim::SparseDASVRDA>(
-        csr, sgdx::optim::DASVRDAOptions(0.25).n(n).b(b).l1(l1).l2(l2), sgdx::optim::GlmLoss::logistic);
+  if (method != "svrg" && method != "katyusha" && method != "dasvrda") {
+    std::fprintf(stderr, "bench_sparse_svrg: the method must be svrg, katyusha or dasvrda, got '%s'\n",
+                 method.c_str());
+    return 2;
   }
-  const auto evaluations = [&] {
-    return svrg ? svrg->gradient_evaluations() : dasvrda->gradient_evaluations();
+  // SVRG: b = 1, m = 2n, lr 1 (unit rows, L_i = 1/4); Katyusha and DASVRDA: b = sqrt(n), m = n/b,
+  // their theory steps.
+  const int64_t b = method == "svrg" ? 1 : static_cast<int64_t>(std::ceil(std::sqrt(double(n))));
+  std::function<void(const std::vector<int64_t>&)> step;
+  std::function<at::Tensor()> weights;
+  std::function<int64_t()> evaluations;
+  const auto hold = [&](auto opt) {
+    step = [opt](const std::vector<int64_t>& rows) { opt->step(rows); };
+    weights = [opt] { return opt->weights(); };
+    evaluations = [opt] { return opt->gradient_evaluations(); };
   };
+  namespace so = sgdx::optim;
+  if (method == "svrg") {
+    hold(std::make_shared<so::SparseSVRG>(
+        csr, so::SparseSVRGOptions{.lr = 1.0, .b = b, .m = 2 * n, .l1 = l1, .l2 = l2}));
+  } else if (method == "katyusha") {
+    hold(std::make_shared<so::SparseKatyusha>(csr, so::KatyushaOptions(0.25).n(n).b(b).l1(l1).l2(l2),
+                                              so::GlmLoss::logistic));
+  } else {
+    hold(std::make_shared<so::SparseDASVRDA>(csr, so::DASVRDAOptions(0.25).n(n).b(b).l1(l1).l2(l2),
+                                             so::GlmLoss::logistic));
+  }
   std::mt19937_64 rng(3);
   std::printf("| %s pass | seconds (cumulative) | evaluations / n | objective |\n|---:|---:|---:|---:|\n",
               method.c_str());
@@ -114,13 +128,9 @@ int main(int argc, char** argv) {
     auto start = Clock::now();
     while (evaluations() < static_cast<int64_t>(p + 1) * n) {
       for (auto& i : batch) i = static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
-      if (svrg) {
-        svrg->step(batch);
-      } else {
-        dasvrda->step(batch);
-      }
+      step(batch);
     }
-    auto w = svrg ? svrg->weights() : dasvrda->weights();
+    auto w = weights();
     seconds += std::chrono::duration<double>(Clock::now() - start).count();
     std::printf("| %d | %.2f | %.2f | %.10f |\n", p, seconds, double(evaluations()) / double(n),
                 objective(csr, w, l1, l2));

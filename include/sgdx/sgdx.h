@@ -23,4 +23,7 @@
 #include "sgdx/optim/distributed.h"
 #include "sgdx/optim/gradqueue.h"
 #include "sgdx/optim/rsgd.h"
+#include "sgdx/optim/sparse_dasvrda.h"
+#include "sgdx/optim/sparse_katyusha.h"
+#include "sgdx/optim/sparse_svrg.h"
 #include "sgdx/optim/svrg.h"

@@ -8,7 +8,9 @@
 
 #include "sgdx/data/libsvm.h"
 #include "sgdx/optim/dasvrda.h"
+#include "sgdx/optim/katyusha.h"
 #include "sgdx/optim/sparse_dasvrda.h"
+#include "sgdx/optim/sparse_katyusha.h"
 #include "sgdx/optim/sparse_svrg.h"
 #include "sgdx/optim/svrg.h"
 #include "test_util.h"
@@ -142,7 +144,7 @@ TEST(SparseSVRG, BadInputIsRefusedByName) {
 
 // Lazy sparse DASVRDA against the dense DASVRDA optimizer on the same data, batches and
 // steps, for both losses, every (l1, l2) and each restart rule; m = 150 so that missed runs
-// longer than the step-by-step limit (64) go through the prefix tables. A second sparse
+// longer than the step-by-step limit (2) go through the prefix tables. A second sparse
 // optimizer reads its iterate after every step (runs of one step): reading changes nothing.
 TEST(SparseDASVRDA, EqualsTheDenseOptimizer) {
   using sgdx::optim::DASVRDAOptions;
@@ -212,4 +214,79 @@ TEST(SparseDASVRDA, BadInputIsRefusedByName) {
   sgdx::optim::SparseDASVRDA ok(csr, DASVRDAOptions(1.0).n(5), GlmLoss::logistic);
   SGDX_EXPECT_THROW_MSG(ok.step({7}), "row 7 is out of range [0, 5)");
   SGDX_EXPECT_THROW_MSG(ok.step({}), "the batch is empty");
+}
+
+// Lazy sparse Katyusha against the dense Katyusha optimizer on the same data, batches and
+// steps, for both losses, every (l1, l2) (l2 > 0 and l2 = 0 take different tau1 rules) and
+// the default and a set step; m = 150, compared at stage ends only, so that missed runs
+// grow long (with l1 = 0 every run goes through the tables, with l1 > 0 step by step). A
+// second sparse optimizer reads its iterate after every step (runs of one step): reading
+// changes nothing.
+TEST(SparseKatyusha, EqualsTheDenseOptimizer) {
+  using sgdx::optim::KatyushaOptions;
+  const int64_t n = 80, d = 300, b = 2, m = 150;
+  const auto csr = random_problem(n, d, 3, 9);
+  const auto dense = csr.to_dense();
+  int compared = 0;
+  for (const auto loss : {GlmLoss::logistic, GlmLoss::squares}) {
+    for (const auto& [l1, l2] :
+         std::vector<std::pair<double, double>>{{0, 0}, {0.002, 0}, {0, 0.05}, {0.002, 0.05}}) {
+      for (const double lr : {0.0, 0.2}) {
+        const auto o = KatyushaOptions(1.0).n(n).b(b).m(m).lr(lr).l1(l1).l2(l2);
+        sgdx::optim::SparseKatyusha sparse(csr, o, loss), reader(csr, o, loss);
+        auto w = torch::zeros({d}, torch::kDouble).requires_grad_();
+        sgdx::optim::Katyusha opt({w}, o);
+        const auto batch_loss = [&](const at::Tensor& idx) {
+          auto z = dense.index_select(0, idx).mv(w);
+          auto y = csr.labels.index_select(0, idx);
+          auto l = loss == GlmLoss::squares ? 0.5 * (z - y).pow(2).mean()
+                                            : torch::nn::functional::softplus(-y * z).mean();
+          l.backward();
+          return l;
+        };
+        opt.set_full_gradient_closure([&] { return batch_loss(torch::arange(n)); });
+        std::mt19937_64 rng(17);
+        for (int64_t t = 0; t < 4 * m + 5; ++t) {
+          std::vector<int64_t> rows(b);
+          for (auto& i : rows) i = int64_t(rng() % n);
+          const auto idx = torch::tensor(rows, torch::kLong);
+          opt.step([&] {
+            opt.zero_grad();
+            return batch_loss(idx);
+          });
+          sparse.step(rows);
+          reader.step(rows);
+          (void)reader.weights();
+          if (t % m == m - 1) {
+            const auto y = sparse.weights();
+            ASSERT_TRUE(torch::allclose(y, w.detach(), 1e-9, 1e-12))
+                << "loss " << int(loss) << " l1=" << l1 << " l2=" << l2 << " lr " << lr << " step " << t
+                << ": " << (y - w.detach()).abs().max().item<double>();
+            ++compared;
+          }
+        }
+        EXPECT_TRUE(torch::allclose(sparse.weights(), w.detach(), 1e-9, 1e-12));
+        EXPECT_TRUE(torch::allclose(reader.weights(), w.detach(), 1e-9, 1e-12));
+        EXPECT_GT(w.detach().abs().max().item<double>(), 1e-3);  // the run moved
+        EXPECT_EQ(sparse.gradient_evaluations(), opt.gradient_evaluations());
+        EXPECT_EQ(sparse.stage(), 4);
+      }
+    }
+  }
+  EXPECT_EQ(compared, 2 * 4 * 2 * 4);
+}
+
+TEST(SparseKatyusha, BadInputIsRefusedByName) {
+  const auto csr = random_problem(5, 4, 2, 1);
+  using sgdx::optim::KatyushaOptions;
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::SparseKatyusha(csr, KatyushaOptions(1.0).n(6), GlmLoss::logistic),
+                        "options.n (6) must be the data's rows (5)");
+  SGDX_EXPECT_THROW_MSG(sgdx::optim::SparseKatyusha(csr, KatyushaOptions(1.0).n(5).l2(-1), GlmLoss::logistic),
+                        "l2 must be >= 0, got -1");
+  sgdx::optim::SparseKatyusha ok(csr, KatyushaOptions(1.0).n(5), GlmLoss::logistic);
+  SGDX_EXPECT_THROW_MSG(ok.step({7}), "row 7 is out of range [0, 5)");
+  SGDX_EXPECT_THROW_MSG(ok.step({}), "the batch is empty");
+  // (1 + alpha l2)^m overflows: refused by name, where the dense optimizer would go to inf/NaN.
+  sgdx::optim::SparseKatyusha overflow(csr, KatyushaOptions(1e-3).n(5).m(5000).l2(1.0), GlmLoss::logistic);
+  SGDX_EXPECT_THROW_MSG(overflow.step({0}), "the snapshot weights (1 + alpha l2)^j overflow");
 }
