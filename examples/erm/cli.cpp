@@ -78,10 +78,16 @@ void add_options(CLI::App& app, ErmOptions& o) {
   app.add_flag("--tune", o.tune,
                "Tune each method's step size on a log grid (x1/4 ... x16 of the default) by final gap");
   app.add_option(
+         "--step-scale", o.step_scale,
+         "Multiply each method's default step size (and --tune's grid) by this (e.g. a step tuned on a "
+         "smaller problem of the same kind)")
+      ->check(checks::finite_number(1e-6, 1e6))
+      ->capture_default_str();
+  app.add_option(
          "--storage", o.storage,
-         "auto, dense or sparse: how the data is held; sparse (CSR, O(nnz) memory and steps) runs svrg "
-         "and dasvrda with lazy updates; auto: sparse when under 10 % of the entries are non-zero and every "
-         "method has a sparse form")
+         "auto, dense or sparse: how the data is held; sparse (CSR, O(nnz) memory) runs svrg, katyusha "
+         "and dasvrda with lazy updates (Katyusha's steps are O(d) when l1 > 0); auto: sparse when under "
+         "25 % of the entries are non-zero and sgd is not asked for")
       ->check(CLI::IsMember({"auto", "dense", "sparse"}))
       ->capture_default_str();
   app.add_flag("--no-normalize", o.no_normalize, "Keep rows as they are (default: unit-norm rows)");

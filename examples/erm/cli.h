@@ -14,9 +14,9 @@ namespace sgdx_erm {
 struct ErmOptions {
   std::string data = "heart-scale", loss = "logistic", methods = "sgd,svrg,katyusha,dasvrda",
               out = "runs/erm",
-              storage = "auto";  ///< auto: sparse when under 10 % of the entries are non-zero
-  double l1 = 0, l2 = 1e-6, passes = 50;
-  int64_t batch = 0, features = 0;  ///< 0: ceil(sqrt(n)); the largest index in the file
+              storage = "auto";  ///< auto: sparse when under 25 % of the entries are non-zero
+  double l1 = 0, l2 = 1e-6, passes = 50, step_scale = 1;  ///< step_scale: x the default step size
+  int64_t batch = 0, features = 0;                        ///< 0: ceil(sqrt(n)); the largest index in the file
   uint64_t seed = 0;
   bool tune = false, no_normalize = false, liblinear = false;
   std::string pstar_cache = default_cache_dir();  ///< "off": no cache

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <string>
 
@@ -25,18 +26,22 @@ int run(int argc, char** argv) {
   se::add_options(app, o);
   CLI11_PARSE(app, argc, argv);
   const auto methods = se::check_options(app, o);
+  const auto t0 = std::chrono::steady_clock::now();
   const auto p = se::load_problem(o, methods);
+  const double read_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   se::check_storage(p, methods);
   const int64_t b = se::batch_size(o, p);
   const auto p_star = se::certified_p_star(p, o.pstar_cache == "off" ? "" : o.pstar_cache);
-  fmt::print("sgdx-erm: {} ({} x {}), {}, {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} ({})\n", o.data,
-             p.n(), p.d(),
-             p.sparse() ? fmt::format("sparse ({} non-zeros)", p.csr->nnz()) : std::string("dense"), o.loss,
-             o.l1, o.l2, b, p_star.value, p_star.source);
+  fmt::print(
+      "sgdx-erm: {} ({} x {}), {}, read in {:.2f} s, {} loss, l1 {:g}, l2 {:g}, batch {}; P* = {:.15g} "
+      "({})\n",
+      o.data, p.n(), p.d(),
+      p.sparse() ? fmt::format("sparse ({} non-zeros)", p.csr->nnz()) : std::string("dense"), read_s, o.loss,
+      o.l1, o.l2, b, p_star.value, p_star.source);
   std::vector<se::Curve> curves;
   curves.reserve(methods.size());
   for (const auto& m : methods)
-    curves.push_back(se::best_curve(p, m, b, o.passes, p_star.value, o.seed, o.tune));
+    curves.push_back(se::best_curve(p, m, b, o.passes, p_star.value, o.seed, o.tune, o.step_scale));
   se::write_curves(o.out, curves);
   se::print_table(curves);
   if (o.liblinear) se::compare_liblinear(p, o, p_star.value);

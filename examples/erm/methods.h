@@ -27,9 +27,9 @@ double default_lr(const Problem& p, const std::string& method, int64_t b);
 Curve run_method(const Problem& p, const std::string& method, double lr, int64_t b, double passes,
                  double p_star, uint64_t seed);
 
-/// The run with the smallest final gap over the step sizes tried: the default, or with
-/// `tune` a log grid x1/4 ... x16 of it (a diverging step size is skipped).
+/// The run with the smallest final gap over the step sizes tried: the default times
+/// `scale`, or with `tune` a log grid x1/4 ... x16 of that (a diverging step size is skipped).
 Curve best_curve(const Problem& p, const std::string& method, int64_t b, double passes, double p_star,
-                 uint64_t seed, bool tune);
+                 uint64_t seed, bool tune, double scale);
 
 }  // namespace sgdx_erm

@@ -45,7 +45,7 @@ struct Problem {
 
 /// The problem the options name: the file read and checked, rows normalised unless
 /// --no-normalize, with a finite positive smoothness; held sparse or dense as --storage
-/// says (auto: sparse for data under 10 % non-zeros when every one of `methods` has a sparse form).
+/// says (auto: sparse for data under 25 % non-zeros when every one of `methods` has a sparse form).
 Problem load_problem(const ErmOptions& o, const std::vector<std::string>& methods);
 
 /// The minibatch size: --batch, else ceil(sqrt(n)); at most n.

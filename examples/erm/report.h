@@ -13,7 +13,7 @@ namespace sgdx_erm {
 /// Creates `out` and writes <out>/gap.csv.
 void write_curves(const std::string& out, const std::vector<Curve>& curves);
 
-/// Per method: passes to each tolerance, seconds to 1e-6, final gap.
+/// Per method: passes to each tolerance, seconds to 1e-4 and 1e-6, final gap.
 void print_table(const std::vector<Curve>& curves);
 
 /// Times liblinear-train at three tolerances on the same (normalised) rows, written to

@@ -281,8 +281,8 @@ TEST(ErmCli, PStarIsCertifiedCachedAndRecheckedWhenTheCacheIsCorrupt) {
   EXPECT_NE(off.out.find("(proximal Newton:"), std::string::npos) << off.out;
 }
 
-// --storage sparse runs svrg and dasvrda with lazy updates on CSR: the same curves (every
-// pass's gap) as the dense optimizers on the same draws; methods without a sparse form are
+// --storage sparse runs svrg, katyusha and dasvrda with lazy updates on CSR: the same curves
+// (every pass's gap) as the dense optimizers on the same draws; sgd, without a sparse form, is
 // refused by name, and auto holds sparse data sparse when every method has a sparse form.
 TEST(ErmCli, SparseStorageGivesTheDenseCurves) {
   if (!std::filesystem::exists("/usr/share/doc/liblinear-tools/examples/heart_scale"))
@@ -291,9 +291,10 @@ TEST(ErmCli, SparseStorageGivesTheDenseCurves) {
   std::array<std::vector<std::string>, 2> rows;
   for (int k = 0; k < 2; ++k) {
     const std::string storage = k == 0 ? "dense" : "sparse";
-    auto r = run("--methods svrg,dasvrda --l1 1e-3 --l2 1e-4 --passes 12 --pstar-cache off --storage " +
-                     storage + " --out " + dir.file(storage),
-                 dir);
+    auto r =
+        run("--methods svrg,katyusha,dasvrda --l1 1e-3 --l2 1e-4 --passes 12 --pstar-cache off --storage " +
+                storage + " --out " + dir.file(storage),
+            dir);
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.out.find("(270 x 13), " + storage), std::string::npos) << r.out;
     std::ifstream csv(dir.file(storage + "/gap.csv"));
@@ -308,11 +309,11 @@ TEST(ErmCli, SparseStorageGivesTheDenseCurves) {
       rows[k].push_back(method + "," + lr + "," + passes + "," + gap);
     }
   }
-  EXPECT_EQ(rows[0].size(), 1u + 2u * 12u);
+  EXPECT_EQ(rows[0].size(), 1u + 3u * 12u);
   EXPECT_EQ(rows[0], rows[1]);
-  expect_refused("--storage sparse --methods svrg,katyusha --out " + dir.file("k"),
-                 "--methods katyusha: no sparse form", dir);
-  // 40 rows over 200 features, 2 % non-zeros: auto holds it sparse for svrg and dasvrda only.
+  expect_refused("--storage sparse --methods svrg,sgd --out " + dir.file("k"),
+                 "--methods sgd: proximal SGD has no sparse form", dir);
+  // 40 rows over 200 features, 2 % non-zeros: auto holds it sparse unless sgd is asked for.
   std::string text;
   for (int i = 0; i < 40; ++i) {
     const int j = 1 + (7 * i) % 50;  // columns j, j + 50, j + 120: increasing, distinct
@@ -320,10 +321,11 @@ TEST(ErmCli, SparseStorageGivesTheDenseCurves) {
             ":0.5 " + std::to_string(j + 120) + ":-1\n";
   }
   const auto f = libsvm_file(dir, "sparse.txt", text);
-  auto r = run("--data " + f +
-                   " --features 200 --l2 1e-2 --methods svrg,dasvrda --passes 3 --pstar-cache off --out " +
-                   dir.file("a"),
-               dir);
+  auto r = run(
+      "--data " + f +
+          " --features 200 --l2 1e-2 --methods svrg,katyusha,dasvrda --passes 3 --pstar-cache off --out " +
+          dir.file("a"),
+      dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("(40 x 200), sparse (120 non-zeros)"), std::string::npos) << r.out;
   r = run("--data " + f + " --features 200 --l2 1e-2 --methods svrg,sgd --passes 3 --pstar-cache off --out " +
