@@ -269,7 +269,7 @@ TEST(SparseKatyusha, EqualsTheDenseOptimizer) {
         EXPECT_TRUE(torch::allclose(reader.weights(), w.detach(), 1e-9, 1e-12));
         EXPECT_GT(w.detach().abs().max().item<double>(), 1e-3);  // the run moved
         EXPECT_EQ(sparse.gradient_evaluations(), opt.gradient_evaluations());
-        EXPECT_EQ(sparse.stage(), 4);
+        EXPECT_EQ(sparse.stage(), 5);  // 4 m + 5 steps: the fifth stage has begun
       }
     }
   }

@@ -35,7 +35,8 @@ class SGDX_API SparseKatyusha {
   at::Tensor weights();
   /// n per full gradient, 2 per batch row, as Katyusha counts.
   int64_t gradient_evaluations() const { return evaluations_; }
-  int64_t stage() const { return stage_; }
+  /// Stages started, the current one included (as SparseSVRG counts).
+  int64_t stage() const { return started_ ? stage_ + 1 : 0; }
 
  private:
   struct Coordinate {  // what an inner step reads or writes of one column: 64 bytes
@@ -71,7 +72,7 @@ class SGDX_API SparseKatyusha {
   std::vector<double> weight_;                    // (1 + alpha l2)^j, as the dense step computes it
   std::vector<double> snapshot_margin_;
   std::vector<int64_t> touched_;
-  int64_t inner_ = 0, stage_ = 0, evaluations_ = 0;
+  int64_t inner_ = 0, stage_ = 0, evaluations_ = 0;  // stage_: stages completed (Katyusha's s)
   bool started_ = false;
 };
 

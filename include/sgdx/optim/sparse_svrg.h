@@ -49,6 +49,7 @@ class SGDX_API SparseSVRG {
   at::Tensor weights();
   /// Component-gradient evaluations: n per full gradient, 2 per batch row, as SVRG counts.
   int64_t gradient_evaluations() const { return evaluations_; }
+  /// Stages started, the current one included.
   int64_t stage() const { return stage_; }
 
  private:
