@@ -199,31 +199,14 @@ void SparseDASVRDA::step(const std::vector<int64_t>& batch) {
   if (k_ == 0) start_stage();
   const int64_t k = k_ + 1;
   const double th_k = double(k + 1) / 2, th_km1 = double(k) / 2;
-  touched_.clear();
-  detail::prefetch_row(indptr_, indices_, batch[0], c_.get());
-  for (size_t r = 0; r < batch.size(); ++r) {
-    const int64_t i = batch[r];
-    if (r + 1 < batch.size()) detail::prefetch_row(indptr_, indices_, batch[r + 1], c_.get());
-    for (int64_t p = indptr_[i]; p < indptr_[i + 1]; ++p) {
-      const int64_t j = indices_[p];
-      auto& c = c_[j];
-      if (c.mark == k) continue;
-      c.mark = static_cast<int32_t>(k);
-      touched_.push_back(j);
-      catch_up(j, k - 1);
-      c.y = (1 - 1 / th_k) * c.x + (1 / th_k) * c.z;
-      c.grad = 0;
-    }
-  }
-  const double inv_b = 1.0 / static_cast<double>(batch.size());
-  for (const auto i : batch) {
-    double z = 0;
-    for (int64_t p = indptr_[i]; p < indptr_[i + 1]; ++p) z += values_[p] * c_[indices_[p]].y;
-    const double coef = (detail::glm_derivative(loss_, z, labels_[i]) -
-                         detail::glm_derivative(loss_, snapshot_margin_[i], labels_[i])) *
-                        inv_b;
-    for (int64_t p = indptr_[i]; p < indptr_[i + 1]; ++p) c_[indices_[p]].grad += coef * values_[p];
-  }
+  detail::batch_gradient(
+      loss_, {indptr_, indices_, values_, labels_}, batch, snapshot_margin_, c_.get(), k, touched_,
+      [&](int64_t j) {
+        catch_up(j, k - 1);
+        auto& c = c_[j];
+        c.y = (1 - 1 / th_k) * c.x + (1 / th_k) * c.z;
+      },
+      [](const Coordinate& c) { return c.y; });
   const double ck = eta_ * th_k * th_km1;
   for (const auto j : touched_) {
     auto& c = c_[j];

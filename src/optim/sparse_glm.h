@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 #include <sys/mman.h>
 
@@ -36,6 +37,51 @@ inline double elastic_net_prox(double v, double c, double l1, double l2) {
 template <typename T>
 inline void prefetch_row(const int64_t* indptr, const int64_t* indices, int64_t row, const T* records) {
   for (int64_t k = indptr[row]; k < indptr[row + 1]; ++k) __builtin_prefetch(records + indices[k], 1);
+}
+
+/// CSR rows as the lazy optimizers read them.
+struct CsrRows {
+  const int64_t* indptr;
+  const int64_t* indices;
+  const double* values;
+  const double* labels;
+};
+
+/// The batch part of an inner step, shared by the lazy optimizers. Collects the batch's
+/// distinct columns into `touched` (records marked with `step`), calling `prepare(j)` on each
+/// once (bring it up to date, form the step's point) and zeroing its `grad`; then adds
+/// (1/|B|) sum_i [phi'(a_i . point) - phi'(snapshot margin_i)] a_i to the records' `grad`,
+/// with `point(record)` the coordinate of the step's point.
+template <typename Record, typename Prepare, typename Point>
+void batch_gradient(GlmLoss loss, const CsrRows& csr, const std::vector<int64_t>& batch,
+                    const std::vector<double>& snapshot_margin, Record* records, int64_t step,
+                    std::vector<int64_t>& touched, Prepare&& prepare, Point&& point) {
+  touched.clear();
+  prefetch_row(csr.indptr, csr.indices, batch[0], records);
+  for (size_t r = 0; r < batch.size(); ++r) {
+    const int64_t i = batch[r];
+    if (r + 1 < batch.size()) prefetch_row(csr.indptr, csr.indices, batch[r + 1], records);
+    for (int64_t k = csr.indptr[i]; k < csr.indptr[i + 1]; ++k) {
+      const int64_t j = csr.indices[k];
+      auto& c = records[j];
+      if (c.mark == step) continue;
+      c.mark = static_cast<int32_t>(step);
+      touched.push_back(j);
+      prepare(j);
+      c.grad = 0.0;
+    }
+  }
+  const double inv_b = 1.0 / static_cast<double>(batch.size());
+  for (const auto i : batch) {
+    double z = 0;
+    for (int64_t k = csr.indptr[i]; k < csr.indptr[i + 1]; ++k)
+      z += csr.values[k] * point(records[csr.indices[k]]);
+    const double coef =
+        (glm_derivative(loss, z, csr.labels[i]) - glm_derivative(loss, snapshot_margin[i], csr.labels[i])) *
+        inv_b;
+    for (int64_t k = csr.indptr[i]; k < csr.indptr[i + 1]; ++k)
+      records[csr.indices[k]].grad += coef * csr.values[k];
+  }
 }
 
 /// `count` value-initialised records on 2 MB pages where the kernel allows (a hint): a step

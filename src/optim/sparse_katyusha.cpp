@@ -130,31 +130,14 @@ void SparseKatyusha::step(const std::vector<int64_t>& batch) {
   if (started_ && inner_ == m_) end_stage();
   if (!started_ || inner_ == m_) start_stage();
   const double tau3 = 1 - tau1_ - tau2_;
-  touched_.clear();
-  detail::prefetch_row(indptr_, indices_, batch[0], c_.get());
-  for (size_t r = 0; r < batch.size(); ++r) {
-    const int64_t i = batch[r];
-    if (r + 1 < batch.size()) detail::prefetch_row(indptr_, indices_, batch[r + 1], c_.get());
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) {
-      const int64_t j = indices_[k];
-      auto& c = c_[j];
-      if (c.mark == inner_) continue;
-      c.mark = static_cast<int32_t>(inner_);
-      touched_.push_back(j);
-      catch_up(j);
-      c.x = tau1_ * c.z + tau2_ * c.xt + tau3 * c.y;
-      c.grad = 0.0;
-    }
-  }
-  const double inv_b = 1.0 / static_cast<double>(batch.size());
-  for (const auto i : batch) {
-    double z = 0;
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) z += values_[k] * c_[indices_[k]].x;
-    const double coef = (detail::glm_derivative(loss_, z, labels_[i]) -
-                         detail::glm_derivative(loss_, snapshot_margin_[i], labels_[i])) *
-                        inv_b;
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].grad += coef * values_[k];
-  }
+  detail::batch_gradient(
+      loss_, {indptr_, indices_, values_, labels_}, batch, snapshot_margin_, c_.get(), inner_, touched_,
+      [&](int64_t j) {
+        catch_up(j);
+        auto& c = c_[j];
+        c.x = tau1_ * c.z + tau2_ * c.xt + tau3 * c.y;
+      },
+      [](const Coordinate& c) { return c.x; });
   const double w = weight_[inner_], l1 = o_.l1(), l2 = o_.l2();
   for (const auto j : touched_) {
     auto& c = c_[j];

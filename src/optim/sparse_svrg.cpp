@@ -149,27 +149,9 @@ void SparseSVRG::step(const std::vector<int64_t>& batch) {
     TORCH_CHECK(i >= 0 && i < n_, "SparseSVRG::step: row ", i, " is out of range [0, ", n_, ")");
   if (!started_ || inner_ == m_) start_stage();
   // The batch's coordinates, brought up to date.
-  touched_.clear();
-  detail::prefetch_row(indptr_, indices_, batch[0], c_.get());
-  for (size_t r = 0; r < batch.size(); ++r) {
-    const int64_t i = batch[r];
-    if (r + 1 < batch.size()) detail::prefetch_row(indptr_, indices_, batch[r + 1], c_.get());
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) {
-      const int64_t j = indices_[k];
-      if (c_[j].mark == inner_) continue;
-      c_[j].mark = static_cast<int32_t>(inner_);
-      touched_.push_back(j);
-      catch_up(j);
-      c_[j].grad = 0.0;
-    }
-  }
-  const double inv_b = 1.0 / static_cast<double>(batch.size());
-  for (const auto i : batch) {
-    const double coef = (detail::glm_derivative(o_.loss, margin(i), labels_[i]) -
-                         detail::glm_derivative(o_.loss, snapshot_margin_[i], labels_[i])) *
-                        inv_b;
-    for (int64_t k = indptr_[i]; k < indptr_[i + 1]; ++k) c_[indices_[k]].grad += coef * values_[k];
-  }
+  detail::batch_gradient(
+      o_.loss, {indptr_, indices_, values_, labels_}, batch, snapshot_margin_, c_.get(), inner_, touched_,
+      [&](int64_t j) { catch_up(j); }, [](const Coordinate& c) { return c.x; });
   for (const auto j : touched_) {
     auto& c = c_[j];
     c.x = detail::elastic_net_prox(c.x - o_.lr * (c.grad + c.mu), o_.lr, o_.l1, o_.l2);
